@@ -1,0 +1,3 @@
+from inferkit.cli import main
+
+main()
