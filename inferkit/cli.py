@@ -26,7 +26,7 @@ Exit codes:
   124  --timeout reached
   130  interrupted (Ctrl-C)"""
 
-_state = {"verbose": False}
+_state: dict[str, Any] = {"verbose": False, "argv": []}
 
 
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -153,7 +153,7 @@ def render(raycluster: bool, output_format: str, out_dir: str | None, **kwargs: 
     obj = chart.render_checked(cfg, kind, schemas)
     text = dump(obj, output_format)
     if out_dir:
-        command = "inferkit " + shlex.join(sys.argv[1:])
+        command = "inferkit " + shlex.join(_state["argv"])
         path = chart.write_manifest(out_dir, obj, text, command, output_format)
         click.echo(f"wrote {path}", err=True)
     else:
@@ -180,6 +180,7 @@ def run(**kwargs: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    _state.update(verbose=False, argv=list(sys.argv[1:] if argv is None else argv))
     try:
         code = cli.main(args=argv, prog_name="inferkit", standalone_mode=False)
     except click.exceptions.Abort:

@@ -462,7 +462,7 @@ class _Converter:
                 self.fail(path, f"must be {_type_name(tp)}, not {value!r}")
             return value
         if origin is tuple:
-            if not isinstance(value, list):
+            if not isinstance(value, (list, tuple)):
                 self.fail(path, f"must be a list, not {_describe(value)}")
                 return ()
             item = get_args(tp)[0]
@@ -703,14 +703,14 @@ def check_config(cfg: Config, kind: str, default_run: RunOptions) -> list[str]:
     problems += _check_quantities("head", cfg.head.cpu, cfg.head.memory)
     problems += _check_quantities("job.submitter", cfg.job.submitter.cpu, cfg.job.submitter.memory)
     problems += _check_quantities("autoscaler", cfg.autoscaler.cpu, cfg.autoscaler.memory)
-    problems += _check_group("cpuWorkers", cfg.cpu_workers)
-    problems += _check_group("gpuWorkers", cfg.gpu_workers)
+    group_problems = _check_group("cpuWorkers", cfg.cpu_workers) + _check_group("gpuWorkers", cfg.gpu_workers)
+    problems += group_problems
     if cfg.gpu_workers.gpus_per_node < 1:
         problems.append(f"gpuWorkers.gpusPerNode: must be at least 1, not {cfg.gpu_workers.gpus_per_node}")
     if cfg.gpu_workers.gpu_type and not cfg.gpu_workers.accelerator_label:
         problems.append("gpuWorkers.acceleratorLabel: must name the node label to select gpuType "
                         f"{cfg.gpu_workers.gpu_type!r} on")
-    if not (cfg.cpu_workers.enabled or cfg.gpu_workers.enabled):
+    if not group_problems and not (cfg.cpu_workers.enabled or cfg.gpu_workers.enabled):
         problems.append("no worker nodes: the head runs no work, so ask for --cpu-nodes N or --gpu-nodes N")
     if cfg.autoscaler.idle_timeout_seconds < 0:
         problems.append("autoscaler.idleTimeoutSeconds: must not be negative")
@@ -758,7 +758,7 @@ def build_config(defaults: dict, overlays: list[Layer], kind: str = RAYJOB,
     converter = _Converter(origin)
     cfg = converter.convert(Config, merged, "")
     problems = list(extra_problems) + converter.problems
-    if not problems:
+    if not converter.problems:  # checks need a complete, well-typed config
         default_run = converter.convert(RunOptions, defaults.get("run", {}), "run")
         problems += check_config(cfg, kind, default_run)
     if problems:

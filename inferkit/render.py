@@ -25,16 +25,18 @@ HEAD_PORTS = [
 ]
 
 
-def _printable_in_yaml(char: str) -> bool:
+def _raw_in_yaml(char: str) -> bool:
+    """Whether YAML reads this character back as itself inside a double-quoted scalar: printable,
+    and not one of YAML's line breaks (NEL, LS, PS), which it would fold into a space."""
     code = ord(char)
-    return (code in (0x09, 0x0A, 0x0D, 0x85) or 0x20 <= code <= 0x7E or 0xA0 <= code <= 0xD7FF
+    return (code == 0x09 or 0x20 <= code <= 0x7E or 0xA0 <= code <= 0x2027 or 0x202A <= code <= 0xD7FF
             or 0xE000 <= code <= 0xFFFD or code >= 0x10000)
 
 
 def to_json_scalar(value: Any) -> str:
     """JSON text that YAML reads back as exactly `value` (characters YAML may not carry raw are escaped)."""
     text = json.dumps(value, ensure_ascii=False)
-    return "".join(c if _printable_in_yaml(c) else f"\\u{ord(c):04x}" for c in text)
+    return "".join(c if _raw_in_yaml(c) else f"\\u{ord(c):04x}" for c in text)
 
 
 def entrypoint(run: RunOptions, defaults: RunOptions) -> str:
@@ -149,7 +151,7 @@ def _pod_view(cfg: Config, node_selector: dict, tolerations: list, affinity: dic
 
 
 def _container_view(cfg: Config, name: str, image: str, resources: dict, env: list, mounts: list,
-                    ports: list | None = None) -> dict:
+                    ports: list | None = None, env_from: list | None = None) -> dict:
     return {
         "name": name,
         "image": image,
@@ -157,7 +159,7 @@ def _container_view(cfg: Config, name: str, image: str, resources: dict, env: li
         "resources": resources,
         "security_context": cfg.container_security_context,
         "env": env,
-        "env_from": list(cfg.env_from),
+        "env_from": list(cfg.env_from) if env_from is None else env_from,
         "volume_mounts": mounts,
         "ports": ports or [],
     }
@@ -217,7 +219,7 @@ def build_view(cfg: Config, kind: str, default_run: RunOptions) -> dict:
                 "pod": _pod_view(cfg, dict(head.node_selector), list(head.tolerations), head.affinity, volumes=[]),
                 "container": _container_view(
                     cfg, "ray-job-submitter", cfg.image.cpu,
-                    _requests_equal_limits(job.submitter.cpu, job.submitter.memory), [], []),
+                    _requests_equal_limits(job.submitter.cpu, job.submitter.memory), [], [], env_from=[]),
             },
         }
     return view

@@ -1,0 +1,162 @@
+"""Every bad input: exit code 2, one clear `Error:` on stderr, nothing on stdout, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+LONG_47 = "a" * 47
+
+# (id, arguments, text the error must contain). Values files are written by the test from VALUES.
+CASES = [
+    ("no-workers", [], "no worker nodes"),
+    ("negative-gpu-nodes", ["--gpu-nodes", "-1"], "gpuWorkers.replicas: must not be negative"),
+    ("gpu-nodes-not-a-number", ["--gpu-nodes", "x"], "--gpu-nodes 'x': expected N or MIN:MAX"),
+    ("gpu-nodes-range-reversed", ["--gpu-nodes", "8:2"], "need minReplicas <= replicas <= maxReplicas"),
+    ("zero-gpus-per-node", ["--gpu-nodes", "1", "--gpus-per-node", "0"], "gpuWorkers.gpusPerNode: must be at least 1"),
+    ("empty-image", ["--cpu-nodes", "1", "--image", ""], "image.cpu: must not be empty"),
+    ("bad-cpu-quantity", ["--cpu-nodes", "1", "--cpus-per-node", "2x"], "'2x' is not a Kubernetes quantity"),
+    ("negative-memory", ["--cpu-nodes", "1", "--memory-per-node", "-4Gi"], "cpuWorkers.memory: must be greater than 0"),
+    ("zero-cpu", ["--cpu-nodes", "1", "--cpus-per-node", "0"], "cpuWorkers.cpu: must be greater than 0"),
+    ("name-not-dns", ["--cpu-nodes", "1", "--name", "Bad_Name"], "is not a DNS-1035 label"),
+    ("name-starts-with-digit", ["--cpu-nodes", "1", "--name", "1job"], "is not a DNS-1035 label"),
+    ("rayjob-name-too-long", ["--cpu-nodes", "1", "--name", LONG_47 + "b"], "a RayJob name may have at most 47"),
+    ("raycluster-name-too-long", ["--cpu-nodes", "1", "--raycluster", "--name", "c" * 54],
+     "a RayCluster name may have at most 53"),
+    ("bad-namespace", ["--cpu-nodes", "1", "-n", "Team_A"], "namespace: 'Team_A' is not a valid namespace"),
+    ("unknown-set-key", ["--cpu-nodes", "1", "--set", "nosuch=1"], "nosuch: unknown key [--set]"),
+    ("set-typo-suggests", ["--cpu-nodes", "1", "--set", "gpuWorkers.replica=1"], "did you mean 'replicas'?"),
+    ("set-not-into-scalar", ["--cpu-nodes", "1", "--set", "name.x=1"], "name is not a map"),
+    ("set-without-equals", ["--cpu-nodes", "1", "--set", "cpuWorkers.replicas"], "expected key.path=value"),
+    ("set-wrong-type", ["--gpu-nodes", "1", "--set", "cpuWorkers.replicas=two"],
+     "cpuWorkers.replicas: must be a whole number, not 'two' [--set]"),
+    ("set-bool-wrong-type", ["--cpu-nodes", "1", "--set", "job.suspend=maybe"], "job.suspend: must be true or false"),
+    ("set-bad-yaml", ["--cpu-nodes", "1", "--set", "head.tolerations=[a"], "value is not valid YAML"),
+    ("set-bad-enum", ["--cpu-nodes", "1", "--set", "job.submissionMode=Batch"], "must be one of 'K8sJobMode'"),
+    ("ttl-needs-shutdown", ["--cpu-nodes", "1", "--set", "job.shutdownAfterJobFinishes=false"],
+     "ttlSecondsAfterFinished: needs shutdownAfterJobFinishes: true"),
+    ("suspend-needs-shutdown", ["--cpu-nodes", "1", "--set", "job.shutdownAfterJobFinishes=false",
+                                "--set", "job.ttlSecondsAfterFinished=0", "--set", "job.suspend=true"],
+     "can be suspended (Kueue) only with shutdownAfterJobFinishes: true"),
+    ("ray-resources-twice", ["--cpu-nodes", "1", "--set", "cpuWorkers.rayStartParams.num-gpus=1",
+                             "--set", "cpuWorkers.rayResources.GPU=1"], "set in both rayStartParams and resources"),
+    ("head-must-run-no-work", ["--cpu-nodes", "1", "--set", "head.rayStartParams.num-cpus=2"],
+     "the head runs no work"),
+    ("ray-start-labels", ["--cpu-nodes", "1", "--set", "cpuWorkers.rayStartParams.labels=a=b"],
+     "rayStartParams.labels: not supported by KubeRay"),
+    ("negative-ttl", ["--cpu-nodes", "1", "--set", "job.ttlSecondsAfterFinished=-5"],
+     "job.ttlSecondsAfterFinished: must not be negative"),
+    ("zero-deadline", ["--cpu-nodes", "1", "--set", "job.activeDeadlineSeconds=0"],
+     "job.activeDeadlineSeconds: must be greater than 0"),
+    ("negative-backoff", ["--cpu-nodes", "1", "--set", "job.backoffLimit=-1"], "job.backoffLimit: must not be negative"),
+    ("deletion-rules-need-no-shutdown", ["--cpu-nodes", "1", "--set",
+                                         "job.deletionRules=[{condition: {jobStatus: FAILED}, policy: DeleteCluster}]"],
+     "set job.shutdownAfterJobFinishes to false to use deletion rules"),
+    ("deletion-rule-two-conditions", ["--cpu-nodes", "1", "--set", "job.shutdownAfterJobFinishes=false",
+                                      "--set", "job.ttlSecondsAfterFinished=0", "--set",
+                                      "job.deletionRules=[{condition: {jobStatus: FAILED, jobDeploymentStatus: Failed},"
+                                      " policy: DeleteCluster}]"],
+     "needs exactly one of jobStatus and jobDeploymentStatus"),
+    ("inlined-secret", ["--cpu-nodes", "1", "--set", "env=[{name: HF_TOKEN, value: hf_abc}]"],
+     "env[0] (HF_TOKEN): a credential must not be inlined"),
+    ("inlined-aws-key", ["--cpu-nodes", "1", "--set", "env=[{name: AWS_SECRET_ACCESS_KEY, value: x}]"],
+     "a credential must not be inlined"),
+    ("bad-label-key", ["--cpu-nodes", "1", "--set", "labels.bad key=v"], "labels: key 'bad key' is invalid"),
+    ("bad-label-value", ["--cpu-nodes", "1", "--set", "labels.team=-bad-"], "labels.team: '-bad-' is invalid"),
+    ("label-value-not-string", ["--cpu-nodes", "1", "-f", "{label_number}"], "labels.version: must be a string"),
+    ("two-queues", ["--cpu-nodes", "1", "--set", "scheduling.kueueQueue=q", "--set", "scheduling.volcanoQueue=v"],
+     "choose one queueing system"),
+    ("gpu-type-without-label", ["--gpu-nodes", "1", "--gpu-type", "nvidia-l4", "--set", "gpuWorkers.acceleratorLabel="],
+     "gpuWorkers.acceleratorLabel: must name the node label"),
+    ("unknown-preset", ["--preset", "nope"], "--preset 'nope': no such preset (have: eks-gpu, gke-gpu, kind)"),
+    ("input-without-output", ["--cpu-nodes", "1", "--input", "s3://bucket/in"], "run.output: required with --input"),
+    ("output-inside-pod", ["--cpu-nodes", "1", "--output", "/tmp/out"], "would vanish with them"),
+    ("zero-batch", ["--cpu-nodes", "1", "--batch-size", "0"], "run.batchSize: must be at least 1"),
+    ("actors-reversed", ["--cpu-nodes", "1", "--actors", "3:1"], "run.actors: '3:1': need 1 <= MIN <= MAX"),
+    ("actors-garbage", ["--cpu-nodes", "1", "--actors", "many"], "run.actors: 'many' is not N or MIN:MAX"),
+    ("error-fraction-above-one", ["--cpu-nodes", "1", "--max-error-fraction", "2"], "run.maxErrorFraction"),
+    ("zero-cpus-per-actor", ["--cpu-nodes", "1", "--num-cpus-per-actor", "0"], "run.numCpusPerActor"),
+    ("empty-model", ["--cpu-nodes", "1", "--model", " "], "run.model[0]: is empty"),
+    ("bad-task", ["--cpu-nodes", "1", "--task", "translation"], "Invalid value for '--task'"),
+    ("job-args-on-raycluster", ["--cpu-nodes", "1", "--raycluster", "--task", "image-classification"],
+     "job arguments need a RayJob"),
+    ("unknown-flag", ["--gpu-node", "2"], "No such option '--gpu-node'"),
+    ("bad-format", ["--cpu-nodes", "1", "-o", "xml"], "Invalid value for '-o' / '--format'"),
+    ("missing-values-file", ["--cpu-nodes", "1", "-f", "/nonexistent/values.yaml"],
+     "values file /nonexistent/values.yaml: cannot read"),
+    ("values-file-not-yaml", ["-f", "{not_yaml}"], "line 3: expected the node content"),
+    ("values-file-a-list", ["-f", "{a_list}"], "must be a map of keys to values"),
+    ("values-file-unknown-key", ["-f", "{unknown_key}"], "gpuWorker: unknown key (did you mean 'gpuWorkers'?)"),
+    ("values-file-wrong-type", ["-f", "{wrong_type}"], "cpuWorkers.replicas: must be a whole number, not '3'"),
+    ("values-file-nul", ["--cpu-nodes", "1", "-f", "{nul}"], "run.output: contains a NUL character"),
+    ("missing-crd-dir", ["--cpu-nodes", "1", "--crd-dir", "/nonexistent/crds"], "--crd-dir /nonexistent/crds: no such"),
+    ("crd-dir-without-crds", ["--cpu-nodes", "1", "--crd-dir", "{a_list}"], "no ray.io v1 CustomResourceDefinition"),
+]
+
+CRD_CASES = [
+    ("crd-unknown-field", ["--cpu-nodes", "1", "--set", "head.affinity={nodeAffinty: {}}"],
+     "unknown field 'nodeAffinty' (did you mean 'nodeAffinity'?); the API server would silently drop it"),
+    ("crd-env-typo", ["--cpu-nodes", "1", "--set", "env=[{name: A, valu: b}]"], "unknown field 'valu'"),
+    ("crd-int32-overflow", ["--cpu-nodes", "3000000000"], "3000000000 is greater than the maximum of 2147483647"),
+    ("crd-wrong-toleration-type", ["--cpu-nodes", "1", "--set", "cpuWorkers.tolerations=[{key: 1}]"],
+     "1 is not of type 'string'"),
+    ("crd-bad-deletion-policy", ["--cpu-nodes", "1", "--set", "job.shutdownAfterJobFinishes=false",
+                                 "--set", "job.ttlSecondsAfterFinished=0",
+                                 "--set", "job.deletionRules=[{condition: {jobStatus: FAILED}, policy: Delete}]"],
+     "'Delete' is not one of"),
+]
+
+VALUES = {
+    "not_yaml": "name: ok\ncpuWorkers: [\n",
+    "a_list": "- 1\n- 2\n",
+    "unknown_key": "gpuWorker:\n  replicas: 1\n",
+    "wrong_type": "cpuWorkers:\n  replicas: '3'\n",
+    "label_number": "labels:\n  version: 1.10\n",
+    "nul": 'run:\n  output: "s3://b/a\\0b"\n',
+}
+
+
+def _expand(args: list[str], tmp_path) -> list[str]:
+    out = []
+    for arg in args:
+        if arg.startswith("{") and arg.endswith("}") and arg[1:-1] in VALUES:
+            path = tmp_path / f"{arg[1:-1]}.yaml"
+            path.write_text(VALUES[arg[1:-1]], encoding="utf-8")
+            arg = str(path)
+        out.append(arg)
+    return out
+
+
+def _assert_clean_failure(result, message: str) -> None:
+    assert result.code == 2, (result.code, result.stderr)
+    assert result.stdout == ""
+    assert result.stderr.startswith("Error: ")
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_rejected_cleanly(inferkit, tmp_path, args, message):
+    _assert_clean_failure(inferkit("render", *_expand(args, tmp_path)), message)
+
+
+@pytest.mark.parametrize(("args", "message"), [c[1:] for c in CRD_CASES], ids=[c[0] for c in CRD_CASES])
+def test_crd_schema_rejects(inferkit, crd_dir, args, message):
+    _assert_clean_failure(inferkit("render", "--crd-dir", crd_dir, *args), message)
+
+
+def test_all_problems_are_reported_together(inferkit, tmp_path):
+    result = inferkit("render", "--gpu-nodes", "-1", "--name", "X", "--set", "nosuch=1", "--batch-size", "0")
+    _assert_clean_failure(result, "4 problems:")
+    for part in ("gpuWorkers.replicas", "name: 'X'", "nosuch: unknown key", "run.batchSize"):
+        assert part in result.stderr
+
+
+def test_single_problem_is_one_line(inferkit):
+    result = inferkit("render", "--gpu-nodes", "1", "--gpus-per-node", "0")
+    _assert_clean_failure(result, "gpusPerNode")
+    assert result.stderr.count("\n") == 1
+
+
+def test_verbose_shows_traceback(inferkit):
+    result = inferkit("-v", "render", "--gpu-nodes", "1", "--gpus-per-node", "0")
+    assert result.code == 2 and "Traceback" in result.stderr and result.stdout == ""

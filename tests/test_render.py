@@ -1,0 +1,205 @@
+"""`inferkit render`: golden renders of the main shapes, and what every render must be."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inferkit import RAY_VERSION
+from inferkit.validate import kuberay_rules, schema_problems
+
+GOLDEN = Path(__file__).parent / "golden"
+FULL_VALUES = str(Path(__file__).parent / "values" / "full.yaml")
+
+SHAPES = {
+    "cpu": ["--cpu-nodes", "2"],
+    "gpu": ["--gpu-nodes", "4"],
+    "kind": ["--preset", "kind"],
+    "gke-mixed-autoscaling": ["--preset", "gke-gpu", "--gpu-nodes", "2:8", "--cpu-nodes", "1", "--gpus-per-node", "2"],
+    "eks-raycluster": ["--preset", "eks-gpu", "--raycluster", "--name", "eks-cluster"],
+    "full-values": ["-f", FULL_VALUES, "--task", "image-classification", "--model", "google/vit-base-patch16-224",
+                    "--model", "microsoft/resnet-50", "--input", "s3://bucket/images", "--output", "s3://bucket/out",
+                    "--batch-size", "64", "--max-error-fraction", "0.05"],
+}
+
+
+def _containers(obj: dict):
+    spec = obj["spec"]
+    cluster = spec.get("rayClusterSpec", spec)
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster.get("workerGroupSpecs", [])]
+    if "submitterPodTemplate" in spec:
+        pods.append(spec["submitterPodTemplate"])
+    for pod in pods:
+        yield pod, pod["spec"]["containers"]
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_golden_render(shape, inferkit, crd_schemas, update_golden):
+    result = inferkit("render", *SHAPES[shape])
+    assert result.code == 0, result.stderr
+    golden = GOLDEN / f"{shape}.yaml"
+    if update_golden:
+        golden.write_text(result.stdout, encoding="utf-8")
+    assert result.stdout == golden.read_text(encoding="utf-8"), f"render changed; INFERKIT_UPDATE_GOLDEN=1 to accept"
+    obj = yaml.safe_load(result.stdout)
+    assert kuberay_rules(obj) == []
+    assert schema_problems(obj, crd_schemas) == []
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_every_container_requests_equal_limits_and_runs_as_non_root(shape, inferkit):
+    obj = yaml.safe_load(inferkit("render", *SHAPES[shape]).stdout)
+    for pod, containers in _containers(obj):
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        for container in containers:
+            resources = container["resources"]
+            assert resources["requests"] == resources["limits"], container["name"]
+            assert {"cpu", "memory"} <= set(resources["limits"])
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    cluster = obj["spec"].get("rayClusterSpec", obj["spec"])
+    if cluster.get("enableInTreeAutoscaling"):
+        autoscaler = cluster["autoscalerOptions"]["resources"]
+        assert autoscaler["requests"] == autoscaler["limits"]
+
+
+def test_gpu_nodes_give_a_pinned_gpu_group_with_toleration(inferkit):
+    obj = yaml.safe_load(inferkit("render", "--gpu-nodes", "4", "--gpus-per-node", "2").stdout)
+    cluster = obj["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == RAY_VERSION
+    (group,) = cluster["workerGroupSpecs"]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (4, 4, 4)
+    assert "enableInTreeAutoscaling" not in cluster
+    pod = group["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert "nodeSelector" not in pod  # no GPU type asked for: any GPU node
+
+
+@pytest.mark.parametrize(("args", "label", "value"), [
+    (["--gpu-type", "NVIDIA-A100-SXM4-80GB"], "nvidia.com/gpu.product", "NVIDIA-A100-SXM4-80GB"),
+    (["--preset", "gke-gpu"], "cloud.google.com/gke-accelerator", "nvidia-l4"),
+    (["--preset", "gke-gpu", "--gpu-type", "nvidia-tesla-t4"], "cloud.google.com/gke-accelerator", "nvidia-tesla-t4"),
+    (["--preset", "eks-gpu"], "karpenter.k8s.aws/instance-gpu-name", "a10g"),
+])
+def test_gpu_type_selects_the_accelerator_label(inferkit, args, label, value):
+    obj = yaml.safe_load(inferkit("render", "--gpu-nodes", "1", *args).stdout)
+    pod = obj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert pod["nodeSelector"] == {label: value}
+
+
+def test_cpu_only_render_mentions_no_gpu(inferkit):
+    for args in (["--cpu-nodes", "3"], ["--preset", "kind"], ["--cpu-nodes", "1:5", "--raycluster"]):
+        result = inferkit("render", *args)
+        assert result.code == 0
+        assert "nvidia.com/gpu" not in result.stdout
+        assert "gpu-workers" not in result.stdout
+
+
+def test_cpu_and_gpu_groups_coexist_with_autoscaling(inferkit):
+    obj = yaml.safe_load(inferkit("render", "--cpu-nodes", "2", "--gpu-nodes", "0:6").stdout)
+    cluster = obj["spec"]["rayClusterSpec"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert (groups["cpu-workers"]["minReplicas"], groups["cpu-workers"]["maxReplicas"]) == (2, 2)
+    assert (groups["gpu-workers"]["replicas"], groups["gpu-workers"]["minReplicas"],
+            groups["gpu-workers"]["maxReplicas"]) == (0, 0, 6)
+
+
+def test_head_runs_no_work(inferkit):
+    obj = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--set", "head.rayStartParams.dashboard-host=0.0.0.0").stdout)
+    params = obj["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
+    assert params == {"dashboard-host": "0.0.0.0", "num-cpus": "0"}
+
+
+def test_rayjob_lifecycle_settings(inferkit):
+    obj = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--set", "job.ttlSecondsAfterFinished=30",
+                                  "--set", "job.activeDeadlineSeconds=3600", "--set", "job.backoffLimit=2").stdout)
+    spec = obj["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert (spec["ttlSecondsAfterFinished"], spec["activeDeadlineSeconds"], spec["backoffLimit"]) == (30, 3600, 2)
+    assert spec["entrypoint"] == "inferkit run"
+    assert spec["submitterPodTemplate"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_raycluster_has_no_job_fields(inferkit):
+    obj = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--raycluster", "--name", "c" * 53).stdout)
+    assert obj["kind"] == "RayCluster"
+    assert "entrypoint" not in obj["spec"] and "rayClusterSpec" not in obj["spec"]
+    assert obj["metadata"]["name"] == "c" * 53
+
+
+def test_secrets_are_referenced_never_inlined(inferkit):
+    obj = yaml.safe_load(inferkit("render", "-f", FULL_VALUES).stdout)
+    for _pod, containers in _containers(obj):
+        for container in containers:
+            for var in container.get("env", []):
+                if var["name"] == "HF_TOKEN":
+                    assert "value" not in var
+                    assert var["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+
+
+def test_queue_and_gang_labels(inferkit):
+    kueue = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--set", "scheduling.kueueQueue=team-a").stdout)
+    assert kueue["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert kueue["spec"]["suspend"] is True
+    volcano = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--set", "scheduling.volcanoQueue=q",
+                                      "--set", "scheduling.gangScheduling=true").stdout)
+    labels = volcano["metadata"]["labels"]
+    assert labels["ray.io/scheduler-name"] == "volcano" and labels["volcano.sh/queue-name"] == "q"
+    assert labels["ray.io/gang-scheduling-enabled"] == "true"
+    yunikorn = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--set", "scheduling.yunikornQueue=root.ml").stdout)
+    assert yunikorn["metadata"]["labels"]["yunikorn.apache.org/queue"] == "root.ml"
+
+
+def test_layers_override_in_order(inferkit, tmp_path):
+    """defaults < preset < values files < --set < flags, checked one layer at a time."""
+    first = tmp_path / "a.yaml"
+    first.write_text("cpuWorkers: {cpu: '3'}\n")
+    second = tmp_path / "b.yaml"
+    second.write_text("cpuWorkers: {cpu: '4'}\n")
+
+    def worker_cpu(*args: str) -> str:
+        obj = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", *args).stdout)
+        return obj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0][
+            "resources"]["limits"]["cpu"]
+
+    assert worker_cpu() == "8"
+    assert worker_cpu("--preset", "kind") == "1"
+    assert worker_cpu("--preset", "kind", "-f", str(first)) == "3"
+    assert worker_cpu("--preset", "kind", "-f", str(first), "-f", str(second)) == "4"
+    assert worker_cpu("--preset", "kind", "-f", str(second), "--set", "cpuWorkers.cpu=5") == "5"
+    assert worker_cpu("--preset", "kind", "-f", str(second), "--set", "cpuWorkers.cpu=5", "--cpus-per-node", "6") == "6"
+
+
+def test_json_output_is_the_same_object(inferkit):
+    as_yaml = yaml.safe_load(inferkit("render", "--gpu-nodes", "2").stdout)
+    as_json = json.loads(inferkit("render", "--gpu-nodes", "2", "-o", "json").stdout)
+    assert as_json == as_yaml
+
+
+def test_out_dir_writes_a_file_headed_by_its_command(inferkit, tmp_path):
+    result = inferkit("render", "--gpu-nodes", "4", "--out-dir", str(tmp_path))
+    assert result.code == 0 and result.stdout == ""
+    written = (tmp_path / "inferkit-rayjob.yaml").read_text()
+    assert written.splitlines()[1] == f"#   inferkit render --gpu-nodes 4 --out-dir {tmp_path}"
+    assert yaml.safe_load(written) == yaml.safe_load(inferkit("render", "--gpu-nodes", "4").stdout)
+
+
+def test_entrypoint_carries_job_arguments(inferkit):
+    obj = yaml.safe_load(inferkit("render", *SHAPES["full-values"]).stdout)
+    assert obj["spec"]["entrypoint"] == (
+        "inferkit run --task image-classification --model google/vit-base-patch16-224 --model microsoft/resnet-50 "
+        "--input s3://bucket/images --output s3://bucket/out --batch-size 64 --max-error-fraction 0.05")
+
+
+def test_crd_dir_from_environment(inferkit, crd_dir, monkeypatch, capsys):
+    monkeypatch.setenv("INFERKIT_CRD_DIR", crd_dir)
+    from inferkit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["render", "--cpu-nodes", "1", "--set", "head.affinity={nodeAfinity: {}}"])
+    assert exit_info.value.code == 2
+    assert "unknown field 'nodeAfinity'" in capsys.readouterr().err
