@@ -172,7 +172,7 @@ def run(**kwargs: Any) -> int:
     options = chart.load_run_options(_run_flags(kwargs))
     from inferkit.job.run import run_job
 
-    return run_job(options)
+    return run_job(options, verbose=_state["verbose"])
 
 
 # ---------------------------------------------------------------------------------------------

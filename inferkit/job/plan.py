@@ -1,0 +1,235 @@
+"""Pure planning: what the cluster has + what the model is -> how to run it.
+
+No Ray, no torch: the inputs are plain records read elsewhere (see resources.py), so every decision
+is unit-tested on synthetic clusters, from one 1-CPU node to a thousand 8-GPU nodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from inferkit.config import RunOptions, parse_actor_bounds
+from inferkit.errors import ConfigError
+
+GiB = 2**30
+# CPU threads one inference actor uses before another actor pays off more than more threads.
+THREADS_PER_CPU_ACTOR = 8
+# CPUs per node kept for reading, decoding and writing (Ray Data's tasks) beside inference actors;
+# an actor that takes every CPU of a node starves them and the job hangs.
+MIN_IO_CPUS = 0.25
+IO_CPU_SHARE = 0.125
+# Fractional CPUs each read/decode/write task asks for, so they fit next to the actors.
+IO_TASK_CPUS = 0.25
+GPU_MEMORY_USABLE = 0.7
+UNKNOWN_GPU_MEMORY = 16 * GiB
+MAX_BATCH = 1024
+# Transient activation bytes per fp32 element of one input row; rough, the OOM fallback corrects it.
+ACTIVATION_FACTOR_IMAGE = 64
+ACTIVATION_FACTOR_TEXT = 24
+AGREEMENT_THRESHOLD = 0.99
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """One Ray node as the planner sees it."""
+
+    node_id: str
+    cpus: float  # Ray's logical CPUs
+    memory_bytes: int
+    gpus: int = 0
+    real_cpus: float | None = None  # what the container may really use (cgroup quota, cpuset); None = as Ray says
+    object_store_bytes: int = 0
+    gpu_type: str = ""
+    gpu_memory_bytes: int = 0
+    gpu_bf16: bool = False
+    cpu_bf16: bool = False
+
+    @property
+    def usable_cpus(self) -> float:
+        return self.cpus if self.real_cpus is None else min(self.cpus, self.real_cpus)
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    nodes: tuple[NodeResources, ...]
+
+    @property
+    def workers(self) -> tuple[NodeResources, ...]:
+        """Nodes that can run work (a KubeRay head has num-cpus 0 and no GPUs)."""
+        return tuple(n for n in self.nodes if n.cpus > 0 or n.gpus > 0)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """What the planner needs to know about the model(s), read from their configs."""
+
+    input_kind: Literal["image", "text"]
+    parameter_bytes: int  # fp32 bytes of all models' weights together
+    convolutional: bool = False
+    image_size: int = 224
+    max_length: int = 512
+    hidden_size: int = 768
+
+
+@dataclass(frozen=True)
+class Decision:
+    what: str
+    value: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    device: Literal["cpu", "gpu"]
+    actors_min: int
+    actors_max: int
+    num_cpus_per_actor: float
+    num_gpus_per_actor: float
+    threads_per_actor: int
+    batch_size: int
+    io_task_cpus: float
+    precision: str  # fp32, bf16 or fp16; with precision_check, bf16 only if the first batch agrees
+    precision_check: bool
+    channels_last: bool
+    decisions: tuple[Decision, ...] = field(default=())
+
+    def table(self) -> str:
+        width = max(len(d.what) for d in self.decisions)
+        vwidth = max(len(d.value) for d in self.decisions)
+        return "\n".join(f"  {d.what:<{width}}  {d.value:<{vwidth}}  {d.why}" for d in self.decisions)
+
+
+def _pow2_floor(value: float) -> int:
+    return 1 if value < 1 else 2 ** int(math.log2(value))
+
+
+def _row_bytes(profile: ModelProfile, element_bytes: int) -> int:
+    """Rough peak activation bytes for one row during a forward pass."""
+    if profile.input_kind == "image":
+        return profile.image_size**2 * 3 * element_bytes * ACTIVATION_FACTOR_IMAGE
+    return profile.max_length * profile.hidden_size * element_bytes * ACTIVATION_FACTOR_TEXT
+
+
+def _resolve_device(cluster: ClusterResources, options: RunOptions) -> tuple[str, str]:
+    gpus = sum(n.gpus for n in cluster.workers)
+    if options.device == "gpu":
+        if not gpus:
+            raise ConfigError(["--device gpu: the cluster has no GPUs (Ray sees none on any node)"])
+        return "gpu", "asked for"
+    if options.device == "cpu":
+        return "cpu", "asked for"
+    if gpus:
+        return "gpu", f"{gpus} GPUs in the cluster"
+    return "cpu", "no GPUs in the cluster"
+
+
+def _gpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions, decisions: list) -> dict:
+    gpu_nodes = [n for n in cluster.workers if n.gpus > 0]
+    per_actor = options.num_gpus_per_actor or 1.0
+    capacity = sum(int(n.gpus // per_actor) if per_actor >= 1 else int(n.gpus / per_actor) for n in gpu_nodes)
+    if capacity < 1:
+        raise ConfigError([f"--num-gpus-per-actor {per_actor}: no node has that many GPUs"])
+    smallest = min(gpu_nodes, key=lambda n: n.usable_cpus / max(n.gpus, 1))
+    cpus_per_gpu = smallest.usable_cpus / smallest.gpus
+    # The rest of a GPU node's CPUs decode and preprocess, so the GPU never waits on PIL.
+    num_cpus = options.num_cpus_per_actor or (1.0 if cpus_per_gpu >= 2 else max(0.25, cpus_per_gpu / 2))
+    decisions.append(Decision("actor resources", f"{per_actor:g} GPU, {num_cpus:g} CPU",
+                              "asked for" if options.num_gpus_per_actor else "one inference actor per GPU"))
+    precision, check, why = _precision(options, all(n.gpu_bf16 for n in gpu_nodes), "GPU")
+    element_bytes = 4 if precision == "fp32" else 2
+    memory = min((n.gpu_memory_bytes or UNKNOWN_GPU_MEMORY) for n in gpu_nodes) * min(per_actor, 1.0)
+    weights = profile.parameter_bytes * element_bytes / 4
+    budget = memory * GPU_MEMORY_USABLE - weights * 1.2
+    batch = min(MAX_BATCH, _pow2_floor(budget / _row_bytes(profile, element_bytes)))
+    batch_why = f"{memory / GiB:.0f} GiB GPU memory, {weights / GiB:.2f} GiB weights; halves on out-of-memory"
+    return {"actors_max": capacity, "actors_min": 1, "num_cpus": num_cpus, "num_gpus": per_actor,
+            "threads": max(1, math.floor(num_cpus + 0.5)), "batch": max(1, batch), "batch_why": batch_why,
+            "precision": (precision, check, why), "pool_why": f"autoscaling, bounded by {capacity} GPU slots"}
+
+
+def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions, decisions: list) -> dict:
+    nodes = [n for n in cluster.workers if n.cpus > 0]
+    if not nodes:
+        raise ConfigError(["the cluster has no CPUs for work yet (no worker node has joined)"])
+    # Size actors for the smallest node so that one fits on every node.
+    smallest = min(nodes, key=lambda n: n.usable_cpus)
+    usable = smallest.usable_cpus
+    io_cpus = min(usable / 2, max(MIN_IO_CPUS, IO_CPU_SHARE * usable))
+    inference_cpus = usable - io_cpus
+    if options.num_cpus_per_actor:
+        num_cpus = options.num_cpus_per_actor
+        if num_cpus > smallest.cpus:
+            raise ConfigError([f"--num-cpus-per-actor {num_cpus:g}: the smallest node has only {smallest.cpus:g} CPUs"])
+        why = "asked for"
+    else:
+        per_node = max(1, math.ceil(inference_cpus / THREADS_PER_CPU_ACTOR))
+        num_cpus = math.floor(inference_cpus / per_node * 4) / 4  # quarter CPUs: Ray accounts in 1/10000ths
+        why = f"{usable:g} usable CPUs per node, {io_cpus:g} kept for reading and decoding"
+    # Ray schedules by its logical CPU count; when the container really has fewer, ask for the same
+    # share of Ray's count so no more actors land on a node than its real CPUs can run.
+    scale = smallest.cpus / usable if usable else 1.0
+    ray_cpus = round(num_cpus * scale, 4)
+    capacity = sum(max(0, int((n.usable_cpus - io_cpus + 1e-9) // num_cpus)) for n in nodes)
+    capacity = max(1, capacity)
+    threads = max(1, math.floor(num_cpus + 0.5))
+    decisions.append(Decision("actor resources", f"{ray_cpus:g} CPU, {threads} threads", why))
+    precision, check, pwhy = _precision(options, all(n.cpu_bf16 for n in nodes), "CPU")
+    element_bytes = 4 if precision == "fp32" else 2
+    base = 16 if profile.input_kind == "image" else 32
+    batch = min(256 if profile.input_kind == "image" else 512, _pow2_floor(base * threads))
+    actors_per_node = max(1, int((usable - io_cpus + 1e-9) // num_cpus))
+    memory_budget = smallest.memory_bytes * 0.5 / actors_per_node - profile.parameter_bytes * 1.5
+    by_memory = _pow2_floor(memory_budget / _row_bytes(profile, element_bytes)) if memory_budget > 0 else 1
+    batch = max(1, min(batch, by_memory))
+    batch_why = f"{threads} threads" + (f", capped by {smallest.memory_bytes / GiB:.1f} GiB node memory"
+                                        if by_memory < base * threads else "")
+    return {"actors_max": capacity, "actors_min": 1, "num_cpus": ray_cpus, "num_gpus": 0.0, "threads": threads,
+            "batch": batch, "batch_why": batch_why, "precision": (precision, check, pwhy),
+            "pool_why": f"{actors_per_node} per node on {len(nodes)} node(s)"}
+
+
+def _precision(options: RunOptions, hardware_bf16: bool, device: str) -> tuple[str, bool, str]:
+    if options.precision != "auto":
+        return options.precision, False, "asked for"
+    if hardware_bf16:
+        return "bf16", True, f"{device} has bf16; kept if top-1 agrees with fp32 on >= 99% of the first batch"
+    return "fp32", False, f"{device} has no native bf16"
+
+
+def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions) -> Plan:
+    """Actor resources, pool bounds, batch size, threads and precision for this cluster and model;
+    every flag the user gave wins over the planned value."""
+    decisions: list[Decision] = []
+    if not cluster.workers:
+        raise ConfigError(["the cluster has no CPUs or GPUs for work yet (the head runs none; no worker joined)"])
+    device, device_why = _resolve_device(cluster, options)
+    decisions.append(Decision("device", device, device_why))
+    planned = (_gpu_plan if device == "gpu" else _cpu_plan)(cluster, profile, options, decisions)
+    low, high, pool_why = 1, planned["actors_max"], planned["pool_why"]
+    if options.actors:
+        low, high = parse_actor_bounds(options.actors)
+        pool_why = "asked for" + (f" (the cluster fits {planned['actors_max']} now)" if high > planned["actors_max"]
+                                  else "")
+    decisions.append(Decision("actor pool", f"{low}..{high}" if low != high else str(high), pool_why))
+    batch = options.batch_size or planned["batch"]
+    decisions.append(Decision("batch size", str(batch), "asked for" if options.batch_size else planned["batch_why"]))
+    precision, check, precision_why = planned["precision"]
+    decisions.append(Decision("precision", precision + (" (checked)" if check else ""), precision_why))
+    channels_last = profile.convolutional
+    if channels_last:
+        decisions.append(Decision("memory format", "channels_last", "convolutional model"))
+    decisions.append(Decision("torch threads", str(planned["threads"]), "= CPUs each actor holds"))
+    return Plan(
+        device=device, actors_min=low, actors_max=high, num_cpus_per_actor=planned["num_cpus"],
+        num_gpus_per_actor=planned["num_gpus"], threads_per_actor=planned["threads"], batch_size=batch,
+        io_task_cpus=IO_TASK_CPUS, precision=precision, precision_check=check, channels_last=channels_last,
+        decisions=tuple(decisions),
+    )
+
+
+def top1_agreement(reference: list[int], candidate: list[int]) -> float:
+    if not reference:
+        return 1.0
+    return sum(a == b for a, b in zip(reference, candidate, strict=True)) / len(reference)

