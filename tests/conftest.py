@@ -56,3 +56,25 @@ def crd_schemas(crd_dir):
 @pytest.fixture(scope="session")
 def update_golden() -> bool:
     return os.environ.get("INFERKIT_UPDATE_GOLDEN") == "1"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded 2-CPU Ray for the in-process job tests (`inferkit run` reuses a connected Ray)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    import tiny
+
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "classifier": tiny.bert(root / "classifier", classifier=True),
+        "embedder": tiny.bert(root / "embedder", classifier=False, max_positions=16),
+        "resnet": tiny.resnet(root / "resnet"),
+        "vit": tiny.vit(root / "vit"),
+    }

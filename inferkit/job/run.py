@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 
 from inferkit import __version__
 from inferkit.config import RunOptions
-from inferkit.errors import EXIT_OK, ConfigError, JobFailed
+from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed
 from inferkit.job import io
 from inferkit.job.plan import AGREEMENT_THRESHOLD, Plan, make_plan
 from inferkit.job.tasks import (ERROR, ModelFacts, ModelSpec, Predictor, check_precision, decode_images, demo_model,
@@ -104,7 +105,9 @@ def _connect(verbose: bool) -> str:
 
     address = os.environ.get("RAY_ADDRESS")
     level = logging.INFO if verbose else logging.WARNING
-    if address:
+    if ray.is_initialized():  # a caller (a notebook, a test) already connected
+        where = "the connected Ray"
+    elif address:
         ray.init(address=address, logging_level=level)
         where = f"the Ray cluster at {address}"
     else:
@@ -114,6 +117,9 @@ def _connect(verbose: bool) -> str:
     context.enable_progress_bars = sys.stderr.isatty()
     context.print_on_execution_start = verbose
     logging.getLogger("ray.data").setLevel(level)
+    if not verbose:  # a failing task is reported once, by us, with its root cause; -v shows Ray's traceback
+        for name in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     return where
 
 
@@ -239,9 +245,36 @@ def run_job(options: RunOptions, verbose: bool = False) -> int:
     output = io.prepare_output(options.output or os.path.join("inferkit-output", run_id), options.overwrite, run_id)
     try:
         return _run(options, verbose, run_id, started, source, schema, facts, passthrough, output)
+    except InferkitError:
+        io.discard(output)
+        raise
+    except Exception as e:
+        io.discard(output)
+        raise JobFailed(f"the run failed: {_root_cause(e)}") from e
     except BaseException:
         io.discard(output)
         raise
+
+
+_RAISED = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error a task raised, without Ray's wrappers: what the user can act on. Ray keeps
+    a remote error's cause only as traceback text, so that text is searched when the chain ends in Ray."""
+    text = str(error)
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "cause", None) or error.__cause__
+        if inner is None or inner is error:
+            break
+        error = inner
+    if type(error).__module__.startswith("ray."):
+        for name, message in _RAISED.findall(text):
+            if not name.startswith("ray.") and name not in ("UserCodeException", "RayTaskError"):
+                return f"{name}: {message.strip()[:500]}"
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:500]}"
 
 
 def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source: io.Source, schema: pa.Schema,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,16 @@ def read_model_facts(model: str, task: str, trust_remote_code: bool) -> ModelFac
     )
 
 
+def processor_shape(processor: Any) -> tuple[int, ...]:
+    """(channels, height, width) the processor makes of any image: learnt by running it once."""
+    from PIL import Image
+
+    blank = Image.new("RGB", (64, 64))
+    return tuple(processor(blank, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"].shape[1:])
+
+
 def processor_size(processor: Any) -> int:
-    size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-    values = [v for v in (size.values() if isinstance(size, dict) else [size]) if isinstance(v, int)]
-    return max(values) if values else 224
+    return max(processor_shape(processor)[1:])
 
 
 def profile_models(facts: list[ModelFacts], task: str) -> ModelProfile:
@@ -132,7 +139,7 @@ def decode_images(batch: pa.Table, *, processors: list, image_column: str) -> pa
     blobs = batch.column(image_column).to_pylist()
     errors = batch.column(ERROR).to_pylist() if ERROR in batch.column_names else [None] * len(blobs)
     arrays: list[list[np.ndarray]] = [[] for _ in processors]
-    shapes = [(3, processor_size(p), processor_size(p)) for p in processors]
+    shapes = [processor_shape(p) for p in processors]
     for i, blob in enumerate(blobs):
         image = None
         if errors[i] is None:
@@ -143,7 +150,9 @@ def decode_images(batch: pa.Table, *, processors: list, image_column: str) -> pa
                     with Image.open(io.BytesIO(blob)) as opened:
                         opened.load()
                         image = _to_rgb(opened)
-                except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                except UnidentifiedImageError:
+                    errors[i] = "cannot decode image: not a format PIL recognises"
+                except (OSError, ValueError, SyntaxError) as e:
                     errors[i] = f"cannot decode image: {' '.join(str(e).split())[:200]}"
         for k, processor in enumerate(processors):
             if image is None:
@@ -286,6 +295,8 @@ class Predictor:
                     raise
                 self.micro_batch = max(1, self.micro_batch // 2)
                 self.oom_halvings += 1
+                print(f"[inferkit] out of memory on {len(chunk)} rows: retrying them {self.micro_batch} at a time",
+                      file=sys.stderr, flush=True)
                 if self.device.type == "cuda":
                     self.torch.cuda.empty_cache()
                 continue

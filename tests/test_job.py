@@ -1,0 +1,351 @@
+"""`inferkit run` end to end on a real (embedded) Ray with tiny models built and saved by the tests:
+every task and input format, awkward data, injected crash and out-of-memory, exactly-once output."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import tiny
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "_inferkit_report.json").read_text())
+
+
+def _assert_published(out: Path) -> pd.DataFrame:
+    assert (out / "_SUCCESS").exists() and (out / "_inferkit_report.json").exists()
+    assert not list(out.parent.glob(f"{out.name}.inferkit-*")), "staging folder left behind"
+    schemas = {pq.read_schema(f) for f in out.glob("*.parquet")}
+    assert len(schemas) == 1, "every output file has the same schema"
+    return pd.read_parquet(out)
+
+
+def _exactly_once(frame: pd.DataFrame, column: str, expected) -> None:
+    counts = Counter(frame[column])
+    assert set(counts) == set(expected)
+    assert max(counts.values()) == 1
+
+
+@pytest.fixture
+def text_input(tmp_path):
+    rows = [{"id": f"t{i}", "text": text, "lang": "en"} for i, text in enumerate([
+        "the movie was very good", "terrible boring plot", "", "   ", None, "ünïcødé ✓ 🚀 text",
+        " ".join(["word"] * 500), "a", "i love this film", "we hate it"])]
+    path = tmp_path / "texts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, rows
+
+
+def test_text_classification_keeps_every_row_and_flags_empty_texts(inferkit, ray_local, tiny_models, text_input,
+                                                                     tmp_path):
+    path, rows = text_input
+    out = tmp_path / "out"
+    result = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], "--input",
+                      str(path), "--output", str(out), "--max-error-fraction", "0.5", "--batch-size", "4")
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip() == f"output: {out}"
+    frame = _assert_published(out)
+    _exactly_once(frame, "id", [r["id"] for r in rows])
+    assert list(frame.columns) == ["id", "lang", "label", "score", "error"]
+    frame = frame.set_index("id")
+    assert frame.loc[["t2", "t3", "t4"], "error"].tolist() == ["empty text"] * 3
+    ok = frame[frame.error.isna()]
+    assert len(ok) == 7 and set(ok.label) <= {"negative", "neutral", "positive"}
+    assert ((ok.score > 0) & (ok.score <= 1)).all()
+    report = _report(out)
+    assert (report["rows"], report["errors"]) == (10, 3)
+    assert report["error_examples"] == {"empty text": 3}
+    assert report["plan"]["batch_size"] == 4 and "ray_data_stats" in report
+
+
+def test_embedding_from_csv_keeps_text_ids_and_normalises(inferkit, ray_local, tiny_models, tmp_path):
+    csv = tmp_path / "in.csv"
+    csv.write_text('id,text,score_hint\n007,"the cat, the dog",1.10\n008,a day and a night,2\n009,"",3\n')
+    out = tmp_path / "out"
+    result = inferkit("run", "--model", tiny_models["embedder"], "--input", str(csv), "--output", str(out),
+                      "--precision", "fp32", "--max-error-fraction", "0.5")
+    assert result.code == 0, result.stderr
+    frame = _assert_published(out).set_index("id")
+    assert frame.index.tolist() == ["007", "008", "009"]  # CSV text stays text: no 007 -> 7
+    assert frame.loc["007", "score_hint"] == "1.10"
+    vectors = np.stack(frame.loc[["007", "008"], "embedding"].to_numpy())
+    assert vectors.shape == (2, 32)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert frame.loc["009", "error"] == "empty text" and frame.loc["009", "embedding"] is None
+
+
+def _image_folder(root: Path) -> list[str]:
+    (root / "nested" / "deeper").mkdir(parents=True)
+    paths = []
+    cases = [("RGB", "JPEG", "jpg"), ("RGB", "PNG", "png"), ("RGBA", "PNG", "png"), ("L", "JPEG", "jpeg"),
+             ("P", "PNG", "png"), ("P", "GIF", "gif"), ("RGB", "WEBP", "webp"), ("RGBA", "WEBP", "webp"),
+             ("L", "BMP", "bmp")]
+    for i, (mode, fmt, ext) in enumerate(cases):
+        folder = [root, root / "nested", root / "nested" / "deeper"][i % 3]
+        path = folder / f"img{i}_{mode}.{ext}"
+        path.write_bytes(tiny.image_bytes(mode, fmt, size=(20 + 7 * i, 50 - 3 * i), seed=i))
+        paths.append(str(path))
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "truncated.png").write_bytes(tiny.image_bytes("RGB", "PNG")[:60])
+    (root / "empty.webp").write_bytes(b"")
+    (root / "README.txt").write_text("not an image")
+    return paths + [str(root / n) for n in ("corrupt.jpg", "truncated.png", "empty.webp")]
+
+
+def test_image_folder_with_awkward_images(inferkit, ray_local, tiny_models, tmp_path):
+    paths = _image_folder(tmp_path / "images")
+    out = tmp_path / "out"
+    result = inferkit("run", "--task", "image-classification", "--model", tiny_models["resnet"], "--input",
+                      str(tmp_path / "images"), "--output", str(out), "--max-error-fraction", "0.3")
+    assert result.code == 0, result.stderr
+    frame = _assert_published(out)
+    _exactly_once(frame, "path", paths)
+    frame = frame.set_index("path")
+    broken = [p for p in paths if Path(p).name in ("corrupt.jpg", "truncated.png", "empty.webp")]
+    assert frame.loc[broken, "error"].notna().all()
+    assert frame.loc[str(tmp_path / "images" / "empty.webp"), "error"] == "empty file"
+    good = frame.drop(index=broken)
+    assert good.error.isna().all() and set(good.label) <= set(tiny.LABELS.values())
+    report = _report(out)
+    assert report["input"]["skipped_count"] == 1 and report["plan"]["channels_last"] is True
+
+
+@pytest.mark.parametrize("ensemble", ["max-confidence", "mean"])
+def test_parquet_image_bytes_with_an_ensemble(inferkit, ray_local, tiny_models, tmp_path, ensemble):
+    images = [tiny.image_bytes("RGB", "PNG", seed=i) for i in range(6)] + [b"junk"]
+    pq.write_table(pa.table({"id": list(range(7)), "image": images, "split": ["a"] * 7}), tmp_path / "in.parquet",
+                   row_group_size=3)
+    out = tmp_path / "out"
+    result = inferkit("run", "--task", "image-classification", "--model", tiny_models["resnet"], "--model",
+                      tiny_models["vit"], "--ensemble", ensemble, "--input", str(tmp_path / "in.parquet"),
+                      "--output", str(out), "--max-error-fraction", "0.2", "--precision", "fp32")
+    assert result.code == 0, result.stderr
+    frame = _assert_published(out)
+    _exactly_once(frame, "id", range(7))
+    assert list(frame.columns) == ["id", "split", "label", "score", "error"]
+    assert frame.set_index("id").loc[6, "error"].startswith("cannot decode image")
+    assert _report(out)["input"]["units"] == 3  # one read task per row group
+
+
+def _ensemble_predictions(tiny_models, ensemble: str, rows: int = 8):
+    """Predictions of both models and of the ensemble on the same images, in-process."""
+    from inferkit.job.tasks import ModelSpec, Predictor, decode_images, read_model_facts
+
+    facts = [read_model_facts(tiny_models[m], "image-classification", False) for m in ("resnet", "vit")]
+    table = pa.table({"bytes": [tiny.image_bytes("RGB", "PNG", seed=i) for i in range(rows)],
+                      "error": pa.nulls(rows, pa.string())})
+    decoded = decode_images(table, processors=[f.image_processor for f in facts], image_column="bytes")
+    schema = pa.schema([("label", pa.string()), ("score", pa.float32()), ("error", pa.string())])
+
+    def spec(models):
+        chosen = [facts[i] for i in models]
+        return ModelSpec(task="image-classification", models=tuple(f.model for f in chosen), ensemble=ensemble,
+                         device="cpu", precision="fp32", threads=1, batch_size=8, channels_last=False,
+                         trust_remote_code=False, text_column="text", passthrough=(), output_schema=schema,
+                         normalization=tuple((tuple(f.image_processor.image_mean), tuple(f.image_processor.image_std),
+                                              float(f.image_processor.rescale_factor)) for f in chosen),
+                         labels=tuple(f.id2label for f in chosen))
+
+    def run(models):
+        table = decoded
+        if models == [1]:  # the second model reads the second pixel column
+            table = decoded.drop_columns(["pixels_0"]).rename_columns(
+                [c.replace("pixels_1", "pixels_0") for c in decoded.drop_columns(["pixels_0"]).column_names])
+        return Predictor(spec(models))(table if models != [0] else decoded.drop_columns(["pixels_1"])).to_pandas()
+
+    return run([0]), run([1]), run([0, 1])
+
+
+def test_max_confidence_takes_the_surest_model(tiny_models):
+    first, second, both = _ensemble_predictions(tiny_models, "max-confidence")
+    for i in range(len(both)):
+        best = first if first.score[i] >= second.score[i] else second
+        assert (both.label[i], both.score[i]) == (best.label[i], pytest.approx(best.score[i]))
+
+
+def test_mean_ensemble_is_bounded_by_its_members(tiny_models):
+    first, second, both = _ensemble_predictions(tiny_models, "mean")
+    assert (both.score <= np.maximum(first.score, second.score) + 1e-6).all()
+    assert both.error.isna().all()
+
+
+def test_existing_output_is_kept_unless_overwrite(inferkit, ray_local, tiny_models, text_input, tmp_path):
+    path, _ = text_input
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    args = ["run", "--model", tiny_models["embedder"], "--input", str(path), "--output", str(out),
+            "--precision", "fp32", "--max-error-fraction", "1"]
+    refused = inferkit(*args)
+    assert refused.code == 2 and "already exists; pass --overwrite" in refused.stderr
+    assert (out / "precious.txt").read_text() == "keep me"
+    replaced = inferkit(*args, "--overwrite")
+    assert replaced.code == 0, replaced.stderr
+    assert not (out / "precious.txt").exists() and (out / "_SUCCESS").exists()
+
+
+def test_too_many_errors_fail_after_writing(inferkit, ray_local, tiny_models, text_input, tmp_path):
+    path, rows = text_input
+    out = tmp_path / "out"
+    result = inferkit("run", "--model", tiny_models["embedder"], "--input", str(path), "--output", str(out),
+                      "--precision", "fp32", "--max-error-fraction", "0.1")
+    assert result.code == 1
+    assert "3 of 10 rows failed (30.00% > --max-error-fraction 0.1); the output is written" in result.stderr
+    _exactly_once(_assert_published(out), "id", [r["id"] for r in rows])
+
+
+def test_injected_actor_crash_loses_and_repeats_nothing(inferkit, ray_local, tiny_models, tmp_path, monkeypatch):
+    rows = [{"id": i, "text": f"the film {i} was good"} for i in range(60)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv("INFERKIT_INJECT_FAULT", f"crash-once:{marker}")
+    out = tmp_path / "out"
+    result = inferkit("run", "--model", tiny_models["classifier"], "--task", "text-classification", "--input",
+                      str(tmp_path / "in.jsonl"), "--output", str(out), "--batch-size", "8", "--precision", "fp32")
+    assert result.code == 0, result.stderr
+    assert marker.exists(), "the actor did crash"
+    frame = _assert_published(out)
+    _exactly_once(frame, "id", range(60))
+    assert frame.error.isna().all()
+
+
+def test_injected_out_of_memory_loses_and_repeats_nothing(inferkit, ray_local, tiny_models, tmp_path, monkeypatch):
+    rows = [{"id": i, "text": f"a day {i}"} for i in range(50)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("INFERKIT_INJECT_FAULT", "oom-above:3")
+    out = tmp_path / "out"
+    result = inferkit("run", "--model", tiny_models["embedder"], "--input", str(tmp_path / "in.jsonl"),
+                      "--output", str(out), "--batch-size", "16", "--precision", "fp32")
+    assert result.code == 0, result.stderr
+    frame = _assert_published(out)
+    _exactly_once(frame, "id", range(50))
+    assert frame.error.isna().all() and frame.embedding.notna().all()
+
+
+def test_out_of_memory_halves_the_batch_for_good(tiny_models):
+    """The actor keeps the smaller micro-batch for later batches instead of failing again."""
+    from inferkit.job.tasks import ModelSpec, Predictor
+
+    schema = pa.schema([("embedding", pa.list_(pa.float32())), ("error", pa.string())])
+    spec = ModelSpec(task="embedding", models=(tiny_models["embedder"],), ensemble="mean", device="cpu",
+                     precision="fp32", threads=1, batch_size=16, channels_last=False, trust_remote_code=False,
+                     text_column="text", passthrough=(), output_schema=schema, fault="oom-above:3")
+    predictor = Predictor(spec)
+    batch = pa.table({"text": [f"a day {i}" for i in range(10)], "error": pa.nulls(10, pa.string())})
+    first = predictor(batch)
+    assert (predictor.micro_batch, predictor.oom_halvings) == (2, 3)
+    second = predictor(batch)
+    assert (predictor.micro_batch, predictor.oom_halvings) == (2, 3)
+    assert first.num_rows == second.num_rows == 10
+    reference = Predictor(spec.__class__(**{**spec.__dict__, "fault": ""}))(batch)
+    assert np.allclose(np.stack(first.column("embedding").to_pylist()),
+                       np.stack(reference.column("embedding").to_pylist()), atol=1e-5)
+
+
+def test_text_longer_than_the_model_is_truncated(tiny_models):
+    """The tokenizer here has no limit; the model has 16 positions: texts are cut to 16 tokens."""
+    from inferkit.job.tasks import ModelSpec, Predictor, text_max_length
+
+    assert text_max_length(None, 512) == 512 and text_max_length(10**30, 16) == 16 and text_max_length(8, 16) == 8
+    schema = pa.schema([("embedding", pa.list_(pa.float32())), ("error", pa.string())])
+    spec = ModelSpec(task="embedding", models=(tiny_models["embedder"],), ensemble="mean", device="cpu",
+                     precision="fp32", threads=1, batch_size=4, channels_last=False, trust_remote_code=False,
+                     text_column="text", passthrough=(), output_schema=schema)
+    predictor = Predictor(spec)
+    assert predictor.max_length == 16
+    out = predictor(pa.table({"text": ["good " * 300], "error": pa.nulls(1, pa.string())}))
+    assert out.column("error").null_count == 1
+
+
+def test_unreadable_file_becomes_an_error_row(inferkit, ray_local, tiny_models, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": [1, 2], "text": ["a good film", "a bad film"]}), folder / "a.parquet")
+    (folder / "b.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    out = tmp_path / "out"
+    result = inferkit("run", "--model", tiny_models["embedder"], "--input", str(folder), "--output", str(out),
+                      "--precision", "fp32", "--max-error-fraction", "0.5")
+    assert result.code == 0, result.stderr
+    frame = _assert_published(out)
+    assert len(frame) == 3
+    assert frame.error.notna().sum() == 1 and str(folder / "b.parquet") in frame.error.dropna().iloc[0]
+
+
+def test_files_that_disagree_on_columns_stop_the_run_cleanly(inferkit, ray_local, tiny_models, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"id": 1, "text": "good"}\n')
+    (folder / "b.jsonl").write_text('{"id": "x", "text": "bad"}\n')
+    out = tmp_path / "out"
+    result = inferkit("run", "--model", tiny_models["embedder"], "--input", str(folder), "--output", str(out),
+                      "--precision", "fp32")
+    assert result.code == 1 and result.stdout == ""
+    assert "column 'id' is string, but int64 in the first input file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error:")] == [
+        line for line in result.stderr.splitlines() if "Error" in line]
+    assert not out.exists() and not list(tmp_path.glob("out.inferkit-*"))
+
+
+@pytest.mark.parametrize(("make", "args", "message"), [
+    (None, ["--input", "/nonexistent/data"], "--input /nonexistent/data: no such file or folder"),
+    ("mixed", [], "found images, jsonl; name one with --input-format"),
+    ("texts", ["--text-column", "body"], "--text-column 'body': no such column in the input (has: id, text)"),
+    ("texts", ["--id-column", "key"], "--id-column 'key': no such column"),
+    ("clash", [], "input column(s) label clash with output columns"),
+    ("texts", ["--task", "image-classification"], "--image-column 'image': no such column"),
+    ("images", [], "--task embedding reads text, but --input"),
+    ("texts", ["--model", "/nonexistent/model"], "--model /nonexistent/model: cannot load its config"),
+    ("texts", ["--model", "{embedder}", "--model", "{embedder}"], "ensembles need a classification task"),
+    ("texts", ["--batch-size", "0"], "run.batchSize: must be at least 1"),
+])
+def test_run_rejects_bad_input_before_starting_ray(inferkit, tiny_models, tmp_path, make, args, message):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if make in ("texts", "mixed", "clash"):
+        row = {"id": 1, "text": "hi"} | ({"label": "x"} if make == "clash" else {})
+        (folder / "t.jsonl").write_text(json.dumps(row) + "\n")
+    if make in ("images", "mixed"):
+        (folder / "i.png").write_bytes(tiny.image_bytes("RGB", "PNG"))
+    args = [a.format(**tiny_models) for a in args]
+    if make:
+        args = ["--input", str(folder), *args]
+    if "--model" not in args:
+        args += ["--model", tiny_models["embedder"]]
+    result = inferkit("run", *args, "--output", str(tmp_path / "out"))
+    assert result.code == 2 and result.stdout == ""
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bundled_demo_runs_offline_with_real_weights(inferkit, ray_local, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    result = inferkit("run")
+    assert result.code == 0, result.stderr
+    out = Path(result.stdout.strip().removeprefix("output: "))
+    assert out.parent == tmp_path / "inferkit-output"
+    frame = _assert_published(out).set_index("id")
+    assert len(frame) == 100 and frame.error.isna().all()
+    vectors = {i: np.asarray(v) for i, v in frame.embedding.items()}
+    assert len(vectors["sample-001"]) == 384
+    # Real all-MiniLM-L6-v2 weights: two weather reports are closer than weather and a recipe.
+    weather = vectors["sample-011"] @ vectors["sample-012"]
+    unrelated = vectors["sample-011"] @ vectors["sample-036"]
+    assert weather > unrelated + 0.1
+    precision = _report(out)["precision"]
+    from inferkit.job.resources import cpu_has_bf16
+
+    assert precision["checked"] is cpu_has_bf16()
+    if precision["checked"]:
+        assert precision["agreement"] >= 0.99 and precision["chosen"] == "bf16"

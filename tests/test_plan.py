@@ -1,0 +1,163 @@
+"""The planner on synthetic clusters: pure and fast, no Ray, no torch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inferkit.chart import default_run_options
+from inferkit.errors import ConfigError
+from inferkit.job.plan import (IO_TASK_CPUS, ClusterResources, ModelProfile, NodeResources, make_plan,
+                               top1_agreement)
+
+GiB = 2**30
+RESNET50 = ModelProfile(input_kind="image", parameter_bytes=100 * 2**20, convolutional=True)
+MINILM = ModelProfile(input_kind="text", parameter_bytes=90 * 2**20, max_length=256, hidden_size=384)
+HEAD = NodeResources("head", cpus=0, memory_bytes=8 * GiB)
+
+
+def cluster(*nodes: NodeResources, head: bool = True) -> ClusterResources:
+    return ClusterResources(((HEAD,) if head else ()) + nodes)
+
+
+def cpu_node(cpus: float, memory_gib: float = 16, real: float | None = None, bf16: bool = False, name: str = "w"):
+    return NodeResources(name, cpus=cpus, memory_bytes=int(memory_gib * GiB), real_cpus=real, cpu_bf16=bf16)
+
+
+def gpu_node(gpus: int = 8, cpus: float = 96, gpu_gib: int = 80, bf16: bool = True, name: str = "g"):
+    return NodeResources(name, cpus=cpus, memory_bytes=1024 * GiB, gpus=gpus, gpu_type="NVIDIA H100 80GB HBM3",
+                         gpu_memory_bytes=gpu_gib * GiB, gpu_bf16=bf16)
+
+
+def options(**overrides):
+    return dataclasses.replace(default_run_options(), **overrides)
+
+
+def test_one_cpu_node_leaves_room_for_reading():
+    plan = make_plan(cluster(cpu_node(1)), RESNET50, options())
+    assert plan.device == "cpu"
+    assert plan.num_cpus_per_actor + plan.io_task_cpus <= 1
+    assert plan.threads_per_actor == 1
+    assert (plan.actors_min, plan.actors_max) == (1, 1)
+
+
+def test_two_core_node_never_asks_for_every_cpu():
+    """The seeds' num_cpus=2 on a 2-core node starves the read tasks and hangs."""
+    plan = make_plan(cluster(cpu_node(2)), RESNET50, options())
+    assert plan.num_cpus_per_actor == 1.75
+    assert plan.threads_per_actor == 2
+    assert plan.num_cpus_per_actor + plan.io_task_cpus <= 2
+
+
+@pytest.mark.parametrize(("cpus", "per_node"), [(8, 1), (16, 2), (32, 4), (64, 7)])
+def test_big_cpu_nodes_split_into_several_actors(cpus, per_node):
+    plan = make_plan(cluster(cpu_node(cpus), cpu_node(cpus)), RESNET50, options())
+    assert plan.actors_max == 2 * per_node
+    assert plan.threads_per_actor <= 8
+    assert per_node * plan.num_cpus_per_actor <= cpus - IO_TASK_CPUS
+
+
+def test_container_limits_win_over_rays_count():
+    """Ray sees 16 CPUs but the cgroup allows 2: plan for 2, ask Ray in its own units."""
+    plan = make_plan(cluster(cpu_node(16, real=2)), RESNET50, options())
+    assert plan.threads_per_actor == 2
+    assert plan.actors_max == 1
+    assert plan.num_cpus_per_actor == pytest.approx(1.75 * 8)
+
+
+def test_gpus_get_one_actor_each_and_an_autoscaling_pool():
+    plan = make_plan(cluster(gpu_node(8), gpu_node(8)), RESNET50, options())
+    assert plan.device == "gpu"
+    assert (plan.actors_min, plan.actors_max) == (1, 16)
+    assert plan.num_gpus_per_actor == 1
+    assert plan.num_cpus_per_actor == 1
+    assert plan.precision == "bf16" and plan.precision_check
+    assert plan.channels_last
+
+
+def test_gpu_batch_grows_with_gpu_memory_and_shrinks_with_model_size():
+    small = make_plan(cluster(gpu_node(1, gpu_gib=16)), RESNET50, options()).batch_size
+    large = make_plan(cluster(gpu_node(1, gpu_gib=80)), RESNET50, options()).batch_size
+    huge_model = dataclasses.replace(RESNET50, parameter_bytes=70 * GiB)
+    crowded = make_plan(cluster(gpu_node(1, gpu_gib=80)), huge_model, options()).batch_size
+    assert small < large
+    assert crowded < large
+    assert large <= 1024
+
+
+def test_old_gpus_without_bf16_stay_fp32():
+    plan = make_plan(cluster(gpu_node(4, bf16=False)), RESNET50, options())
+    assert (plan.precision, plan.precision_check) == ("fp32", False)
+
+
+def test_cpu_precision_follows_the_cpu():
+    assert make_plan(cluster(cpu_node(8, bf16=True)), MINILM, options()).precision == "bf16"
+    assert make_plan(cluster(cpu_node(8, bf16=False)), MINILM, options()).precision == "fp32"
+
+
+def test_every_flag_overrides_the_plan():
+    plan = make_plan(cluster(gpu_node(8)), RESNET50, options(
+        device="cpu", batch_size=7, actors="2:5", num_cpus_per_actor=3.0, precision="fp16"))
+    assert plan.device == "cpu"
+    assert (plan.batch_size, plan.actors_min, plan.actors_max) == (7, 2, 5)
+    assert plan.num_cpus_per_actor == 3.0 and plan.threads_per_actor == 3
+    assert (plan.precision, plan.precision_check) == ("fp16", False)
+    gpu = make_plan(cluster(gpu_node(8)), RESNET50, options(num_gpus_per_actor=0.5))
+    assert gpu.num_gpus_per_actor == 0.5 and gpu.actors_max == 16
+
+
+def test_gpu_asked_for_where_there_is_none():
+    with pytest.raises(ConfigError, match="--device gpu: the cluster has no GPUs"):
+        make_plan(cluster(cpu_node(4)), RESNET50, options(device="gpu"))
+
+
+def test_cluster_with_only_a_head():
+    with pytest.raises(ConfigError, match="no worker joined"):
+        make_plan(cluster(), RESNET50, options())
+
+
+def test_actor_bigger_than_any_node():
+    with pytest.raises(ConfigError, match="the smallest node has only 4 CPUs"):
+        make_plan(cluster(cpu_node(4)), RESNET50, options(num_cpus_per_actor=8.0))
+
+
+def test_mixed_cluster_runs_inference_on_gpus():
+    plan = make_plan(cluster(cpu_node(32), gpu_node(4, cpus=16)), RESNET50, options())
+    assert plan.device == "gpu" and plan.actors_max == 4
+
+
+def test_plan_table_explains_every_decision():
+    table = make_plan(cluster(cpu_node(2)), RESNET50, options()).table()
+    for what in ("device", "actor resources", "actor pool", "batch size", "precision", "torch threads"):
+        assert what in table
+
+
+@settings(max_examples=300, deadline=None)
+@given(cpus=st.floats(0.5, 256), real=st.one_of(st.none(), st.floats(0.5, 256)), nodes=st.integers(1, 50),
+       memory=st.floats(0.5, 2048), text=st.booleans())
+def test_cpu_plans_always_fit_the_node_and_leave_room_for_io(cpus, real, nodes, memory, text):
+    workers = tuple(cpu_node(cpus, memory, real, name=f"w{i}") for i in range(nodes))
+    plan = make_plan(cluster(*workers), MINILM if text else RESNET50, options())
+    node = workers[0]
+    usable = node.usable_cpus
+    scale = node.cpus / usable
+    assert plan.num_cpus_per_actor / scale + plan.io_task_cpus <= usable + 1e-6
+    assert plan.threads_per_actor >= 1 and plan.batch_size >= 1
+    assert 1 <= plan.actors_min <= plan.actors_max
+
+
+@settings(max_examples=200, deadline=None)
+@given(gpus=st.integers(1, 8), nodes=st.integers(1, 1000), gpu_gib=st.sampled_from([16, 24, 40, 80, 141]))
+def test_gpu_plans_are_bounded_by_the_gpus(gpus, nodes, gpu_gib):
+    workers = tuple(gpu_node(gpus, gpu_gib=gpu_gib, name=f"g{i}") for i in range(nodes))
+    plan = make_plan(cluster(*workers), RESNET50, options())
+    assert plan.actors_max == gpus * nodes
+    assert 1 <= plan.batch_size <= 1024
+
+
+def test_top1_agreement():
+    assert top1_agreement([1, 2, 3, 4], [1, 2, 3, 0]) == 0.75
+    assert top1_agreement([], []) == 1.0
