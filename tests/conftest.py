@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,3 +79,79 @@ def tiny_models(tmp_path_factory):
         "resnet": tiny.resnet(root / "resnet"),
         "vit": tiny.vit(root / "vit"),
     }
+
+
+class RayCluster:
+    """A real `ray start` cluster (head and optional worker nodes) in its own process groups, so that
+    tearing it down never touches another Ray on the machine. Token auth is off, as in the brief."""
+
+    def __init__(self, tmp: Path):
+        import shutil
+        import socket
+
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        self.env.pop("RAY_ADDRESS", None)
+        self.ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+        self.tmp = tmp
+        self.processes: list = []
+        ports = []
+        for _ in range(2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        self.port, self.dashboard_port = ports
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _start(self, args: list[str]) -> None:
+        import subprocess
+
+        log = open(self.tmp / f"ray-{len(self.processes)}.log", "w")
+        self.processes.append(subprocess.Popen([self.ray, "start", "--block", "--object-store-memory=300000000",
+                                                *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True))
+
+    def start(self, head_cpus: float, workers: tuple[float, ...] = (), dashboard: bool = False) -> "RayCluster":
+        self._start(["--head", f"--port={self.port}", f"--num-cpus={head_cpus}", "--node-ip-address=127.0.0.1",
+                     f"--include-dashboard={str(dashboard).lower()}", f"--dashboard-port={self.dashboard_port}",
+                     "--dashboard-host=127.0.0.1", "--disable-usage-stats"])
+        self.wait_for_nodes(1)
+        for cpus in workers:
+            self._start([f"--address={self.address}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1"])
+        self.wait_for_nodes(1 + len(workers))
+        return self
+
+    def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
+        import subprocess
+        import time
+
+        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+                 "print(sum(n['Alive'] for n in ray.nodes()))")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            out = subprocess.run([sys.executable, "-c", probe, self.address], env=self.env, capture_output=True,
+                                 text=True)
+            if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
+                return
+            time.sleep(1)
+        logs = "\n".join(p.read_text()[-2000:] for p in sorted(self.tmp.glob("ray-*.log")))
+        raise RuntimeError(f"the Ray cluster did not reach {count} node(s):\n{logs}")
+
+    def stop(self) -> None:
+        import signal
+
+        for process in reversed(self.processes):
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
+            except (ProcessLookupError, OSError):
+                pass
+            except Exception:  # noqa: BLE001 - a stuck node must not stop the teardown of the others
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    cluster = RayCluster(tmp_path)
+    yield cluster
+    cluster.stop()

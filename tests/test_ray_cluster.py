@@ -1,0 +1,58 @@
+"""`inferkit run` against real `ray start` clusters reached through RAY_ADDRESS, as inside a RayJob:
+a 1-CPU node, and a KubeRay-shaped cluster whose head runs no work (num-cpus 0) beside a worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import tiny
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+INFERKIT = [sys.executable, "-m", "inferkit"]
+
+
+def _run(cluster, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**cluster.env, "RAY_ADDRESS": cluster.address}
+    return subprocess.run([*INFERKIT, "run", *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_one_cpu_cluster_completes(ray_cluster, tiny_models, tmp_path):
+    ray_cluster.start(head_cpus=1)
+    rows = [{"id": i, "text": f"the film {i} was good"} for i in range(40)] + [{"id": 40, "text": ""}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    result = _run(ray_cluster, "--task", "text-classification", "--model", tiny_models["classifier"], "--input",
+                  str(tmp_path / "in.jsonl"), "--output", str(out), "--max-error-fraction", "0.05")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"the Ray cluster at {ray_cluster.address}" in result.stderr
+    frame = pd.read_parquet(out)
+    assert Counter(frame.id) == Counter(range(41))
+    report = json.loads((out / "_inferkit_report.json").read_text())
+    plan = report["plan"]
+    assert plan["num_cpus_per_actor"] + plan["io_task_cpus"] <= 1 and plan["threads_per_actor"] == 1
+    assert report["errors"] == 1
+
+
+def test_head_without_cpus_and_a_worker_node(ray_cluster, tiny_models, tmp_path):
+    """As KubeRay renders it: the head has num-cpus 0, the work lands on the worker."""
+    ray_cluster.start(head_cpus=0, workers=(2,))
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(12):
+        (images / f"{i}.png").write_bytes(tiny.image_bytes("RGB", "PNG", seed=i))
+    out = tmp_path / "out"
+    result = _run(ray_cluster, "--task", "image-classification", "--model", tiny_models["resnet"], "--input",
+                  str(images), "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "_inferkit_report.json").read_text())
+    assert len(report["cluster"]) == 2
+    assert sorted(n["cpus"] for n in report["cluster"]) == [0, 2]
+    assert report["output"]["write"] == "distributed"  # both nodes see this folder
+    assert Counter(pd.read_parquet(out).path) == Counter(str(p) for p in images.glob("*.png"))
