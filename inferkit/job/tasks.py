@@ -228,7 +228,9 @@ class Predictor:
 
     def __init__(self, spec: ModelSpec):
         import torch
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # one bar per actor only clutters the driver's log
         self.spec = spec
         torch.set_num_threads(spec.threads)
         self.torch = torch

@@ -1,0 +1,369 @@
+"""ResNet-50 batch inference on one machine: inferkit against the usual ways of writing it.
+
+Configurations, each run in a fresh process at two input sizes (so start-up cancels when the two are
+differenced into a steady-state throughput), with the peak memory (PSS) of its whole process tree:
+
+  bare-fp32       a plain torch loop: decode, preprocess, forward, batch 16, all cores
+  bare-bf16       the same loop with the model in bf16 (where the CPU or GPU has bf16)
+  naive           Ray Data with a per-batch function that loads the model from disk on every call
+  static-advice   the seeds' advice: actors with num_cpus=2, batch 16, pool = CPUs // 2
+  inferkit        `inferkit run`, which plans everything itself
+
+Also: top-1 agreement of inferkit's predictions with the bare fp32 loop, and the planner alone on
+synthetic clusters from one 1-CPU node to 1000 nodes of 8 GPUs. Weights are random (saved from a
+config: the Hub is out of reach), which is enough for speed, memory and agreement.
+
+    python benchmarks/bench_inference.py [--sizes 64 320] [--device auto|cpu|gpu] [--out benchmarks/results]
+
+Needs the `job` and `bench` extras (matplotlib, psutil). Prints a markdown table; writes JSON and a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HANG_SECONDS = 90
+BATCH = 16
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: the model and the images
+
+
+def build_model(folder: Path) -> str:
+    import torch
+    from transformers import ConvNextImageProcessorPil, ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    ResNetForImageClassification(ResNetConfig(num_labels=1000)).save_pretrained(folder)  # ResNet-50 shape
+    ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=0.875).save_pretrained(folder)
+    return str(folder)
+
+
+def build_images(folder: Path, count: int) -> str:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(count)
+    for i in range(count):
+        # Smooth random images (not white noise) at a typical photo size, saved as JPEG.
+        small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((320, 240), Image.Resampling.BICUBIC)
+        image.save(folder / f"{i:05d}.jpg", quality=90)
+    return str(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# The configurations (each runs in a child process: `bench_inference.py child NAME ...`)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "gpu" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _load(model_dir: str, dtype, device):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(model_dir).eval().to(device, dtype=dtype)
+    return model, AutoImageProcessor.from_pretrained(model_dir, backend="pil")
+
+
+def _predict(model, processor, paths: list[str], dtype, device) -> list[int]:
+    import torch
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in paths]
+    pixels = torch.from_numpy(processor(images, return_tensors="np")["pixel_values"]).to(device, dtype=dtype)
+    with torch.inference_mode():
+        return model(pixel_values=pixels).logits.argmax(-1).tolist()
+
+
+def child_bare(model_dir: str, images: str, out: str, precision: str, device_name: str) -> None:
+    import torch
+
+    device = _device(device_name)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model, processor = _load(model_dir, dtype, device)
+    paths = sorted(str(p) for p in Path(images).glob("*.jpg"))
+    labels = {}
+    for start in range(0, len(paths), BATCH):
+        chunk = paths[start:start + BATCH]
+        labels.update(zip(chunk, _predict(model, processor, chunk, dtype, device), strict=True))
+    Path(out).write_text(json.dumps(labels))
+
+
+def child_ray(kind: str, model_dir: str, images: str, out: str, device_name: str) -> None:
+    import ray
+    import torch
+
+    ray.init(include_dashboard=False, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    gpu = _device(device_name).type == "cuda"
+    ds = ray.data.read_binary_files(images, include_paths=True)
+
+    def decode(batch):
+        return {"path": batch["path"], "bytes": batch["bytes"]}
+
+    if kind == "naive":
+        def infer(batch):  # the anti-pattern: the model is loaded from disk for every batch
+            import io
+
+            from PIL import Image
+
+            device = torch.device("cuda" if gpu else "cpu")
+            model, processor = _load(model_dir, torch.float32, device)
+            images_ = [Image.open(io.BytesIO(b)).convert("RGB") for b in batch["bytes"]]
+            pixels = torch.from_numpy(processor(images_, return_tensors="np")["pixel_values"]).to(device)
+            with torch.inference_mode():
+                return {"path": batch["path"], "label": model(pixel_values=pixels).logits.argmax(-1).cpu().numpy()}
+
+        result = ds.map_batches(infer, batch_size=BATCH, num_gpus=1 if gpu else None)
+    else:
+        class Worker:  # the seeds' static advice, with compute= in place of the deprecated concurrency=
+            def __init__(self):
+                self.device = torch.device("cuda" if gpu else "cpu")
+                self.model, self.processor = _load(model_dir, torch.float32, self.device)
+
+            def __call__(self, batch):
+                import io
+
+                from PIL import Image
+
+                images_ = [Image.open(io.BytesIO(b)).convert("RGB") for b in batch["bytes"]]
+                pixels = torch.from_numpy(self.processor(images_, return_tensors="np")["pixel_values"]).to(self.device)
+                with torch.inference_mode():
+                    labels = self.model(pixel_values=pixels).logits.argmax(-1).cpu().numpy()
+                return {"path": batch["path"], "label": labels}
+
+        pool = max(1, torch.cuda.device_count() if gpu else int(ray.available_resources()["CPU"]) // 2)
+        result = ds.map_batches(Worker, batch_size=BATCH, num_cpus=1 if gpu else 2, num_gpus=1 if gpu else None,
+                                compute=ray.data.ActorPoolStrategy(size=pool))
+    rows = result.take_all()
+    Path(out).write_text(json.dumps({r["path"]: int(r["label"]) for r in rows}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+class PeakMemory:
+    """Peak proportional set size (PSS) of a process and all its descendants, sampled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            try:
+                for process in [self.root, *self.root.children(recursive=True)]:
+                    try:
+                        total += process.memory_full_info().pss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        pass
+            except psutil.NoSuchProcess:
+                break
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.2)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def measure(command: list[str], timeout: float) -> dict:
+    """Wall time, peak memory and outcome of one child run."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    memory = PeakMemory(process.pid)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        outcome = "ok" if process.returncode == 0 else f"failed ({process.returncode})"
+    except subprocess.TimeoutExpired:
+        import signal
+
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        outcome = f"hung (no result after {timeout:.0f} s)"
+        # The killed driver's Ray daemons run in sessions of their own: stop them too.
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    seconds = time.perf_counter() - started
+    peak = memory.stop()
+    return {"seconds": seconds, "peak_bytes": peak, "outcome": outcome, "log_tail": output[-2000:]}
+
+
+def labels_of(result_file: Path, config: str) -> dict[str, int]:
+    if config == "inferkit":
+        import pandas as pd
+
+        frame = pd.read_parquet(result_file)
+        return {p: int(str(label).removeprefix("LABEL_")) for p, label in zip(frame.path, frame.label, strict=True)}
+    return json.loads(result_file.read_text())
+
+
+def planner_timings() -> list[dict]:
+    from inferkit.chart import default_run_options
+    from inferkit.job.plan import ClusterResources, ModelProfile, NodeResources, make_plan
+
+    gib = 2**30
+    profile = ModelProfile(input_kind="image", parameter_bytes=100 * 2**20, convolutional=True)
+    shapes = {
+        "1 node, 1 CPU": [NodeResources("n", cpus=1, memory_bytes=2 * gib)],
+        "10 nodes, 16 CPUs": [NodeResources(f"n{i}", cpus=16, memory_bytes=64 * gib) for i in range(10)],
+        "100 nodes, 8 GPUs": [NodeResources(f"n{i}", cpus=96, memory_bytes=1024 * gib, gpus=8,
+                                            gpu_memory_bytes=80 * gib, gpu_bf16=True) for i in range(100)],
+        "1000 nodes, 8 GPUs": [NodeResources(f"n{i}", cpus=96, memory_bytes=1024 * gib, gpus=8,
+                                             gpu_memory_bytes=80 * gib, gpu_bf16=True) for i in range(1000)],
+    }
+    options = default_run_options()
+    rows = []
+    for name, nodes in shapes.items():
+        cluster = ClusterResources(tuple(nodes))
+        repeats = 200 if len(nodes) < 1000 else 20
+        started = time.perf_counter()
+        for _ in range(repeats):
+            plan = make_plan(cluster, profile, options)
+        rows.append({"cluster": name, "microseconds": (time.perf_counter() - started) / repeats * 1e6,
+                     "plan": f"{plan.device}, pool {plan.actors_min}..{plan.actors_max}, batch {plan.batch_size}"})
+    return rows
+
+
+def hardware(device_name: str) -> dict:
+    import torch
+
+    from inferkit.job.resources import container_cpus, cpu_has_bf16
+
+    gpu = _device(device_name).type == "cuda"
+    return {"cpu": platform.processor() or platform.machine(), "cpus": container_cpus(), "cpu_bf16": cpu_has_bf16(),
+            "gpu": torch.cuda.get_device_name(0) if gpu else None,
+            "gpu_bf16": bool(gpu and torch.cuda.is_bf16_supported())}
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["config"] for r in results["configs"]]
+    values = [r["steady_rows_per_second"] or 0 for r in results["configs"]]
+    figure, axis = plt.subplots(figsize=(7, 3.6))
+    bars = axis.bar(names, values, color=["#888"] * (len(names) - 1) + ["#1f77b4"])
+    for bar, row in zip(bars, results["configs"], strict=True):
+        text = f"{row['steady_rows_per_second']:.1f}" if row["steady_rows_per_second"] else row["outcome"].split(" (")[0]
+        axis.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+    hw = results["hardware"]
+    where = hw["gpu"] or f"{hw['cpus']:g} CPUs ({hw['cpu']})"
+    axis.set_title(f"ResNet-50 steady-state throughput, {where}")
+    axis.set_ylabel("images / s")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def table(results: dict) -> str:
+    lines = ["| configuration | steady-state images/s | vs bare fp32 | peak memory, small / large | outcome |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    base = next((r["steady_rows_per_second"] for r in results["configs"] if r["config"] == "bare-fp32"), None)
+    for row in results["configs"]:
+        rate = row["steady_rows_per_second"]
+        ratio = f"{rate / base:.2f}x" if rate and base else "-"
+        memory = " / ".join(f"{m / 2**30:.2f} GiB" for m in row["peak_bytes"])
+        lines.append(f"| {row['config']} | {rate:.1f} | {ratio} | {memory} | {row['outcome']} |" if rate else
+                     f"| {row['config']} | - | - | {memory} | {row['outcome']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs=2, default=[64, 320], help="two input sizes (images)")
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--configs", nargs="+", default=["bare-fp32", "bare-bf16", "naive", "static-advice",
+                                                          "inferkit"])
+    parser.add_argument("--hang-seconds", type=float, default=HANG_SECONDS)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    hw = hardware(args.device)
+    configs = [c for c in args.configs if c != "bare-bf16" or hw["cpu_bf16"] or hw["gpu_bf16"]]
+    work = Path(tempfile.mkdtemp(prefix="inferkit-bench-"))
+    model = build_model(work / "resnet50")
+    sizes = sorted(args.sizes)
+    image_dirs = {n: build_images(work / f"images-{n}", n) for n in sizes}
+    script = str(Path(__file__).resolve())
+    rows, agreement = [], None
+    for config in configs:
+        runs = []
+        for n in sizes:
+            result_file = work / f"{config}-{n}.out"
+            if config == "inferkit":
+                command = [sys.executable, "-m", "inferkit", "run", "--task", "image-classification", "--model",
+                           model, "--input", image_dirs[n], "--output", str(result_file), "--overwrite"]
+                if args.device != "auto":
+                    command += ["--device", args.device]
+            else:
+                command = [sys.executable, script, "child", config, model, image_dirs[n], str(result_file),
+                           args.device]
+            print(f"running {config} on {n} images ...", file=sys.stderr, flush=True)
+            run = measure(command, args.hang_seconds + 2 * n)
+            run["size"] = n
+            runs.append(run)
+            if run["outcome"] != "ok":
+                print(run["log_tail"], file=sys.stderr)
+                break
+        ok = len(runs) == 2 and all(r["outcome"] == "ok" for r in runs)
+        steady = (sizes[1] - sizes[0]) / (runs[1]["seconds"] - runs[0]["seconds"]) if ok else None
+        rows.append({"config": config, "steady_rows_per_second": steady, "outcome": runs[-1]["outcome"],
+                     "seconds": [r["seconds"] for r in runs], "peak_bytes": [r["peak_bytes"] for r in runs]})
+    if {"bare-fp32", "inferkit"} <= set(configs):
+        reference = labels_of(work / f"bare-fp32-{sizes[1]}.out", "bare-fp32")
+        ours = labels_of(work / f"inferkit-{sizes[1]}.out", "inferkit")
+        agreement = sum(ours[p] == label for p, label in reference.items()) / len(reference)
+    results = {"hardware": hw, "sizes": sizes, "configs": rows, "top1_agreement_inferkit_vs_bare_fp32": agreement,
+               "planner": planner_timings(), "date": time.strftime("%Y-%m-%d")}
+    tag = "gpu" if hw["gpu"] else "cpu"
+    (out / f"{tag}.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / f"{tag}-throughput.png")
+    print(table(results))
+    if agreement is not None:
+        print(f"\ntop-1 agreement, inferkit vs bare fp32 on {sizes[1]} images: {agreement:.2%}")
+    print("\n| planner on | time | plan |\n| --- | ---: | --- |")
+    for row in results["planner"]:
+        print(f"| {row['cluster']} | {row['microseconds']:.0f} us | {row['plan']} |")
+    print(f"\nhardware: {json.dumps(hw)}\nwrote {out / (tag + '.json')} and {out / (tag + '-throughput.png')}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        name, model_dir, images, out, device = sys.argv[2:7]
+        if name.startswith("bare-"):
+            child_bare(model_dir, images, out, name.removeprefix("bare-"), device)
+        else:
+            child_ray(name, model_dir, images, out, device)
+    else:
+        main()
