@@ -175,6 +175,178 @@ def run(**kwargs: Any) -> int:
     return run_job(options, verbose=_state["verbose"])
 
 
+class Duration(click.ParamType):
+    """Seconds, or a number with s, m or h: 90, 90s, 15m, 2h."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1] if scale else text) * (scale or 1)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration such as 90, 90s, 15m or 2h", param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value!r} must be positive", param, ctx)
+        return seconds
+
+
+CONNECTION_OPTIONS = [
+    click.option("--kubeconfig", envvar="KUBECONFIG", default=None, type=click.Path(dir_okay=False),
+                 help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)."),
+    click.option("--context", default=None, help="kubeconfig context (default: the current one)."),
+]
+FOLLOW_OPTIONS = [
+    click.option("--timeout", type=Duration(), default=None,
+                 help="Stop following after this long (90, 15m, 2h) and exit 124; the job keeps running."),
+    click.option("--cancel-on-interrupt", is_flag=True, help="On Ctrl-C, delete the RayJob (stop the Ray job) "
+                 "before exiting 130; without it, Ctrl-C only stops following."),
+]
+
+
+def _options(options: list):
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorate
+
+
+def _connection(kubeconfig: str | None, context: str | None, namespace: str | None):
+    from inferkit.submit import Connection
+
+    return Connection(kubeconfig=kubeconfig, context=context, namespace=namespace or None)
+
+
+@cli.command()
+@cluster_options
+@_options(CONNECTION_OPTIONS + FOLLOW_OPTIONS)
+@click.option("--ray-address", default=None, metavar="URL",
+              help="Submit to this existing Ray cluster's job API (e.g. http://127.0.0.1:8265) instead of "
+                   "creating a RayJob; only job arguments apply.")
+@click.option("--dry-run", is_flag=True, help="Run every check and the server-side dry run, print the RayJob, "
+              "create nothing.")
+@click.option("--detach", is_flag=True, help="Return right after creating the RayJob.")
+@click.option("--replace", is_flag=True, help="Delete an existing RayJob of the same name first.")
+@click.option("--strict-capacity", is_flag=True, help="Fail, rather than warn, when the GPU nodes that match "
+              "cannot hold the GPU workers.")
+def submit(kubeconfig: str | None, context: str | None, timeout: float | None, cancel_on_interrupt: bool,
+           ray_address: str | None, dry_run: bool, detach: bool, replace: bool, strict_capacity: bool,
+           **kwargs: Any) -> int:
+    """Create the RayJob `render` would print and follow it to its end.
+
+    State changes and why pods wait go to stderr, the driver's log to stdout. Dropped watches and
+    log streams are resumed without losing or repeating lines. The exit code tells the outcome.
+    """
+    from inferkit.submit import FollowOptions
+
+    follow = FollowOptions(timeout=timeout, cancel_on_interrupt=cancel_on_interrupt)
+    if ray_address:
+        return _submit_to_ray(ray_address, kwargs, follow, dry_run=dry_run, detach=detach,
+                              kube_flags={"--kubeconfig": kubeconfig, "--context": context, "--replace": replace,
+                                          "--strict-capacity": strict_capacity})
+    from inferkit import chart
+    from inferkit.submit import submit as submit_rayjob
+
+    namespace = kwargs.get("namespace")
+    cfg, schemas = _load(kwargs, RAYJOB)
+    obj = chart.render_checked(cfg, RAYJOB, schemas)
+    connection = _connection(kubeconfig, context, namespace or cfg.namespace)
+    return submit_rayjob(connection, cfg, obj, dry_run=dry_run, detach=detach, replace=replace,
+                         strict_capacity=strict_capacity, follow=follow)
+
+
+def _submit_to_ray(address: str, kwargs: dict, follow: Any, *, dry_run: bool, detach: bool,
+                   kube_flags: dict) -> int:
+    """--ray-address: only the job's arguments apply; cluster-shape and Kubernetes flags are refused."""
+    from inferkit import chart
+    from inferkit.errors import ConfigError
+    from inferkit.render import entrypoint
+
+    given = [f"--{n.replace('_', '-')}" for n in (*_FLAG_NAMES, "preset", "crd_dir") if kwargs.get(n)]
+    given += [f"-f/--values" for _ in kwargs.get("values_files") or ()][:1]
+    given += ["--set" for _ in kwargs.get("sets") or ()][:1]
+    given += [flag for flag, value in kube_flags.items() if value]
+    if given:
+        raise ConfigError([f"{flag}: has no effect with --ray-address (the Ray cluster exists already; only job "
+                           "arguments apply)" for flag in given])
+    options = chart.load_run_options(_run_flags(kwargs))
+    command = entrypoint(options, chart.default_run_options())
+    if dry_run:
+        click.echo(command)
+        return 0
+    from inferkit.job.remote import submit_to_ray
+
+    return submit_to_ray(address, command, {}, detach=detach, timeout=follow.timeout,
+                         cancel_on_interrupt=follow.cancel_on_interrupt)
+
+
+def _kube_command(func):
+    func = click.option("-n", "--namespace", default=None, help="Namespace (default: the context's).")(func)
+    return _options(CONNECTION_OPTIONS)(func)
+
+
+DATA_FORMAT = click.option("-o", "--format", "output_format", type=click.Choice(["yaml", "json"]), default=None,
+                           help="Print data as YAML or JSON instead of a table.")
+
+
+@cli.command()
+@click.argument("name")
+@_kube_command
+@DATA_FORMAT
+def status(name: str, kubeconfig: str | None, context: str | None, namespace: str | None,
+           output_format: str | None) -> int:
+    """State, reason, message, cluster, dashboard URL and times of a RayJob."""
+    from inferkit.submit import status as show_status
+
+    return show_status(_connection(kubeconfig, context, namespace), name, output_format)
+
+
+@cli.command()
+@click.argument("name")
+@_kube_command
+@click.option("-f", "--follow", is_flag=True, help="Follow until the job ends; exit with its outcome.")
+@_options(FOLLOW_OPTIONS)
+def logs(name: str, kubeconfig: str | None, context: str | None, namespace: str | None, follow: bool,
+         timeout: float | None, cancel_on_interrupt: bool) -> int:
+    """The driver's log of a RayJob (its submitter pod's log)."""
+    from inferkit.submit import FollowOptions
+    from inferkit.submit import logs as show_logs
+
+    return show_logs(_connection(kubeconfig, context, namespace), name, follow,
+                     FollowOptions(timeout=timeout, cancel_on_interrupt=cancel_on_interrupt))
+
+
+@cli.command(name="list")
+@_kube_command
+@DATA_FORMAT
+def list_command(kubeconfig: str | None, context: str | None, namespace: str | None,
+                 output_format: str | None) -> int:
+    """RayJobs in the namespace with their states."""
+    from inferkit.submit import list_jobs
+
+    return list_jobs(_connection(kubeconfig, context, namespace), output_format)
+
+
+@cli.command()
+@click.argument("name")
+@_kube_command
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(name: str, kubeconfig: str | None, context: str | None, namespace: str | None, yes: bool) -> int:
+    """Delete a RayJob (and with it its RayCluster and pods)."""
+    from inferkit.errors import ConfigError
+    from inferkit.submit import delete as delete_rayjob
+
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError([f"delete {name}: pass -y to delete without a terminal to confirm on"])
+        click.confirm(f"Delete RayJob {name}?", abort=True, err=True)
+    return delete_rayjob(_connection(kubeconfig, context, namespace), name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point: one line per error, exit codes that tell the truth
 

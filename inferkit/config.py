@@ -694,7 +694,7 @@ def _output_is_kept(cfg: Config) -> bool:
 
 def check_config(cfg: Config, kind: str, default_run: RunOptions) -> list[str]:
     problems = check_name(cfg.name, kind)
-    if len(cfg.namespace) > 63 or not _DNS1123.match(cfg.namespace):
+    if cfg.namespace and (len(cfg.namespace) > 63 or not _DNS1123.match(cfg.namespace)):
         problems.append(f"namespace: {cfg.namespace!r} is not a valid namespace name (DNS-1123 label)")
     if not cfg.image.cpu.strip():
         problems.append("image.cpu: must not be empty")

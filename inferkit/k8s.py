@@ -1,0 +1,262 @@
+"""Every Kubernetes API call inferkit makes, through one choke point that retries what is worth
+retrying (429, 5xx, dropped connections; a bounded number of times, with backoff) and turns API
+errors into sentences a user can act on. The only module that imports `kubernetes`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.watch.watch import iter_resp_lines
+
+from inferkit.errors import ApiError
+
+GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+CRD_NAME = "rayjobs.ray.io"
+RETRIED_STATUSES = {429, 500, 502, 503, 504}
+ATTEMPTS = 5
+INSTALL_OPERATOR = ("install the KubeRay operator: helm repo add kuberay https://ray-project.github.io/kuberay-helm/ "
+                    "&& helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0")
+
+
+class WatchInterrupted(Exception):
+    """The watch dropped, failed for a while, or its resourceVersion expired (410 Gone): get the
+    object again and watch from its resourceVersion."""
+
+
+def _message(error: ApiException) -> tuple[str, dict]:
+    try:
+        body = json.loads(error.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    return body.get("message") or error.reason or "", body
+
+
+class Kube:
+    """A connection to one cluster and namespace."""
+
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self._sleep = sleep
+        configuration = client.Configuration()
+        try:
+            contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+            current = active if context is None else next((c for c in contexts if c["name"] == context), None)
+            if current is None:
+                raise ApiError(f"--context {context}: no such context in {kubeconfig or 'the kubeconfig'} "
+                               f"(have: {', '.join(c['name'] for c in contexts)})")
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+            self.context = current["name"]
+            default_namespace = current.get("context", {}).get("namespace") or "default"
+        except (ConfigException, OSError) as e:
+            if kubeconfig or context:
+                raise ApiError(f"cannot use kubeconfig {kubeconfig or '~/.kube/config'}: {e}") from e
+            try:
+                config.load_incluster_config(client_configuration=configuration)
+            except ConfigException:
+                raise ApiError("no Kubernetes configuration: set KUBECONFIG, pass --kubeconfig, or run inside a "
+                               f"cluster ({e})") from e
+            self.context = "in-cluster"
+            default_namespace = "default"
+        configuration.retries = False  # retries happen in _call, where they are counted and bounded
+        self.server = configuration.host
+        self.namespace = namespace or default_namespace
+        self.api = client.ApiClient(configuration)
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.extensions = client.ApiextensionsV1Api(self.api)
+        self.authorization = client.AuthorizationV1Api(self.api)
+
+    # -- the choke point ---------------------------------------------------------------------------
+
+    def _call(self, what: str, function: Callable[..., Any], *args: Any, handled: tuple[int, ...] = (),
+              missing: str = "not found", conflict: str = "already exists", **kwargs: Any) -> Any:
+        """Run one API call. Statuses in `handled` reach the caller as ApiException; `missing` and
+        `conflict` say what a 404 or 409 means here."""
+        for attempt in range(ATTEMPTS):
+            try:
+                return function(*args, **kwargs)
+            except ApiException as e:
+                if e.status in RETRIED_STATUSES and attempt < ATTEMPTS - 1:
+                    self._sleep(self._backoff(attempt, e))
+                    continue
+                if e.status in handled:
+                    raise
+                raise self._translate(what, e, missing, conflict) from e
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                if attempt < ATTEMPTS - 1:
+                    self._sleep(self._backoff(attempt, None))
+                    continue
+                raise ApiError(f"cannot reach the Kubernetes API server at {self.server} ({type(e).__name__}: "
+                               f"{e}); check the cluster is up and the context ({self.context}) is right") from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _backoff(attempt: int, error: ApiException | None) -> float:
+        retry_after = (error.headers or {}).get("Retry-After") if error is not None else None
+        if retry_after and str(retry_after).isdigit():
+            return min(float(retry_after), 30.0)
+        return min(0.5 * 2**attempt, 8.0)
+
+    def _translate(self, what: str, error: ApiException, missing: str, conflict: str) -> ApiError:
+        message, body = _message(error)
+        if error.status == 401:
+            return ApiError(f"{what}: the API server at {self.server} rejected the credentials (401); refresh them "
+                            "(e.g. `gcloud container clusters get-credentials`, `aws eks update-kubeconfig`) or "
+                            "check --kubeconfig/--context")
+        if error.status == 403:
+            return ApiError(f"{what}: forbidden (403): {message}; ask for a Role that allows it in namespace "
+                            f"{self.namespace}")
+        if error.status == 404:
+            return ApiError(f"{what}: {missing} (404)")
+        if error.status == 409:
+            return ApiError(f"{what}: {conflict} (409)")
+        if error.status == 422:
+            causes = (body.get("details") or {}).get("causes") or []
+            fields = "; ".join(f"{c.get('field', '?')}: {c.get('message', '')}" for c in causes) or message
+            return ApiError(f"{what}: the API server rejected it (422): {fields}")
+        if error.status in RETRIED_STATUSES:
+            return ApiError(f"{what}: the API server kept failing ({error.status} {error.reason}) after {ATTEMPTS} "
+                            f"tries: {message}")
+        return ApiError(f"{what}: API error {error.status} {error.reason}: {message}")
+
+    # -- pre-flight ------------------------------------------------------------------------------------
+
+    def namespace_exists(self) -> bool:
+        try:
+            self._call(f"reading namespace {self.namespace}", self.core.read_namespace, self.namespace,
+                       handled=(404,))
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+
+    def rayjob_crd_versions(self) -> list[str] | None:
+        """Versions the installed RayJob CRD serves, or None when KubeRay is not installed."""
+        try:
+            crd = self._call("reading the RayJob CRD", self.extensions.read_custom_resource_definition, CRD_NAME,
+                             handled=(404,))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return [v.name for v in crd.spec.versions if v.served]
+
+    def missing_permissions(self, checks: list[tuple[str, str, str, str]]) -> list[str]:
+        """Which (verb, group, resource, subresource) the caller may not do here (SelfSubjectAccessReview)."""
+        missing = []
+        for verb, group, resource, subresource in checks:
+            review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
+                resource_attributes=client.V1ResourceAttributes(
+                    namespace=self.namespace, verb=verb, group=group, resource=resource,
+                    subresource=subresource or None)))
+            result = self._call("checking permissions", self.authorization.create_self_subject_access_review,
+                                review)
+            if not result.status.allowed:
+                name = f"{resource}{'/' + subresource if subresource else ''}{'.' + group if group else ''}"
+                missing.append(f"{verb} {name}")
+        return missing
+
+    def gpu_pod_slots(self, node_selector: dict[str, str], gpus_per_pod: int) -> int | None:
+        """How many pods of `gpus_per_pod` GPUs fit on the nodes matching the selector, by allocatable
+        nvidia.com/gpu; None when the caller may not list nodes."""
+        try:
+            nodes = self._call("listing nodes", self.core.list_node)
+        except ApiError:
+            return None
+        slots = 0
+        for node in nodes.items:
+            labels = node.metadata.labels or {}
+            if all(labels.get(k) == v for k, v in node_selector.items()):
+                allocatable = int((node.status.allocatable or {}).get("nvidia.com/gpu", "0") or 0)
+                slots += allocatable // gpus_per_pod
+        return slots
+
+    # -- RayJobs ---------------------------------------------------------------------------------------
+
+    def _raw(self, obj: Any) -> dict:
+        return obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)
+
+    def create_rayjob(self, obj: dict, dry_run: bool = False) -> dict:
+        name = obj["metadata"].get("name") or obj["metadata"]["generateName"].rstrip("-")
+        what = f"{'checking (server-side dry run)' if dry_run else 'creating'} RayJob {name}"
+        return self._raw(self._call(
+            what, self.custom.create_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, obj,
+            dry_run="All" if dry_run else None, field_validation="Strict",
+            missing=f"the RayJob CRD is not served in namespace {self.namespace}; {INSTALL_OPERATOR}",
+            conflict=f"a RayJob named {name} already exists in namespace {self.namespace}; pass --replace "
+                     f"to delete and recreate it, or choose another --name"))
+
+    def get_rayjob(self, name: str) -> dict | None:
+        try:
+            return self._raw(self._call(f"reading RayJob {name}", self.custom.get_namespaced_custom_object,
+                                        GROUP, VERSION, self.namespace, PLURAL, name, handled=(404,)))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list_rayjobs(self) -> dict:
+        return self._raw(self._call(f"listing RayJobs in namespace {self.namespace}",
+                                    self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
+                                    PLURAL, missing=f"RayJobs are not served here; {INSTALL_OPERATOR}"))
+
+    def delete_rayjob(self, name: str) -> bool:
+        try:
+            self._call(f"deleting RayJob {name}", self.custom.delete_namespaced_custom_object, GROUP, VERSION,
+                       self.namespace, PLURAL, name, propagation_policy="Foreground", handled=(404,))
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+
+    def watch_rayjob(self, name: str, resource_version: str | None, timeout_seconds: int) -> Iterator[dict]:
+        """RayJob objects as they change, for at most `timeout_seconds`. Raises WatchInterrupted when
+        the stream drops or expires, and a translated ApiError for what retrying cannot fix."""
+        stream = watch.Watch().stream(
+            self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+            field_selector=f"metadata.name={name}", resource_version=resource_version,
+            timeout_seconds=timeout_seconds)
+        try:
+            for event in stream:
+                if event.get("type") == "ERROR":
+                    raise WatchInterrupted(str(event.get("object", {}).get("message", "watch error")))
+                yield event["raw_object"]
+        except ApiException as e:
+            if e.status == 410 or e.status in RETRIED_STATUSES:
+                raise WatchInterrupted(str(e)) from e
+            raise self._translate(f"watching RayJob {name}", e, f"RayJob {name} is gone", "conflict") from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise WatchInterrupted(str(e)) from e
+
+    # -- pods, logs, events --------------------------------------------------------------------------
+
+    def list_pods(self, label_selector: str) -> list[dict]:
+        pods = self._call("listing pods", self.core.list_namespaced_pod, self.namespace, label_selector=label_selector)
+        return [self._raw(p) for p in pods.items]
+
+    def pod_log(self, pod: str, container: str | None, follow: bool, since_seconds: int | None = None
+                ) -> Iterator[str]:
+        """Log lines of a pod, each prefixed by its RFC 3339 timestamp (so a resumed stream can skip
+        what was already shown)."""
+        response = self._call(f"reading the log of pod {pod}", self.core.read_namespaced_pod_log, pod,
+                              self.namespace, container=container, follow=follow, timestamps=True,
+                              since_seconds=since_seconds, _preload_content=False,
+                              missing=f"pod {pod} is gone")
+        try:
+            yield from iter_resp_lines(response)
+        finally:
+            response.release_conn()
+
+    def events_for(self, names: set[str]) -> list[dict]:
+        events = self._call("listing events", self.core.list_namespaced_event, self.namespace)
+        return [self._raw(e) for e in events.items if (e.involved_object.name or "") in names]

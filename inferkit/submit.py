@@ -1,0 +1,393 @@
+"""`inferkit submit`, `status`, `logs`, `list`, `delete`: the RayJob lifecycle through the Kubernetes
+API. Pre-flight checks, creation, and a follower that shows state changes and why pods wait (stderr),
+streams the driver's log (stdout), survives dropped watches and log streams, and ends with an exit
+code that tells the truth."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from inferkit.config import Config
+from inferkit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, ApiError
+from inferkit.follow import JobState, LogCursor, outcome, pod_problems, state_change
+from inferkit.render import GPU_RESOURCE, dump
+
+if TYPE_CHECKING:
+    from inferkit.k8s import Kube
+
+SUBMITTER_CONTAINER = "ray-job-submitter"
+PERMISSIONS = [
+    ("create", "ray.io", "rayjobs", ""), ("get", "ray.io", "rayjobs", ""), ("watch", "ray.io", "rayjobs", ""),
+    ("list", "", "pods", ""), ("get", "", "pods", "log"), ("list", "", "events", ""),
+]
+DELETE = ("delete", "ray.io", "rayjobs", "")
+POLL_SECONDS = 2.0  # how often pods are looked at while the RayJob is watched
+LOG_MARGIN_SECONDS = 300  # extra history asked for when a log stream resumes (clock skew); the cursor dedupes
+
+
+@dataclass(frozen=True)
+class Connection:
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+
+    def open(self) -> Kube:
+        from inferkit.k8s import Kube
+
+        return Kube(self.kubeconfig, self.context, self.namespace)
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    timeout: float | None = None
+    cancel_on_interrupt: bool = False
+    poll_seconds: float | None = None  # None: POLL_SECONDS
+
+
+def _say(message: str) -> None:
+    print(f"{datetime.now().strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-flight
+
+
+def _gpu_group(obj: dict) -> dict | None:
+    groups = obj["spec"]["rayClusterSpec"].get("workerGroupSpecs") or []
+    for group in groups:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        if GPU_RESOURCE in limits:
+            return group
+    return None
+
+
+def preflight(kube: Kube, cfg: Config, obj: dict, *, strict_capacity: bool, needs_delete: bool) -> None:
+    """Everything that would make the submission fail or hang, checked before anything is created."""
+    namespace = kube.namespace
+    if not kube.namespace_exists():
+        raise ApiError(f"namespace {namespace} does not exist in context {kube.context} "
+                       f"(create it: kubectl create namespace {namespace})")
+    versions = kube.rayjob_crd_versions()
+    if versions is None:
+        from inferkit.k8s import INSTALL_OPERATOR
+
+        raise ApiError(f"the KubeRay CRDs are not installed in context {kube.context}; {INSTALL_OPERATOR}")
+    if "v1" not in versions:
+        raise ApiError(f"the installed KubeRay serves RayJob {', '.join(versions)}, not v1; upgrade the operator "
+                       "to 1.7.0")
+    missing = kube.missing_permissions(PERMISSIONS + ([DELETE] if needs_delete else []))
+    if missing:
+        raise ApiError(f"you may not {', '.join(missing)} in namespace {namespace}; ask for a Role that "
+                       "allows them")
+    group = _gpu_group(obj)
+    if group is None:
+        return
+    pod = group["template"]["spec"]
+    per_pod = int(pod["containers"][0]["resources"]["limits"][GPU_RESOURCE])
+    wanted = group["minReplicas"] if group.get("minReplicas") is not None else group["replicas"]
+    wanted = max(wanted, 1)
+    slots = kube.gpu_pod_slots(pod.get("nodeSelector") or {}, per_pod)
+    selector = ", ".join(f"{k}={v}" for k, v in (pod.get("nodeSelector") or {}).items()) or "any node"
+    if slots is None:
+        _say(f"warning: cannot list nodes to check GPU capacity (forbidden); skipped")
+    elif slots < wanted:
+        message = (f"only {slots} of the {wanted} GPU pods ({per_pod} x {GPU_RESOURCE} each) fit on the nodes "
+                   f"that match ({selector}) by allocatable {GPU_RESOURCE}; the rest stay Pending unless a node "
+                   "autoscaler adds GPU nodes")
+        if strict_capacity:
+            raise ApiError(message + " (--strict-capacity)")
+        _say(f"warning: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Following
+
+
+class Follower:
+    """Follows one RayJob to its end: state on stderr, driver log on stdout."""
+
+    def __init__(self, kube: Kube, name: str, options: FollowOptions, stream_logs: bool = True):
+        self.kube = kube
+        self.name = name
+        self.options = options
+        self.stream_logs = stream_logs
+        self.state: JobState | None = None
+        self.problems_shown: set[str] = set()
+        self.finished = threading.Event()
+        self.log_thread: threading.Thread | None = None
+        self.cursor = LogCursor()
+
+    def run(self) -> int:
+        try:
+            return self._follow()
+        except KeyboardInterrupt:
+            return self._interrupted()
+
+    def _follow(self) -> int:
+        from inferkit.k8s import WatchInterrupted
+
+        deadline = time.monotonic() + self.options.timeout if self.options.timeout else None
+        obj = self._get()
+        version = obj["metadata"].get("resourceVersion")
+        self._update(obj)
+        self._start_logs()
+        while True:
+            result = outcome(self.state)
+            if result is not None:
+                return self._end(result.code, result.summary)
+            if deadline is not None and time.monotonic() >= deadline:
+                return self._timed_out()
+            poll = self.options.poll_seconds or POLL_SECONDS
+            wait = poll if deadline is None else max(1, min(poll, deadline - time.monotonic()))
+            try:
+                for obj in self.kube.watch_rayjob(self.name, version, timeout_seconds=max(1, int(wait))):
+                    version = obj["metadata"].get("resourceVersion", version)
+                    self._update(obj)
+                    if outcome(self.state) is not None:
+                        break
+            except WatchInterrupted:
+                obj = self._get()  # the watch dropped or expired: list again and watch from there
+                version = obj["metadata"].get("resourceVersion")
+                self._update(obj)
+            self._show_pod_problems()
+
+    def _get(self) -> dict:
+        obj = self.kube.get_rayjob(self.name)
+        if obj is None:
+            raise ApiError(f"RayJob {self.name} is gone from namespace {self.kube.namespace} (deleted?)")
+        return obj
+
+    def _update(self, obj: dict) -> None:
+        state = JobState.of(obj)
+        line = state_change(self.state, state)
+        if line:
+            _say(f"RayJob {self.name}: {line}")
+        self.state = state
+
+    def _pods(self) -> list[dict]:
+        pods = self.kube.list_pods(f"job-name={self.name}")
+        if self.state and self.state.cluster:
+            pods += self.kube.list_pods(f"ray.io/cluster={self.state.cluster}")
+        return pods
+
+    def _show_pod_problems(self) -> None:
+        pods = self._pods()
+        waiting = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running", "Failed")]
+        if not waiting:
+            return
+        events = self.kube.events_for({p["metadata"]["name"] for p in waiting})
+        for problem in pod_problems(waiting, events):
+            if problem not in self.problems_shown:
+                self.problems_shown.add(problem)
+                _say(problem)
+
+    # -- the driver's log (the submitter pod's log in K8sJobMode) -----------------------------------
+
+    def _start_logs(self) -> None:
+        if self.stream_logs:
+            self.log_thread = threading.Thread(target=self._log_loop, name="inferkit-logs", daemon=True)
+            self.log_thread.start()
+
+    def _log_loop(self) -> None:
+        streamed: set[str] = set()
+        while True:
+            try:
+                pod = submitter_pod(self.kube, self.name)
+                if pod is not None:
+                    name = pod["metadata"]["name"]
+                    since = None
+                    if name in streamed and self.cursor.last:
+                        age = (datetime.now(timezone.utc) - _parse_time(self.cursor.last)).total_seconds()
+                        since = int(max(age, 0)) + LOG_MARGIN_SECONDS
+                    streamed.add(name)
+                    self.cursor.resume(name)
+                    for raw in self.kube.pod_log(name, SUBMITTER_CONTAINER, follow=True, since_seconds=since):
+                        text = self.cursor.accept(raw)
+                        if text is not None:
+                            _out(text)
+                    if pod["status"]["phase"] in ("Succeeded", "Failed") and self.finished.is_set():
+                        return
+            except Exception:  # noqa: BLE001 - a dropped or refused stream is resumed, never fatal
+                pass
+            if self.finished.wait(1.0) and self._log_complete():
+                return
+
+    def _log_complete(self) -> bool:
+        """After the end: one last read of the finished submitter pod, then stop."""
+        try:
+            pod = submitter_pod(self.kube, self.name)
+            if pod is not None:
+                self.cursor.resume(pod["metadata"]["name"])
+                for raw in self.kube.pod_log(pod["metadata"]["name"], SUBMITTER_CONTAINER, follow=False):
+                    text = self.cursor.accept(raw)
+                    if text is not None:
+                        _out(text)
+        except Exception:  # noqa: BLE001 - the end is reported either way
+            pass
+        return True
+
+    # -- endings ------------------------------------------------------------------------------------
+
+    def _stop_logs(self, wait: float) -> None:
+        self.finished.set()
+        if self.log_thread is not None:
+            self.log_thread.join(timeout=wait)
+
+    def _end(self, code: int, summary: str) -> int:
+        self._stop_logs(wait=30)
+        where = f" (dashboard {self.state.dashboard})" if self.state and self.state.dashboard else ""
+        _say(f"RayJob {self.name}: {summary}{where}")
+        return code
+
+    def _hint(self) -> str:
+        ns = self.kube.namespace
+        return (f"follow it again: inferkit logs -f {self.name} -n {ns}; its state: inferkit status {self.name} "
+                f"-n {ns}; stop it: inferkit delete {self.name} -n {ns}")
+
+    def _timed_out(self) -> int:
+        self._stop_logs(wait=1)
+        _say(f"--timeout reached; RayJob {self.name} is still {self.state.describe()}. {self._hint()}")
+        return EXIT_TIMEOUT
+
+    def _interrupted(self) -> int:
+        self._stop_logs(wait=1)
+        if self.options.cancel_on_interrupt:
+            deleted = self.kube.delete_rayjob(self.name)
+            _say(f"interrupted: RayJob {self.name} {'deleted' if deleted else 'was already gone'}")
+        else:
+            _say(f"interrupted: stopped following; RayJob {self.name} keeps running. {self._hint()}")
+        return EXIT_INTERRUPTED
+
+
+def submitter_pod(kube: Kube, name: str) -> dict | None:
+    """The newest submitter pod with a log (K8sJobMode: the Job named like the RayJob runs it)."""
+    pods = [p for p in kube.list_pods(f"job-name={name}")
+            if (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
+    return max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+
+
+def _parse_time(stamp: str) -> datetime:
+    """RFC 3339 with up to nanoseconds (Kubernetes log timestamps) -> aware datetime."""
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    parsed = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    return parsed.replace(microsecond=int((fraction + "000000")[:6])) if fraction else parsed
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def submit(connection: Connection, cfg: Config, obj: dict, *, dry_run: bool, detach: bool, replace: bool,
+           strict_capacity: bool, follow: FollowOptions) -> int:
+    kube = connection.open()
+    obj["metadata"]["namespace"] = kube.namespace
+    name = obj["metadata"]["name"]
+    preflight(kube, cfg, obj, strict_capacity=strict_capacity, needs_delete=replace or follow.cancel_on_interrupt)
+    existing = kube.get_rayjob(name)
+    if existing is not None and not replace:
+        raise ApiError(f"a RayJob named {name} already exists in namespace {kube.namespace} "
+                       f"({JobState.of(existing).describe()}); pass --replace to delete and recreate it, or "
+                       "choose another --name")
+    kube.create_rayjob(obj if existing is None else _unnamed(obj), dry_run=True)
+    if dry_run:
+        _say(f"dry run: RayJob {name} passed the pre-flight checks and the server-side dry run; nothing created")
+        print(dump(obj, "yaml"), end="")
+        return EXIT_OK
+    if existing is not None:
+        kube.delete_rayjob(name)
+        _wait_gone(kube, name)
+        _say(f"deleted the existing RayJob {name}")
+    kube.create_rayjob(obj)
+    _say(f"created RayJob {name} in namespace {kube.namespace} (context {kube.context})")
+    if detach:
+        _say(f"detached; follow it: inferkit logs -f {name} -n {kube.namespace}")
+        return EXIT_OK
+    return Follower(kube, name, follow, stream_logs=cfg.job.submission_mode == "K8sJobMode").run()
+
+
+def _unnamed(obj: dict) -> dict:
+    """A copy for the dry run beside an existing namesake: the server picks a fresh name of the same length
+    limit, so validation runs without tripping over the old object."""
+    copy = {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "name"}}
+    copy["metadata"]["generateName"] = obj["metadata"]["name"][:41] + "-"
+    return copy
+
+
+def _wait_gone(kube: Kube, name: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while kube.get_rayjob(name) is not None:
+        if time.monotonic() > deadline:
+            raise ApiError(f"RayJob {name} is still being deleted after {timeout:.0f} s")
+        time.sleep(1)
+
+
+def _summary(obj: dict) -> dict[str, Any]:
+    state = JobState.of(obj)
+    return {"name": obj["metadata"]["name"], "namespace": obj["metadata"].get("namespace"),
+            "jobDeploymentStatus": state.deployment, "jobStatus": state.job, "reason": state.reason,
+            "message": state.message, "rayClusterName": state.cluster, "dashboardURL": state.dashboard,
+            "startTime": state.start, "endTime": state.end}
+
+
+def status(connection: Connection, name: str, output_format: str | None) -> int:
+    kube = connection.open()
+    obj = kube.get_rayjob(name)
+    if obj is None:
+        raise ApiError(f"no RayJob named {name} in namespace {kube.namespace}")
+    summary = _summary(obj)
+    if output_format:
+        print(dump(summary, output_format), end="")
+    else:
+        width = max(map(len, summary))
+        for key, value in summary.items():
+            print(f"{key:<{width}}  {value if value not in (None, '') else '-'}")
+    return EXIT_OK
+
+
+def list_jobs(connection: Connection, output_format: str | None) -> int:
+    kube = connection.open()
+    items = [_summary(o) for o in kube.list_rayjobs().get("items", [])]
+    if output_format:
+        print(dump({"items": items}, output_format), end="")
+        return EXIT_OK
+    columns = ("name", "jobStatus", "jobDeploymentStatus", "startTime", "endTime")
+    rows = [[str(i[c] or "-") for c in columns] for i in items]
+    widths = [max([len(c)] + [len(r[n]) for r in rows]) for n, c in enumerate(columns)]
+    for row in [list(columns)] + rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def logs(connection: Connection, name: str, follow: bool, options: FollowOptions) -> int:
+    kube = connection.open()
+    if kube.get_rayjob(name) is None:
+        raise ApiError(f"no RayJob named {name} in namespace {kube.namespace}")
+    if follow:
+        return Follower(kube, name, options).run()
+    pod = submitter_pod(kube, name)
+    if pod is None:
+        raise ApiError(f"RayJob {name} has no submitter pod with a log yet (it may still be starting)")
+    cursor = LogCursor()
+    cursor.resume(pod["metadata"]["name"])
+    for raw in kube.pod_log(pod["metadata"]["name"], SUBMITTER_CONTAINER, follow=False):
+        text = cursor.accept(raw)
+        if text is not None:
+            _out(text)
+    return EXIT_OK
+
+
+def delete(connection: Connection, name: str) -> int:
+    kube = connection.open()
+    if not kube.delete_rayjob(name):
+        raise ApiError(f"no RayJob named {name} in namespace {kube.namespace}")
+    _say(f"deleted RayJob {name} in namespace {kube.namespace}")
+    return EXIT_OK

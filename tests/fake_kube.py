@@ -1,0 +1,340 @@
+"""An in-process HTTP server that speaks the Kubernetes API paths inferkit's client uses, driven by
+scripted scenarios. The real `kubernetes` client talks to it through a generated kubeconfig.
+
+It keeps RayJobs, pods, pod logs and events; after a RayJob is created it plays the scenario's steps
+(each after a short delay), and serves watches and followed logs as the state moves. Knobs inject
+the failures users meet: denied permissions, missing CRDs, conflicts, 422s, transient 5xx/429,
+watches and log streams that drop mid-run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+Step = tuple[float, Callable[["FakeKube"], None]]
+
+
+def now_rfc3339(nanos: bool = False) -> str:
+    stamp = datetime.now(timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + (f".{stamp.microsecond:06d}{time.perf_counter_ns() % 1000:03d}Z"
+                                                  if nanos else "Z")
+
+
+def pod(name: str, labels: dict, phase: str = "Pending", *, unschedulable: str | None = None,
+        waiting: tuple[str, str] | None = None, container: str = "ray-worker") -> dict:
+    conditions = [{"type": "PodScheduled", "status": "False" if unschedulable else "True",
+                   "reason": "Unschedulable" if unschedulable else None, "message": unschedulable}]
+    state = {"waiting": {"reason": waiting[0], "message": waiting[1]}} if waiting else (
+        {"running": {"startedAt": now_rfc3339()}} if phase == "Running" else {})
+    statuses = [] if unschedulable else [{"name": container, "image": "img", "imageID": "", "ready": phase == "Running",
+                                           "restartCount": 0, "state": state}]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": labels, "creationTimestamp": now_rfc3339()},
+            "spec": {"containers": [{"name": container, "image": "img"}]},
+            "status": {"phase": phase, "conditions": conditions, "containerStatuses": statuses}}
+
+
+class FakeKube:
+    def __init__(self, tmp: Path):
+        self.lock = threading.Condition()
+        self.namespaces = {"default", "ml"}
+        self.crd_installed = True
+        self.denied: set[tuple[str, str]] = set()  # (verb, resource[/subresource]) the caller may not do
+        self.nodes: list[dict] = []
+        self.rayjobs: dict[str, dict] = {}
+        self.history: list[tuple[int, str, dict]] = []  # (resourceVersion, event type, object)
+        self.version = 100
+        self.pods: dict[str, dict] = {}
+        self.logs: dict[str, list[str]] = {}
+        self.events: list[dict] = []
+        self.requests: list[tuple[str, str, dict]] = []
+        self.scenario: list[Step] = []
+        self.failures: dict[tuple[str, str], list[int]] = {}  # (method, path suffix) -> statuses to answer first
+        self.reject_create: tuple[int, dict] | None = None
+        self.drop_watch_after: int | None = None  # close the first watch after this many events
+        self.expire_watch_once = False  # answer one watch with 410 Gone
+        self.drop_log_after: int | None = None  # close the first followed log stream after this many lines
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.kubeconfig = tmp / "kubeconfig"
+        self.kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{self.server.server_port}"}}],
+            "users": [{"name": "tester", "user": {"token": "fake-token"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tester", "namespace": "default"}}],
+        }))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- state changes the scenarios use ------------------------------------------------------------
+
+    def _bump(self, kind: str, obj: dict) -> None:
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        self.history.append((self.version, kind, copy.deepcopy(obj)))
+        self.lock.notify_all()
+
+    def set_status(self, name: str, **status) -> None:
+        with self.lock:
+            job = self.rayjobs[name]
+            job.setdefault("status", {}).update(status)
+            self._bump("MODIFIED", job)
+
+    def add_pod(self, obj: dict) -> None:
+        with self.lock:
+            self.pods[obj["metadata"]["name"]] = obj
+            self.logs.setdefault(obj["metadata"]["name"], [])
+            self.lock.notify_all()
+
+    def set_pod(self, name: str, **changes) -> None:
+        with self.lock:
+            self.pods[name]["status"].update(changes)
+            self.lock.notify_all()
+
+    def log(self, pod_name: str, *lines: str) -> None:
+        with self.lock:
+            for line in lines:
+                self.logs[pod_name].append(f"{now_rfc3339(nanos=True)} {line}")
+            self.lock.notify_all()
+
+    def event(self, pod_name: str, reason: str, message: str) -> None:
+        with self.lock:
+            self.events.append({"apiVersion": "v1", "kind": "Event",
+                                "metadata": {"name": f"{pod_name}.{len(self.events)}", "namespace": "default"},
+                                "involvedObject": {"kind": "Pod", "name": pod_name}, "reason": reason,
+                                "message": message, "type": "Warning"})
+
+    def _play(self) -> None:
+        for delay, step in self.scenario:
+            time.sleep(delay)
+            step(self)
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, code: int, body: dict | str, content_type: str = "application/json") -> None:
+                data = body if isinstance(body, str) else json.dumps(body)
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data.encode())))
+                self.end_headers()
+                self.wfile.write(data.encode())
+
+            def _status(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
+                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                                  "reason": reason, "message": message, "details": details or {}})
+
+            def _route(self, method: str) -> None:
+                url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                fake.requests.append((method, url.path, query))
+                for (m, suffix), codes in fake.failures.items():
+                    if m == method and url.path.endswith(suffix) and codes:
+                        code = codes.pop(0)
+                        return self._status(code, "Injected", f"injected {code}")
+                parts = url.path.strip("/").split("/")
+                try:
+                    return fake._dispatch(self, method, parts, query, body)
+                except (BrokenPipeError, ConnectionResetError):
+                    return None
+
+            def do_GET(self):
+                self._route("GET")
+
+            def do_POST(self):
+                self._route("POST")
+
+            def do_DELETE(self):
+                self._route("DELETE")
+
+        return Handler
+
+    def _dispatch(self, h, method: str, parts: list[str], query: dict, body: dict):
+        path = "/".join(parts)
+        if path.startswith("api/v1/namespaces/") and len(parts) == 4:
+            ns = parts[3]
+            if ns in self.namespaces:
+                return h._send(200, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            return h._status(404, "NotFound", f'namespaces "{ns}" not found')
+        if path == "apis/apiextensions.k8s.io/v1/customresourcedefinitions/rayjobs.ray.io":
+            if not self.crd_installed:
+                return h._status(404, "NotFound", 'customresourcedefinitions "rayjobs.ray.io" not found')
+            return h._send(200, {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                                 "metadata": {"name": "rayjobs.ray.io"},
+                                 "spec": {"group": "ray.io", "scope": "Namespaced",
+                                          "names": {"kind": "RayJob", "plural": "rayjobs"},
+                                          "versions": [{"name": "v1", "served": True, "storage": True}]}})
+        if path == "apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
+            attrs = body["spec"]["resourceAttributes"]
+            resource = attrs["resource"] + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
+            allowed = (attrs["verb"], resource) not in self.denied
+            return h._send(201, {**body, "status": {"allowed": allowed}})
+        if path == "api/v1/nodes":
+            return h._send(200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": self.nodes})
+        if len(parts) >= 6 and parts[:2] == ["apis", "ray.io"] and parts[5] == "rayjobs":
+            return self._rayjobs(h, method, parts[6] if len(parts) > 6 else None, query, body)
+        if len(parts) == 5 and parts[4] == "pods":
+            return h._send(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                                 "items": self._select(query.get("labelSelector", ""))})
+        if len(parts) == 7 and parts[4] == "pods" and parts[6] == "log":
+            return self._pod_log(h, parts[5], query)
+        if len(parts) == 5 and parts[4] == "events":
+            return h._send(200, {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": self.events})
+        return h._status(404, "NotFound", f"no route for {method} /{path}")
+
+    def _select(self, selector: str) -> list[dict]:
+        wanted = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)
+        with self.lock:
+            return [copy.deepcopy(p) for p in self.pods.values()
+                    if all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())]
+
+    def _rayjobs(self, h, method: str, name: str | None, query: dict, body: dict):
+        if method == "POST":
+            if self.reject_create and query.get("dryRun") == "All":
+                code, status = self.reject_create
+                return h._send(code, status)
+            job_name = body["metadata"].get("name") or body["metadata"]["generateName"] + "x1y2z"
+            with self.lock:
+                if job_name in self.rayjobs:
+                    return h._status(409, "AlreadyExists", f'rayjobs.ray.io "{job_name}" already exists')
+                if query.get("dryRun") == "All":
+                    return h._send(201, body)
+                obj = copy.deepcopy(body)
+                obj["metadata"]["uid"] = f"uid-{self.version}"
+                obj["metadata"]["creationTimestamp"] = now_rfc3339()
+                obj["status"] = {}
+                self.rayjobs[job_name] = obj
+                self._bump("ADDED", obj)
+            threading.Thread(target=self._play, daemon=True).start()
+            return h._send(201, obj)
+        if method == "DELETE":
+            with self.lock:
+                obj = self.rayjobs.pop(name, None)
+                if obj is None:
+                    return h._status(404, "NotFound", f'rayjobs.ray.io "{name}" not found')
+                self._bump("DELETED", obj)
+            return h._send(200, {"kind": "Status", "status": "Success"})
+        if name:
+            with self.lock:
+                obj = copy.deepcopy(self.rayjobs.get(name))
+            return h._send(200, obj) if obj else h._status(404, "NotFound", f'rayjobs.ray.io "{name}" not found')
+        if query.get("watch") in ("true", "True", "1"):
+            return self._watch(h, query)
+        with self.lock:
+            items = [copy.deepcopy(o) for o in self.rayjobs.values()]
+        return h._send(200, {"apiVersion": "ray.io/v1", "kind": "RayJobList",
+                             "metadata": {"resourceVersion": str(self.version)}, "items": items})
+
+    def _watch(self, h, query: dict):
+        name = query.get("fieldSelector", "").removeprefix("metadata.name=")
+        since = int(query.get("resourceVersion") or 0)
+        deadline = time.monotonic() + float(query.get("timeoutSeconds") or 30)
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.end_headers()
+        if self.expire_watch_once:
+            self.expire_watch_once = False
+            h.wfile.write((json.dumps({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
+                                                                    "message": "too old resource version"}}) + "\n").encode())
+            return
+        sent = 0
+        while time.monotonic() < deadline:
+            with self.lock:
+                pending = [(v, t, o) for v, t, o in self.history if v > since and o["metadata"]["name"] == name]
+                if not pending:
+                    self.lock.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+                    continue
+            for version, kind, obj in pending:
+                h.wfile.write((json.dumps({"type": kind, "object": obj}) + "\n").encode())
+                h.wfile.flush()
+                since = version
+                sent += 1
+                if self.drop_watch_after is not None and sent >= self.drop_watch_after:
+                    self.drop_watch_after = None
+                    h.connection.shutdown(2)  # the connection drops mid-watch
+                    return
+
+    def _pod_log(self, h, name: str, query: dict):
+        if name not in self.pods:
+            return h._status(404, "NotFound", f'pods "{name}" not found')
+        follow = query.get("follow") in ("true", "True", "1")
+        h.send_response(200)
+        h.send_header("Content-Type", "text/plain")
+        h.end_headers()
+        index, sent = 0, 0
+        while True:
+            with self.lock:
+                lines = self.logs[name][index:]
+                finished = self.pods[name]["status"]["phase"] in ("Succeeded", "Failed")
+                if not lines and follow and not finished:
+                    self.lock.wait(timeout=0.2)
+                    continue
+            for line in lines:
+                h.wfile.write((line + "\n").encode())
+                h.wfile.flush()
+                index += 1
+                sent += 1
+                if follow and self.drop_log_after is not None and sent >= self.drop_log_after:
+                    self.drop_log_after = None
+                    h.connection.shutdown(2)  # the log stream drops mid-run
+                    return
+            if not follow or finished:
+                return
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenario building blocks
+
+
+def cluster_labels(name: str) -> dict:
+    return {"ray.io/cluster": f"{name}-raycluster", "ray.io/node-type": "worker"}
+
+
+def happy_path(name: str, lines: list[str], *, final: tuple[str, str, str, str] = ("Complete", "SUCCEEDED", "", ""),
+               pending: list[Step] | None = None) -> list[Step]:
+    """Initializing -> (pending steps) -> Running with a submitter pod logging `lines` -> final state."""
+    cluster = f"{name}-raycluster"
+    submitter = f"{name}-submitter"
+    steps: list[Step] = [
+        (0.1, lambda f: f.set_status(name, jobDeploymentStatus="Initializing", rayClusterName=cluster,
+                                     startTime=now_rfc3339())),
+        (0.1, lambda f: f.add_pod(pod(f"{cluster}-head", {"ray.io/cluster": cluster, "ray.io/node-type": "head"},
+                                      "Running", container="ray-head"))),
+    ]
+    steps += pending or []
+    steps += [
+        (0.1, lambda f: f.set_status(name, jobDeploymentStatus="Running", jobStatus="RUNNING",
+                                     dashboardURL=f"{cluster}-head-svc:8265")),
+        (0.1, lambda f: f.add_pod(pod(submitter, {"job-name": name}, "Running", container="ray-job-submitter"))),
+    ]
+    for line in lines:
+        steps.append((0.05, lambda f, line=line: f.log(submitter, line)))
+    deployment, job, reason, message = final
+    steps += [
+        (0.3, lambda f: f.set_pod(submitter, phase="Succeeded" if job == "SUCCEEDED" else "Failed")),
+        (0.1, lambda f: f.set_status(name, jobDeploymentStatus=deployment, jobStatus=job, reason=reason,
+                                     message=message, endTime=now_rfc3339())),
+    ]
+    return steps

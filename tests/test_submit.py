@@ -1,0 +1,282 @@
+"""`inferkit submit` and friends against an in-process Kubernetes API (tests/fake_kube.py) through the
+real `kubernetes` client: scripted scenarios, each checking exit code, stdout (the driver's log, no
+line lost or doubled) and stderr."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from fake_kube import FakeKube, cluster_labels, happy_path, now_rfc3339, pod
+
+LINES = [f"driver line {i}: rows={i * 10}" for i in range(12)]
+
+
+@pytest.fixture
+def fake(tmp_path):
+    server = FakeKube(tmp_path)
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch):
+    monkeypatch.setattr("inferkit.submit.POLL_SECONDS", 0.5)
+    monkeypatch.setattr("inferkit.k8s.Kube._backoff", staticmethod(lambda attempt, error: 0.01))
+
+
+def submit(inferkit, fake, *args):
+    return inferkit("submit", "--kubeconfig", str(fake.kubeconfig), *args)
+
+
+def creates(fake) -> list[dict]:
+    return [q for m, p, q in fake.requests if m == "POST" and p.endswith("/rayjobs")]
+
+
+def test_success_streams_every_driver_line_once(inferkit, fake):
+    fake.scenario = happy_path("inferkit", LINES)
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == LINES
+    for text in ("created RayJob inferkit in namespace default", "deployment Initializing",
+                 "deployment Running, job RUNNING", "RayJob inferkit: the job succeeded"):
+        assert text in result.stderr
+    dry, real = creates(fake)
+    assert dry == {"dryRun": "All", "fieldValidation": "Strict"} and real == {"fieldValidation": "Strict"}
+    created = fake.rayjobs["inferkit"]
+    assert created["metadata"]["namespace"] == "default"  # the context's namespace
+    assert created["spec"]["entrypoint"] == "inferkit run"
+
+
+def test_failure_reports_reason_and_message(inferkit, fake):
+    fake.scenario = happy_path("inferkit", LINES[:3], final=("Failed", "FAILED", "AppFailed",
+                                                             "Job entrypoint command failed with exit code 1"))
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 1
+    assert result.stdout.splitlines() == LINES[:3]
+    assert "the job failed (deployment Failed, job FAILED): AppFailed: Job entrypoint command failed with exit code 1" \
+        in result.stderr
+
+
+def test_pending_on_insufficient_gpu_then_success(inferkit, fake):
+    fake.nodes = [{"metadata": {"name": "gpu-1", "labels": {}}, "status": {"allocatable": {"nvidia.com/gpu": "1"}}}]
+    worker = "inferkit-raycluster-gpu-workers-abcde"
+    reason = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    fake.scenario = happy_path("inferkit", LINES, pending=[
+        (0.1, lambda f: f.add_pod(pod(worker, cluster_labels("inferkit"), unschedulable=reason))),
+        (0.0, lambda f: f.event(worker, "FailedScheduling", reason)),
+        (2.5, lambda f: f.set_pod(worker, phase="Running", conditions=[{"type": "PodScheduled", "status": "True"}])),
+    ])
+    result = submit(inferkit, fake, "--gpu-nodes", "1")
+    assert result.code == 0, result.stderr
+    assert result.stderr.count(f"pod {worker} cannot be scheduled: {reason}") == 1
+    assert f"pod {worker}: FailedScheduling: {reason}" in result.stderr
+    assert result.stdout.splitlines() == LINES
+
+
+def test_image_pull_errors_are_explained(inferkit, fake):
+    head = "inferkit-raycluster-head"
+    fake.scenario = [
+        (0.1, lambda f: f.set_status("inferkit", jobDeploymentStatus="Initializing",
+                                     rayClusterName="inferkit-raycluster")),
+        (0.1, lambda f: f.add_pod(pod(head, {"ray.io/cluster": "inferkit-raycluster"}, "Pending", waiting=(
+            "ImagePullBackOff", 'Back-off pulling image "ghcr.io/inferkit/inferkit:0.1.0-cpu"')))),
+    ]
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--timeout", "4")
+    assert result.code == 124
+    assert (f'pod {head}, container ray-worker: ImagePullBackOff: Back-off pulling image '
+            f'"ghcr.io/inferkit/inferkit:0.1.0-cpu"') in result.stderr
+
+
+def test_dropped_watch_and_log_stream_lose_and_repeat_nothing(inferkit, fake):
+    fake.drop_watch_after = 2
+    fake.drop_log_after = 4
+    fake.scenario = happy_path("inferkit", LINES) + [(0.0, lambda f: setattr(f, "expire_watch_once", True))]
+    fake.scenario.insert(3, (0.0, lambda f: setattr(f, "expire_watch_once", True)))
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == LINES
+    logs = [q for m, p, q in fake.requests if p.endswith("/log")]
+    watches = [q for m, p, q in fake.requests if q.get("watch")]
+    assert len(logs) >= 2 and len(watches) >= 3  # both streams were resumed
+
+
+def test_forbidden_lists_what_is_missing(inferkit, fake):
+    fake.denied = {("create", "rayjobs"), ("get", "pods/log")}
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 3 and result.stdout == ""
+    assert ("you may not create rayjobs.ray.io, get pods/log in namespace default; ask for a Role that allows "
+            "them") in result.stderr
+    assert creates(fake) == []
+
+
+def test_missing_crds_say_how_to_install_the_operator(inferkit, fake):
+    fake.crd_installed = False
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 3 and result.stdout == ""
+    assert "the KubeRay CRDs are not installed in context fake" in result.stderr
+    assert "helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0" in result.stderr
+
+
+def test_missing_namespace(inferkit, fake):
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "-n", "nope")
+    assert result.code == 3 and "namespace nope does not exist" in result.stderr
+
+
+def test_name_conflict_and_replace(inferkit, fake):
+    fake.rayjobs["inferkit"] = {"apiVersion": "ray.io/v1", "kind": "RayJob", "status": {"jobStatus": "RUNNING"},
+                                "metadata": {"name": "inferkit", "namespace": "default", "resourceVersion": "1"}}
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 3
+    assert "a RayJob named inferkit already exists in namespace default (deployment New, job RUNNING); pass " \
+           "--replace" in result.stderr
+    assert creates(fake) == []
+    fake.scenario = happy_path("inferkit", LINES[:2])
+    replaced = submit(inferkit, fake, "--cpu-nodes", "1", "--replace")
+    assert replaced.code == 0, replaced.stderr
+    assert "deleted the existing RayJob inferkit" in replaced.stderr
+    assert replaced.stdout.splitlines() == LINES[:2]
+
+
+def test_timeout_exits_124_with_a_way_back(inferkit, fake):
+    fake.scenario = happy_path("inferkit", LINES[:2])[:4]  # reaches Running, never ends
+    started = time.monotonic()
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--timeout", "3")
+    assert result.code == 124
+    assert time.monotonic() - started < 20
+    assert "--timeout reached; RayJob inferkit is still deployment Running, job RUNNING" in result.stderr
+    assert "inferkit logs -f inferkit -n default" in result.stderr
+
+
+def test_transient_errors_are_retried(inferkit, fake):
+    fake.failures = {("POST", "/rayjobs"): [500, 429, 503], ("GET", "/namespaces/default"): [502]}
+    fake.scenario = happy_path("inferkit", LINES[:2])
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 0, result.stderr
+    assert len(creates(fake)) == 5  # three refused, then the dry run and the real one
+
+
+def test_persistent_server_errors_give_up(inferkit, fake):
+    fake.failures = {("POST", "/rayjobs"): [503] * 10}
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 3
+    assert "the API server kept failing (503" in result.stderr and "after 5 tries" in result.stderr
+
+
+def test_validation_error_names_the_field(inferkit, fake):
+    fake.reject_create = (422, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+                                "reason": "Invalid", "message": "RayJob.ray.io \"inferkit\" is invalid",
+                                "details": {"causes": [{"field": "spec.rayClusterSpec.headGroupSpec",
+                                                        "message": "Required value"}]}})
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 3
+    assert "rejected it (422): spec.rayClusterSpec.headGroupSpec: Required value" in result.stderr
+
+
+def test_dry_run_creates_nothing(inferkit, fake):
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--dry-run")
+    assert result.code == 0, result.stderr
+    obj = yaml.safe_load(result.stdout)
+    assert obj["kind"] == "RayJob" and obj["metadata"]["namespace"] == "default"
+    assert creates(fake) == [{"dryRun": "All", "fieldValidation": "Strict"}]
+    assert fake.rayjobs == {}
+
+
+def test_detach_returns_after_creating(inferkit, fake):
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--detach")
+    assert result.code == 0 and "detached; follow it: inferkit logs -f inferkit -n default" in result.stderr
+    assert "inferkit" in fake.rayjobs
+
+
+def test_gpu_capacity_warns_or_fails(inferkit, fake):
+    fake.nodes = [{"metadata": {"name": "cpu-1", "labels": {}}, "status": {"allocatable": {"cpu": "8"}}}]
+    strict = submit(inferkit, fake, "--gpu-nodes", "2", "--strict-capacity")
+    assert strict.code == 3
+    assert "only 0 of the 2 GPU pods (1 x nvidia.com/gpu each) fit on the nodes that match (any node)" in strict.stderr
+    fake.scenario = happy_path("inferkit", LINES[:1])
+    lenient = submit(inferkit, fake, "--gpu-nodes", "2")
+    assert lenient.code == 0 and "warning: only 0 of the 2 GPU pods" in lenient.stderr
+
+
+def test_kueue_suspension_is_explained(inferkit, fake):
+    fake.scenario = [(0.1, lambda f: f.set_status("inferkit", jobDeploymentStatus="Suspended"))]
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--set", "scheduling.kueueQueue=team-a", "--timeout", "2")
+    assert result.code == 124
+    assert "deployment Suspended, job - (waiting for Kueue to admit it from queue team-a)" in result.stderr
+
+
+def test_unreachable_api_server(inferkit, tmp_path):
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "gone",
+        "clusters": [{"name": "gone", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "u"}}]}))
+    result = inferkit("submit", "--kubeconfig", str(config), "--cpu-nodes", "1")
+    assert result.code == 3 and result.stdout == ""
+    assert "cannot reach the Kubernetes API server at http://127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_context(inferkit, fake):
+    result = inferkit("status", "x", "--kubeconfig", str(fake.kubeconfig), "--context", "prod")
+    assert result.code == 3 and "--context prod: no such context" in result.stderr
+
+
+def test_status_list_logs_delete(inferkit, fake):
+    fake.scenario = happy_path("inferkit", LINES[:3])
+    assert submit(inferkit, fake, "--cpu-nodes", "1").code == 0
+    connection = ["--kubeconfig", str(fake.kubeconfig)]
+    status = inferkit("status", "inferkit", *connection)
+    assert status.code == 0
+    assert "jobStatus            SUCCEEDED" in status.stdout and "rayClusterName       inferkit-raycluster" in status.stdout
+    as_json = inferkit("status", "inferkit", *connection, "-o", "json")
+    assert '"jobDeploymentStatus": "Complete"' in as_json.stdout
+    listed = inferkit("list", *connection)
+    assert listed.stdout.splitlines()[0].split() == ["name", "jobStatus", "jobDeploymentStatus", "startTime",
+                                                     "endTime"]
+    assert listed.stdout.splitlines()[1].split()[:3] == ["inferkit", "SUCCEEDED", "Complete"]
+    logs = inferkit("logs", "inferkit", *connection)
+    assert logs.code == 0 and logs.stdout.splitlines() == LINES[:3]
+    followed = inferkit("logs", "inferkit", "-f", *connection)
+    assert followed.code == 0 and followed.stdout.splitlines() == LINES[:3]
+    refused = inferkit("delete", "inferkit", *connection)
+    assert refused.code == 2 and "pass -y" in refused.stderr
+    deleted = inferkit("delete", "inferkit", "-y", *connection)
+    assert deleted.code == 0 and fake.rayjobs == {}
+    missing = inferkit("status", "inferkit", *connection)
+    assert missing.code == 3 and "no RayJob named inferkit in namespace default" in missing.stderr
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_ctrl_c_stops_following_and_optionally_cancels(fake, cancel):
+    fake.scenario = happy_path("inferkit", LINES[:2])[:4]  # runs forever
+    args = [sys.executable, "-m", "inferkit", "submit", "--kubeconfig", str(fake.kubeconfig), "--cpu-nodes", "1"]
+    process = subprocess.Popen(args + (["--cancel-on-interrupt"] if cancel else []), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 30
+    while "inferkit" not in fake.rayjobs or fake.rayjobs["inferkit"].get("status", {}).get("jobStatus") != "RUNNING":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.1)
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    if cancel:
+        assert "interrupted: RayJob inferkit deleted" in stderr and "inferkit" not in fake.rayjobs
+    else:
+        assert "stopped following; RayJob inferkit keeps running" in stderr and "inferkit" in fake.rayjobs
+    assert "Traceback" not in stderr
+
+
+def test_timestamps_used_for_resume_are_rfc3339():
+    from inferkit.submit import _parse_time
+
+    stamp = now_rfc3339(nanos=True)
+    assert _parse_time(stamp).year >= 2024
