@@ -89,7 +89,9 @@ class RayCluster:
         import shutil
         import socket
 
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        # The job's entrypoint (`inferkit run`) must be on the cluster's PATH, as in the job image.
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": path}
         self.env.pop("RAY_ADDRESS", None)
         self.ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
         self.tmp = tmp

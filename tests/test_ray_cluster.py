@@ -56,3 +56,29 @@ def test_head_without_cpus_and_a_worker_node(ray_cluster, tiny_models, tmp_path)
     assert sorted(n["cpus"] for n in report["cluster"]) == [0, 2]
     assert report["output"]["write"] == "distributed"  # both nodes see this folder
     assert Counter(pd.read_parquet(out).path) == Counter(str(p) for p in images.glob("*.png"))
+
+
+def _submit(cluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*INFERKIT, "submit", "--ray-address", cluster.dashboard, *args], env=cluster.env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_ray_address_job_succeeds_and_writes_its_output(ray_cluster, tiny_models, tmp_path):
+    ray_cluster.start(head_cpus=2, dashboard=True)
+    rows = [{"id": i, "text": f"a good day {i}"} for i in range(20)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    result = _submit(ray_cluster, "--model", tiny_models["embedder"], "--input", str(tmp_path / "in.jsonl"),
+                     "--output", str(out), "--precision", "fp32")
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    assert "the job succeeded" in result.stderr
+    assert f"output: {out}" in result.stdout  # the driver's log, streamed
+    assert Counter(pd.read_parquet(out).id) == Counter(range(20))
+
+
+def test_ray_address_job_that_fails_exits_1(ray_cluster, tmp_path):
+    ray_cluster.start(head_cpus=2, dashboard=True)
+    result = _submit(ray_cluster, "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "no such file or folder" in result.stdout  # the driver's own error, in its log
+    assert "FAILED" in result.stderr and "exit code 2" in result.stderr
