@@ -110,7 +110,7 @@ def child_ray(kind: str, model_dir: str, images: str, out: str, device_name: str
     import ray
     import torch
 
-    ray.init(include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     gpu = _device(device_name).type == "cuda"
     ds = ray.data.read_binary_files(images, include_paths=True)

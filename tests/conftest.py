@@ -63,7 +63,7 @@ def update_golden() -> bool:
 def ray_local():
     """One embedded 2-CPU Ray for the in-process job tests (`inferkit run` reuses a connected Ray)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -111,7 +111,7 @@ def _connect(verbose: bool) -> str:
         ray.init(address=address, logging_level=level)
         where = f"the Ray cluster at {address}"
     else:
-        ray.init(include_dashboard=False, logging_level=level)
+        ray.init(address="local", include_dashboard=False, logging_level=level)  # never a stray `ray start`
         where = "an embedded Ray"
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = sys.stderr.isatty()
