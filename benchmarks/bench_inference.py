@@ -259,7 +259,10 @@ def hardware(device_name: str) -> dict:
     from inferkit.job.resources import container_cpus, cpu_has_bf16
 
     gpu = _device(device_name).type == "cuda"
-    return {"cpu": platform.processor() or platform.machine(), "cpus": container_cpus(), "cpu_bf16": cpu_has_bf16(),
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "") if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": model or platform.processor() or platform.machine(), "cpus": container_cpus(),
+            "cpu_bf16": cpu_has_bf16(),
             "gpu": torch.cuda.get_device_name(0) if gpu else None,
             "gpu_bf16": bool(gpu and torch.cuda.is_bf16_supported())}
 

@@ -170,15 +170,16 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     # Ray schedules by its logical CPU count; when the container really has fewer, ask for the same
     # share of Ray's count so no more actors land on a node than its real CPUs can run.
     scale = smallest.cpus / usable if usable else 1.0
-    ray_cpus = round(num_cpus * scale, 4)
+    ray_cpus = math.floor(num_cpus * scale * 10**4) / 10**4  # Ray's resolution; rounding up could overbook
     capacity = sum(max(0, int((n.usable_cpus - io_cpus + 1e-9) // num_cpus)) for n in nodes)
     capacity = max(1, capacity)
     threads = max(1, math.floor(num_cpus + 0.5))
     decisions.append(Decision("actor resources", f"{ray_cpus:g} CPU, {threads} threads", why))
     precision, check, pwhy = _precision(options, all(n.cpu_bf16 for n in nodes), "CPU")
     element_bytes = 4 if precision == "fp32" else 2
-    base = 16 if profile.input_kind == "image" else 32
-    batch = min(256 if profile.input_kind == "image" else 512, _pow2_floor(base * threads))
+    # Convolutions on CPU run best on small batches that stay in cache (ResNet-50, 2 cores: 16 beats 32).
+    base = 8 if profile.input_kind == "image" else 32
+    batch = min(128 if profile.input_kind == "image" else 512, _pow2_floor(base * threads))
     actors_per_node = max(1, int((usable - io_cpus + 1e-9) // num_cpus))
     memory_budget = smallest.memory_bytes * 0.5 / actors_per_node - profile.parameter_bytes * 1.5
     by_memory = _pow2_floor(memory_budget / _row_bytes(profile, element_bytes)) if memory_budget > 0 else 1
