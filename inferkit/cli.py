@@ -347,6 +347,17 @@ def delete(name: str, kubeconfig: str | None, context: str | None, namespace: st
     return delete_rayjob(_connection(kubeconfig, context, namespace), name)
 
 
+@cli.command()
+@_kube_command
+@click.option("-o", "--format", "output_format", type=click.Choice(["json"]), default=None,
+              help="Print the findings as JSON.")
+def doctor(kubeconfig: str | None, context: str | None, namespace: str | None, output_format: str | None) -> int:
+    """What this machine and the current kube context offer, and what each workflow still needs."""
+    from inferkit.doctor import run_doctor
+
+    return run_doctor(_connection(kubeconfig, context, namespace), output_format)
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point: one line per error, exit codes that tell the truth
 

@@ -21,6 +21,9 @@ from inferkit.errors import ApiError
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 CRD_NAME = "rayjobs.ray.io"
 RETRIED_STATUSES = {429, 500, 502, 503, 504}
+# Node labels that name the GPU model, by provider (see gpuWorkers.acceleratorLabel).
+GPU_LABELS = ("nvidia.com/gpu.product", "cloud.google.com/gke-accelerator", "karpenter.k8s.aws/instance-gpu-name",
+              "node.kubernetes.io/instance-type")
 ATTEMPTS = 5
 INSTALL_OPERATOR = ("install the KubeRay operator: helm repo add kuberay https://ray-project.github.io/kuberay-helm/ "
                     "&& helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0")
@@ -179,6 +182,28 @@ class Kube:
                 allocatable = int((node.status.allocatable or {}).get("nvidia.com/gpu", "0") or 0)
                 slots += allocatable // gpus_per_pod
         return slots
+
+    # -- what the cluster offers (inferkit doctor) ------------------------------------------------------
+
+    def operator_images(self) -> list[str]:
+        """Images of the KubeRay operator deployments (label app.kubernetes.io/name=kuberay-operator)."""
+        apps = client.AppsV1Api(self.api)
+        found = self._call("looking for the KubeRay operator", apps.list_deployment_for_all_namespaces,
+                           label_selector="app.kubernetes.io/name=kuberay-operator")
+        return [c.image for d in found.items for c in d.spec.template.spec.containers]
+
+    def gpu_nodes(self) -> list[dict]:
+        """Nodes with allocatable nvidia.com/gpu: name, count, GPU labels, taints."""
+        nodes = self._call("listing nodes", self.core.list_node)
+        out = []
+        for node in nodes.items:
+            gpus = int((node.status.allocatable or {}).get("nvidia.com/gpu", "0") or 0)
+            if gpus:
+                labels = node.metadata.labels or {}
+                out.append({"name": node.metadata.name, "gpus": gpus,
+                            "labels": {k: v for k, v in labels.items() if k in GPU_LABELS},
+                            "taints": [f"{t.key}:{t.effect}" for t in node.spec.taints or []]})
+        return out
 
     # -- RayJobs ---------------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class FakeKube:
         self.crd_installed = True
         self.denied: set[tuple[str, str]] = set()  # (verb, resource[/subresource]) the caller may not do
         self.nodes: list[dict] = []
+        self.deployments: list[dict] = []
         self.rayjobs: dict[str, dict] = {}
         self.history: list[tuple[int, str, dict]] = []  # (resourceVersion, event type, object)
         self.version = 100
@@ -191,6 +192,9 @@ class FakeKube:
             resource = attrs["resource"] + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
             allowed = (attrs["verb"], resource) not in self.denied
             return h._send(201, {**body, "status": {"allowed": allowed}})
+        if path == "apis/apps/v1/deployments":
+            return h._send(200, {"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {},
+                                 "items": self.deployments})
         if path == "api/v1/nodes":
             return h._send(200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": self.nodes})
         if len(parts) >= 6 and parts[:2] == ["apis", "ray.io"] and parts[5] == "rayjobs":

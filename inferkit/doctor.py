@@ -1,0 +1,138 @@
+"""`inferkit doctor`: what this machine and the current kube context offer, and what each workflow
+still needs. Every probe is allowed to fail; a failed probe is a finding, not a crash."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from importlib import metadata
+
+from inferkit import RAY_VERSION, __version__
+from inferkit.errors import EXIT_OK, ApiError
+from inferkit.submit import PERMISSIONS, Connection
+
+JOB_PACKAGES = ("ray", "torch", "transformers", "pyarrow", "pillow")
+KIND_TOOLS = ("docker", "kind", "helm", "kubectl")
+INSTALL_JOB = "pip install 'inferkit[job]' torch==2.13.0 (a CUDA build of torch on GPU machines)"
+
+
+@dataclass(frozen=True)
+class Finding:
+    area: str
+    what: str
+    ok: bool
+    detail: str
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def local_findings() -> list[Finding]:
+    from inferkit.job.resources import probe_node
+
+    found = [Finding("machine", "python", True, platform.python_version()),
+             Finding("machine", "inferkit", True, __version__)]
+    for package in JOB_PACKAGES:
+        version = _version(package)
+        ok = version is not None and (package != "ray" or version == RAY_VERSION)
+        detail = version or "not installed"
+        if package == "ray" and version and version != RAY_VERSION:
+            detail += f" (the images and manifests use {RAY_VERSION}: mixing versions breaks clusters)"
+        found.append(Finding("machine", package, ok, detail))
+    facts = probe_node()
+    memory = f", memory limit {facts['memory_limit'] / 2**30:.1f} GiB" if facts["memory_limit"] else ""
+    found.append(Finding("machine", "cpus", True, f"{facts['real_cpus']:g} usable{memory}"))
+    found.append(Finding("machine", "cpu bf16", facts["cpu_bf16"],
+                         "AVX512-BF16/AMX: inferkit runs bf16 on CPU" if facts["cpu_bf16"] else
+                         "no native bf16: CPU inference stays fp32"))
+    gpus = facts["gpus"]
+    found.append(Finding("machine", "gpus", bool(gpus), ", ".join(
+        f"{name} ({memory_bytes / 2**30:.0f} GiB{', bf16' if bf16 else ''})" for name, memory_bytes, bf16 in gpus)
+        or "none (nvidia-smi found none)"))
+    if gpus and _version("torch"):
+        import torch  # only when there are GPUs to ask about: this import is slow
+
+        found.append(Finding("machine", "torch cuda", torch.cuda.is_available(),
+                             f"CUDA {torch.version.cuda}" if torch.cuda.is_available() else
+                             "torch cannot use the GPUs (a CPU-only build?)"))
+    for tool in KIND_TOOLS:
+        path = shutil.which(tool)
+        found.append(Finding("tools", tool, path is not None, path or "not on PATH"))
+    if shutil.which("docker"):
+        daemon = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                                text=True, timeout=20)
+        found.append(Finding("tools", "docker engine", daemon.returncode == 0,
+                             daemon.stdout.strip() if daemon.returncode == 0 else "no Docker engine answers"))
+    return found
+
+
+def cluster_findings(connection: Connection) -> list[Finding]:
+    try:
+        kube = connection.open()
+    except ApiError as e:
+        return [Finding("cluster", "kube context", False, str(e))]
+    found = [Finding("cluster", "kube context", True, f"{kube.context} ({kube.server}), namespace {kube.namespace}")]
+    try:
+        exists = kube.namespace_exists()
+    except ApiError as e:
+        return found + [Finding("cluster", "api server", False, str(e))]
+    found.append(Finding("cluster", "namespace", exists, kube.namespace if exists else f"{kube.namespace} is missing"))
+    probes = [
+        ("kuberay crds", lambda: kube.rayjob_crd_versions(),
+         lambda v: (v is not None and "v1" in v, f"RayJob versions {', '.join(v)}" if v else "not installed")),
+        ("kuberay operator", kube.operator_images,
+         lambda images: (bool(images), ", ".join(images) or "no deployment labelled kuberay-operator")),
+        ("gpu nodes", kube.gpu_nodes,
+         lambda nodes: (bool(nodes), "; ".join(f"{n['name']}: {n['gpus']} GPU {n['labels']} taints {n['taints']}"
+                                               for n in nodes) or "none (a node autoscaler may still add some)")),
+        ("permissions", lambda: kube.missing_permissions(PERMISSIONS),
+         lambda missing: (not missing, "may submit and follow RayJobs" if not missing else
+                          "may not " + ", ".join(missing))),
+    ]
+    for what, probe, judge in probes:
+        try:
+            ok, detail = judge(probe())
+        except ApiError as e:
+            ok, detail = False, str(e)
+        found.append(Finding("cluster", what, ok, detail))
+    return found
+
+
+def workflow_findings(found: list[Finding]) -> list[Finding]:
+    ok = {f.what: f.ok for f in found}
+    local_missing = [p for p in ("ray", "torch", "transformers") if not ok.get(p)]
+    cluster_missing = [w for w in ("kube context", "namespace", "kuberay crds", "permissions") if not ok.get(w, False)]
+    kind_missing = [t for t in (*KIND_TOOLS, "docker engine") if not ok.get(t, False)]
+    return [
+        Finding("workflow", "inferkit render", True, "ready"),
+        Finding("workflow", "inferkit run (local)", not local_missing,
+                "ready" if not local_missing else f"missing {', '.join(local_missing)}: {INSTALL_JOB}"),
+        Finding("workflow", "inferkit submit", not cluster_missing,
+                "ready" if not cluster_missing else f"needs: {', '.join(cluster_missing)} (see above)"),
+        Finding("workflow", "GPU jobs on the cluster", ok.get("gpu nodes", False),
+                "GPU nodes present" if ok.get("gpu nodes") else "no GPU nodes seen (fine with a node autoscaler)"),
+        Finding("workflow", "kind quick start", not kind_missing,
+                "ready" if not kind_missing else f"missing {', '.join(kind_missing)}"),
+    ]
+
+
+def run_doctor(connection: Connection, output_format: str | None) -> int:
+    found = local_findings() + cluster_findings(connection)
+    found += workflow_findings(found)
+    if output_format == "json":
+        print(json.dumps([asdict(f) for f in found], indent=2))
+        return EXIT_OK
+    area = None
+    for finding in found:
+        if finding.area != area:
+            area = finding.area
+            print(f"{area}:")
+        print(f"  [{'ok' if finding.ok else '--'}] {finding.what:<24} {finding.detail}")
+    return EXIT_OK
