@@ -52,9 +52,11 @@ def _strip_optional(tp: Any) -> Any:
     return args[0] if type(None) in get_args(tp) and len(args) == 1 else tp
 
 
-def _run_option(name: str, tp: Any, help_text: str):
+def _run_option(name: str, tp: Any, help_text: str, default: Any):
     flag = "--" + name.replace("_", "-")
     base = _strip_optional(tp)
+    if default not in (None, "", [], False):
+        help_text = f"{help_text}  [default: {default}]"
     if base is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
     if get_origin(base) is tuple:
@@ -63,13 +65,18 @@ def _run_option(name: str, tp: Any, help_text: str):
         return click.option(flag, name, type=click.Choice(get_args(base)), default=None, help=help_text)
     kind = {int: click.INT, float: click.FLOAT}.get(base, click.STRING)
     return click.option(flag, name, type=kind, default=None, help=help_text,
-                         metavar="MIN:MAX" if name == "actors" else None)
+                        metavar="MIN:MAX" if name == "actors" else None)
 
 
 def run_options(func):
-    """The job's arguments, one flag per RunOptions field (see inferkit.config)."""
+    """The job's arguments, one flag per RunOptions field (see inferkit.config), defaults shown from
+    the chart's values.yaml, where they are defined."""
+    from inferkit.chart import default_values
+    from inferkit.config import camel
+
+    defaults = default_values()["run"]
     for name, tp, help_text in reversed(run_fields()):
-        func = _run_option(name, tp, help_text)(func)
+        func = _run_option(name, tp, help_text, defaults.get(camel(name)))(func)
     return func
 
 
