@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args, get_origin
 import click
 
 from inferkit import __version__
-from inferkit.config import RAYCLUSTER, RAYJOB, run_fields
+from inferkit.config import RAYCLUSTER, RAYJOB, run_fields, strip_optional
 from inferkit.errors import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_USAGE, InferkitError
 
 EXIT_CODES = """\b
@@ -47,14 +47,9 @@ def cli(verbose: bool) -> None:
 # Options shared by several commands
 
 
-def _strip_optional(tp: Any) -> Any:
-    args = [a for a in get_args(tp) if a is not type(None)]
-    return args[0] if type(None) in get_args(tp) and len(args) == 1 else tp
-
-
 def _run_option(name: str, tp: Any, help_text: str, default: Any):
     flag = "--" + name.replace("_", "-")
-    base = _strip_optional(tp)
+    base = strip_optional(tp)
     if default not in (None, "", [], False):
         help_text = f"{help_text}  [default: {default}]"
     if base is bool:
@@ -158,6 +153,11 @@ def render(raycluster: bool, output_format: str, out_dir: str | None, **kwargs: 
     kind = RAYCLUSTER if raycluster else RAYJOB
     cfg, schemas = _load(kwargs, kind)
     obj = chart.render_checked(cfg, kind, schemas)
+    if kind == RAYJOB and not cfg.run.output:
+        from inferkit.console import say
+
+        say("note: no --output: the job runs the bundled demo and its results stay inside the head pod, "
+            "which goes away with the cluster; pass --output s3://..., gs://... or a path on a volume")
     text = dump(obj, output_format)
     if out_dir:
         command = "inferkit " + shlex.join(_state["argv"])
@@ -252,9 +252,7 @@ def submit(kubeconfig: str | None, context: str | None, timeout: float | None, c
 
     follow = FollowOptions(timeout=timeout, cancel_on_interrupt=cancel_on_interrupt)
     if ray_address:
-        return _submit_to_ray(ray_address, kwargs, follow, dry_run=dry_run, detach=detach,
-                              kube_flags={"--kubeconfig": kubeconfig, "--context": context, "--replace": replace,
-                                          "--strict-capacity": strict_capacity})
+        return _submit_to_ray(ray_address, kwargs, follow, dry_run=dry_run, detach=detach)
     from inferkit import chart
     from inferkit.submit import submit as submit_rayjob
 
@@ -266,22 +264,32 @@ def submit(kubeconfig: str | None, context: str | None, timeout: float | None, c
                          strict_capacity=strict_capacity, follow=follow)
 
 
-def _submit_to_ray(address: str, kwargs: dict, follow: Any, *, dry_run: bool, detach: bool,
-                   kube_flags: dict) -> int:
-    """--ray-address: only the job's arguments apply; cluster-shape and Kubernetes flags are refused."""
+_CLUSTER_ONLY = (*_FLAG_NAMES, "preset", "values_files", "sets", "crd_dir", "kubeconfig", "context", "replace",
+                 "strict_capacity")
+
+
+def _submit_to_ray(address: str, kwargs: dict, follow: Any, *, dry_run: bool, detach: bool) -> int:
+    """--ray-address: only the job's arguments apply; cluster-shape and Kubernetes flags typed on the
+    command line are refused (values that came from the environment, like KUBECONFIG, are not)."""
+    from click.core import ParameterSource
+
     from inferkit import chart
+    from inferkit.config import is_remote_uri
+    from inferkit.console import say
     from inferkit.errors import ConfigError
     from inferkit.render import entrypoint
 
-    given = [f"--{n.replace('_', '-')}" for n in (*_FLAG_NAMES, "preset", "crd_dir") if kwargs.get(n)]
-    given += [f"-f/--values" for _ in kwargs.get("values_files") or ()][:1]
-    given += ["--set" for _ in kwargs.get("sets") or ()][:1]
-    given += [flag for flag, value in kube_flags.items() if value]
+    context = click.get_current_context()
+    given = [next(o for o in context.command.params if o.name == name).opts[-1] for name in _CLUSTER_ONLY
+             if context.get_parameter_source(name) == ParameterSource.COMMANDLINE]
     if given:
         raise ConfigError([f"{flag}: has no effect with --ray-address (the Ray cluster exists already; only job "
                            "arguments apply)" for flag in given])
     options = chart.load_run_options(_run_flags(kwargs))
     command = entrypoint(options, chart.default_run_options())
+    if not is_remote_uri(options.output):
+        say(f"note: the cluster writes {options.output or 'inferkit-output/<run id> (its working directory)'} on "
+            "its own nodes; give a folder they share, or s3:// or gs://")
     if dry_run:
         click.echo(command)
         return 0
@@ -350,7 +358,9 @@ def delete(name: str, kubeconfig: str | None, context: str | None, namespace: st
     if not yes:
         if not sys.stdin.isatty():
             raise ConfigError([f"delete {name}: pass -y to delete without a terminal to confirm on"])
-        click.confirm(f"Delete RayJob {name}?", abort=True, err=True)
+        if not click.confirm(f"Delete RayJob {name}?", err=True):
+            click.echo("Nothing deleted.", err=True)
+            return 0
     return delete_rayjob(_connection(kubeconfig, context, namespace), name)
 
 

@@ -296,7 +296,7 @@ def _target_type(parts: list[str]) -> tuple[Any, str | None]:
     for depth, key in enumerate(parts):
         if not key:
             return None, f"{'.'.join(parts)}: empty key in the path"
-        tp = _strip_optional(tp)
+        tp = strip_optional(tp)
         if dataclasses.is_dataclass(tp):
             known = _field_types(tp)
             if key not in known:
@@ -326,7 +326,7 @@ def set_layer(assignments: list[str]) -> tuple[Layer, list[str]]:
         if problem:
             problems.append(problem)
             continue
-        if _strip_optional(tp) in (str, Quantity) and not (_is_optional(tp) and raw == "null"):
+        if strip_optional(tp) in (str, Quantity) and not (_is_optional(tp) and raw == "null"):
             value: Any = raw
         else:
             try:
@@ -349,16 +349,25 @@ def _first_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def parse_node_count(text: str, flag: str) -> tuple[dict, str | None]:
-    """`N` pins a group at N nodes; `MIN:MAX` lets the autoscaler move between the bounds."""
+def parse_range(text: str) -> tuple[int, int, bool]:
+    """`N` or `MIN:MAX` -> (min, max, whether a range was given); ValueError with the reason."""
     low, sep, high = text.partition(":")
     try:
-        if not sep:
-            count = int(low)
-            return {"replicas": count, "minReplicas": None, "maxReplicas": None}, None
-        lo, hi = int(low), int(high)
+        lo = int(low)
+        hi = int(high) if sep else lo
     except ValueError:
-        return {}, f"{flag} {text!r}: expected N or MIN:MAX with whole numbers"
+        raise ValueError(f"{text!r} is not N or MIN:MAX with whole numbers") from None
+    return lo, hi, bool(sep)
+
+
+def parse_node_count(text: str, flag: str) -> tuple[dict, str | None]:
+    """`N` pins a group at N nodes; `MIN:MAX` lets the autoscaler move between the bounds."""
+    try:
+        lo, hi, is_range = parse_range(text)
+    except ValueError as e:
+        return {}, f"{flag} {e}"
+    if not is_range:
+        return {"replicas": lo, "minReplicas": None, "maxReplicas": None}, None
     return {"replicas": lo, "minReplicas": lo, "maxReplicas": hi}, None
 
 
@@ -414,7 +423,7 @@ def _is_optional(tp: Any) -> bool:
     return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
 
 
-def _strip_optional(tp: Any) -> Any:
+def strip_optional(tp: Any) -> Any:
     if _is_optional(tp):
         rest = [a for a in get_args(tp) if a is not type(None)]
         return rest[0] if len(rest) == 1 else Union[tuple(rest)]
@@ -445,6 +454,7 @@ class _Converter:
         self.problems.append(f"{path}: {message}" + (f" [{source}]" if source else ""))
 
     def _source(self, path: str) -> str:
+        path = re.sub(r"\[\d+\]", "", path)  # a list item comes from where its list was set
         while path:
             if path in self.origin:
                 return self.origin[path]
@@ -453,7 +463,7 @@ class _Converter:
 
     def convert(self, tp: Any, value: Any, path: str) -> Any:
         if _is_optional(tp):
-            return None if value is None else self.convert(_strip_optional(tp), value, path)
+            return None if value is None else self.convert(strip_optional(tp), value, path)
         if dataclasses.is_dataclass(tp):
             return self._dataclass(tp, value, path)
         origin = get_origin(tp)
@@ -590,13 +600,8 @@ def is_remote_uri(path: str) -> bool:
 
 
 def parse_actor_bounds(text: str) -> tuple[int, int]:
-    """`N` or `MIN:MAX` -> (min, max), raising ValueError with the reason."""
-    low, sep, high = text.partition(":")
-    try:
-        lo = int(low)
-        hi = int(high) if sep else lo
-    except ValueError:
-        raise ValueError(f"{text!r} is not N or MIN:MAX with whole numbers") from None
+    """`N` or `MIN:MAX` actors -> (min, max), raising ValueError with the reason."""
+    lo, hi, _ = parse_range(text)
     if lo < 1 or hi < lo:
         raise ValueError(f"{text!r}: need 1 <= MIN <= MAX")
     return lo, hi
@@ -631,12 +636,17 @@ def check_run(run: RunOptions) -> list[str]:
     return problems
 
 
+MIN_MEMORY = 2**20  # no container starts with less than a MiB; "500m" memory is half a byte
+
+
 def _check_quantities(path: str, cpu: str, memory: str) -> list[str]:
     problems = []
-    for what, value in (("cpu", cpu), ("memory", memory)):
+    for what, value, least in (("cpu", cpu, Decimal("0.001")), ("memory", memory, MIN_MEMORY)):
         try:
-            if parse_quantity(value) <= 0:
-                problems.append(f"{path}.{what}: must be greater than 0, not {value!r}")
+            if parse_quantity(value) < least:
+                problems.append(f"{path}.{what}: {value!r} is too small" + (
+                    " (memory takes Mi or Gi, e.g. 512Mi; m means a thousandth)" if what == "memory"
+                    else "; at least 1m"))
         except ValueError:
             pass  # already reported by the converter
     return problems
@@ -675,8 +685,13 @@ def _check_metadata(cfg: Config) -> list[str]:
 def _check_env(cfg: Config) -> list[str]:
     problems = []
     for i, var in enumerate(cfg.env):
-        name = var.get("name", "") if isinstance(var, dict) else ""
-        if isinstance(var, dict) and "value" in var and _SECRET_NAME.search(str(name)):
+        if not isinstance(var, dict) or not isinstance(var.get("name"), str):
+            problems.append(f"env[{i}]: must be a map with a string `name` (a Kubernetes EnvVar)")
+            continue
+        name = var["name"]
+        if "value" in var and not isinstance(var["value"], str):
+            problems.append(f"env[{i}] ({name}): value must be a string, not {_describe(var['value'])} (quote it)")
+        if "value" in var and _SECRET_NAME.search(name):
             problems.append(
                 f"env[{i}] ({name}): a credential must not be inlined; put it in a Secret and use "
                 "valueFrom.secretKeyRef (or hfTokenSecret for HF_TOKEN)")

@@ -6,6 +6,7 @@ Values enter the templates as JSON (a subset of YAML), so no user string can bre
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from typing import Any
@@ -14,7 +15,8 @@ import jinja2
 import yaml
 
 from inferkit import RAY_VERSION, __version__
-from inferkit.config import RAYJOB, Config, RunOptions, run_fields
+from inferkit.config import RAYJOB, Config, RunOptions, parse_quantity, run_fields
+from inferkit.job.plan import cpu_actor_shape
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -56,6 +58,27 @@ def entrypoint(run: RunOptions, defaults: RunOptions) -> str:
         else:
             args += [flag, _format_number(value) if isinstance(value, float) else str(value)]
     return shlex.join(args)
+
+
+def job_run_options(cfg: Config) -> RunOptions:
+    """The job's arguments as the cluster needs them. With an autoscaling group the job must know how
+    far it may grow: its actor pool spans the group's bounds (one actor per GPU, or the planner's actors
+    per CPU node), so Ray Data asks for more actors and the Ray autoscaler adds pods; a group that starts
+    at zero has no node to read sizes from at the start."""
+    run = cfg.run
+    if not cfg.autoscaling or run.actors:
+        return run
+    gpu, cpu = cfg.gpu_workers, cfg.cpu_workers
+    if gpu.enabled and run.device != "cpu":
+        per_node = max(1, int(gpu.gpus_per_node / (run.num_gpus_per_actor or 1)))
+        low, high = gpu.bounds
+        return dataclasses.replace(run, device="gpu", actors=f"{max(1, low * per_node)}:{max(1, high * per_node)}")
+    if cpu.enabled:
+        per_node, num_cpus, _ = cpu_actor_shape(float(parse_quantity(cpu.cpu)))
+        low, high = cpu.bounds
+        return dataclasses.replace(run, actors=f"{max(1, low * per_node)}:{max(1, high * per_node)}",
+                                   num_cpus_per_actor=run.num_cpus_per_actor or num_cpus)
+    return run
 
 
 def _format_number(value: float) -> str:
@@ -204,7 +227,7 @@ def build_view(cfg: Config, kind: str, default_run: RunOptions) -> dict:
     if kind == RAYJOB:
         job = cfg.job
         view["job"] = {
-            "entrypoint": entrypoint(cfg.run, default_run),
+            "entrypoint": entrypoint(job_run_options(cfg), default_run),
             "shutdown_after_job_finishes": job.shutdown_after_job_finishes,
             "ttl_seconds_after_finished": job.ttl_seconds_after_finished,
             "active_deadline_seconds": job.active_deadline_seconds,

@@ -5,7 +5,6 @@ code that tells the truth."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from inferkit.config import Config
+from inferkit.console import say
 from inferkit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, ApiError
 from inferkit.follow import JobState, LogCursor, outcome, pod_problems, state_change
 from inferkit.render import GPU_RESOURCE, dump
@@ -48,9 +48,6 @@ class FollowOptions:
     cancel_on_interrupt: bool = False
     poll_seconds: float | None = None  # None: POLL_SECONDS
 
-
-def _say(message: str) -> None:
-    print(f"{datetime.now().strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 def _out(line: str) -> None:
@@ -98,14 +95,14 @@ def preflight(kube: Kube, cfg: Config, obj: dict, *, strict_capacity: bool, need
     slots = kube.gpu_pod_slots(pod.get("nodeSelector") or {}, per_pod)
     selector = ", ".join(f"{k}={v}" for k, v in (pod.get("nodeSelector") or {}).items()) or "any node"
     if slots is None:
-        _say(f"warning: cannot list nodes to check GPU capacity (forbidden); skipped")
+        say("warning: cannot list nodes to check GPU capacity (forbidden); skipped")
     elif slots < wanted:
         message = (f"only {slots} of the {wanted} GPU pods ({per_pod} x {GPU_RESOURCE} each) fit on the nodes "
                    f"that match ({selector}) by allocatable {GPU_RESOURCE}; the rest stay Pending unless a node "
                    "autoscaler adds GPU nodes")
         if strict_capacity:
             raise ApiError(message + " (--strict-capacity)")
-        _say(f"warning: {message}")
+        say(f"warning: {message}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +167,7 @@ class Follower:
         state = JobState.of(obj)
         line = state_change(self.state, state)
         if line:
-            _say(f"RayJob {self.name}: {line}")
+            say(f"RayJob {self.name}: {line}")
         self.state = state
 
     def _pods(self) -> list[dict]:
@@ -188,7 +185,7 @@ class Follower:
         for problem in pod_problems(waiting, events):
             if problem not in self.problems_shown:
                 self.problems_shown.add(problem)
-                _say(problem)
+                say(problem)
 
     # -- the driver's log (the submitter pod's log in K8sJobMode) -----------------------------------
 
@@ -245,7 +242,7 @@ class Follower:
     def _end(self, code: int, summary: str) -> int:
         self._stop_logs(wait=30)
         where = f" (dashboard {self.state.dashboard})" if self.state and self.state.dashboard else ""
-        _say(f"RayJob {self.name}: {summary}{where}")
+        say(f"RayJob {self.name}: {summary}{where}")
         return code
 
     def _hint(self) -> str:
@@ -255,16 +252,16 @@ class Follower:
 
     def _timed_out(self) -> int:
         self._stop_logs(wait=1)
-        _say(f"--timeout reached; RayJob {self.name} is still {self.state.describe()}. {self._hint()}")
+        say(f"--timeout reached; RayJob {self.name} is still {self.state.describe()}. {self._hint()}")
         return EXIT_TIMEOUT
 
     def _interrupted(self) -> int:
         self._stop_logs(wait=1)
         if self.options.cancel_on_interrupt:
             deleted = self.kube.delete_rayjob(self.name)
-            _say(f"interrupted: RayJob {self.name} {'deleted' if deleted else 'was already gone'}")
+            say(f"interrupted: RayJob {self.name} {'deleted' if deleted else 'was already gone'}")
         else:
-            _say(f"interrupted: stopped following; RayJob {self.name} keeps running. {self._hint()}")
+            say(f"interrupted: stopped following; RayJob {self.name} keeps running. {self._hint()}")
         return EXIT_INTERRUPTED
 
 
@@ -299,17 +296,17 @@ def submit(connection: Connection, cfg: Config, obj: dict, *, dry_run: bool, det
                        "choose another --name")
     kube.create_rayjob(obj if existing is None else _unnamed(obj), dry_run=True)
     if dry_run:
-        _say(f"dry run: RayJob {name} passed the pre-flight checks and the server-side dry run; nothing created")
+        say(f"dry run: RayJob {name} passed the pre-flight checks and the server-side dry run; nothing created")
         print(dump(obj, "yaml"), end="")
         return EXIT_OK
     if existing is not None:
         kube.delete_rayjob(name)
         _wait_gone(kube, name)
-        _say(f"deleted the existing RayJob {name}")
+        say(f"deleted the existing RayJob {name}")
     kube.create_rayjob(obj)
-    _say(f"created RayJob {name} in namespace {kube.namespace} (context {kube.context})")
+    say(f"created RayJob {name} in namespace {kube.namespace} (context {kube.context})")
     if detach:
-        _say(f"detached; follow it: inferkit logs -f {name} -n {kube.namespace}")
+        say(f"detached; follow it: inferkit logs -f {name} -n {kube.namespace}")
         return EXIT_OK
     return Follower(kube, name, follow, stream_logs=cfg.job.submission_mode == "K8sJobMode").run()
 
@@ -389,5 +386,5 @@ def delete(connection: Connection, name: str) -> int:
     kube = connection.open()
     if not kube.delete_rayjob(name):
         raise ApiError(f"no RayJob named {name} in namespace {kube.namespace}")
-    _say(f"deleted RayJob {name} in namespace {kube.namespace}")
+    say(f"deleted RayJob {name} in namespace {kube.namespace}")
     return EXIT_OK

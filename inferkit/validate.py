@@ -75,9 +75,13 @@ def _deletion_rules(spec: dict) -> list[str]:
     strategy = spec.get("deletionStrategy")
     if strategy is None:
         return []
+    if not isinstance(strategy, dict):
+        return ["spec.deletionStrategy: must be a map"]
     problems = []
     legacy = "onSuccess" in strategy or "onFailure" in strategy
     rules = strategy.get("deletionRules") or []
+    if not isinstance(rules, list):
+        return ["spec.deletionStrategy.deletionRules: must be a list of rules"]
     if legacy and rules:
         problems.append("spec.deletionStrategy: onSuccess/onFailure and deletionRules cannot be used together")
     if not rules and not ("onSuccess" in strategy and "onFailure" in strategy):
@@ -86,20 +90,24 @@ def _deletion_rules(spec: dict) -> list[str]:
         problems.append("spec.deletionStrategy.deletionRules: set job.shutdownAfterJobFinishes to false to use "
                         "deletion rules (KubeRay treats them as mutually exclusive)")
     seen = set()
+    autoscaling = (spec.get("rayClusterSpec") or {}).get("enableInTreeAutoscaling")
     for i, rule in enumerate(rules):
-        condition = rule.get("condition") or {}
-        has_job, has_deploy = "jobStatus" in condition, "jobDeploymentStatus" in condition
-        if has_job == has_deploy:
-            problems.append(f"spec.deletionStrategy.deletionRules[{i}].condition: needs exactly one of "
-                            "jobStatus and jobDeploymentStatus")
-        if condition.get("ttlSeconds", 0) < 0:
-            problems.append(f"spec.deletionStrategy.deletionRules[{i}].condition.ttlSeconds: must not be negative")
+        path = f"spec.deletionStrategy.deletionRules[{i}]"
+        condition = rule.get("condition") if isinstance(rule, dict) else None
+        if not isinstance(condition, dict):
+            problems.append(f"{path}: needs a `condition` map and a `policy`")
+            continue
+        if ("jobStatus" in condition) == ("jobDeploymentStatus" in condition):
+            problems.append(f"{path}.condition: needs exactly one of jobStatus and jobDeploymentStatus")
+        ttl = condition.get("ttlSeconds", 0)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0:
+            problems.append(f"{path}.condition.ttlSeconds: must be a whole number of seconds, not {ttl!r}")
         key = (condition.get("jobStatus"), condition.get("jobDeploymentStatus"), rule.get("policy"))
         if key in seen:
-            problems.append(f"spec.deletionStrategy.deletionRules[{i}]: duplicate rule for {key[2]} on {key[0] or key[1]}")
+            problems.append(f"{path}: duplicate rule for {key[2]} on {key[0] or key[1]}")
         seen.add(key)
-        if rule.get("policy") == "DeleteWorkers" and (spec.get("rayClusterSpec") or {}).get("enableInTreeAutoscaling"):
-            problems.append(f"spec.deletionStrategy.deletionRules[{i}]: DeleteWorkers does not work with autoscaling")
+        if rule.get("policy") == "DeleteWorkers" and autoscaling:
+            problems.append(f"{path}: DeleteWorkers does not work with autoscaling")
     return problems
 
 

@@ -113,7 +113,7 @@ class RayCluster:
                                                 *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True))
 
-    def start(self, head_cpus: float, workers: tuple[float, ...] = (), dashboard: bool = False) -> "RayCluster":
+    def start(self, head_cpus: float, workers: tuple[float, ...] = (), dashboard: bool = False) -> RayCluster:
         self._start(["--head", f"--port={self.port}", f"--num-cpus={head_cpus}", "--node-ip-address=127.0.0.1",
                      f"--include-dashboard={str(dashboard).lower()}", f"--dashboard-port={self.dashboard_port}",
                      "--dashboard-host=127.0.0.1", "--disable-usage-stats"])

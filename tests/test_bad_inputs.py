@@ -10,13 +10,19 @@ LONG_47 = "a" * 47
 CASES = [
     ("no-workers", [], "no worker nodes"),
     ("negative-gpu-nodes", ["--gpu-nodes", "-1"], "gpuWorkers.replicas: must not be negative"),
-    ("gpu-nodes-not-a-number", ["--gpu-nodes", "x"], "--gpu-nodes 'x': expected N or MIN:MAX"),
+    ("gpu-nodes-not-a-number", ["--gpu-nodes", "x"], "--gpu-nodes 'x' is not N or MIN:MAX with whole numbers"),
     ("gpu-nodes-range-reversed", ["--gpu-nodes", "8:2"], "need minReplicas <= replicas <= maxReplicas"),
     ("zero-gpus-per-node", ["--gpu-nodes", "1", "--gpus-per-node", "0"], "gpuWorkers.gpusPerNode: must be at least 1"),
     ("empty-image", ["--cpu-nodes", "1", "--image", ""], "image.cpu: must not be empty"),
     ("bad-cpu-quantity", ["--cpu-nodes", "1", "--cpus-per-node", "2x"], "'2x' is not a Kubernetes quantity"),
-    ("negative-memory", ["--cpu-nodes", "1", "--memory-per-node", "-4Gi"], "cpuWorkers.memory: must be greater than 0"),
-    ("zero-cpu", ["--cpu-nodes", "1", "--cpus-per-node", "0"], "cpuWorkers.cpu: must be greater than 0"),
+    ("negative-memory", ["--cpu-nodes", "1", "--memory-per-node", "-4Gi"], "cpuWorkers.memory: '-4Gi' is too small"),
+    ("memory-in-millis", ["--cpu-nodes", "1", "--memory-per-node", "500m"],
+     "cpuWorkers.memory: '500m' is too small (memory takes Mi or Gi"),
+    ("zero-cpu", ["--cpu-nodes", "1", "--cpus-per-node", "0"], "cpuWorkers.cpu: '0' is too small; at least 1m"),
+    ("env-value-not-string", ["--cpu-nodes", "1", "--set", "env=[{name: WORKERS, value: 4}]"],
+     "env[0] (WORKERS): value must be a string, not 4 (quote it)"),
+    ("list-item-blamed-on-its-file", ["--cpu-nodes", "1", "-f", "{bad_toleration}"],
+     "head.tolerations[0]: must be a map, not 5 [values file"),
     ("name-not-dns", ["--cpu-nodes", "1", "--name", "Bad_Name"], "is not a DNS-1035 label"),
     ("name-starts-with-digit", ["--cpu-nodes", "1", "--name", "1job"], "is not a DNS-1035 label"),
     ("rayjob-name-too-long", ["--cpu-nodes", "1", "--name", LONG_47 + "b"], "a RayJob name may have at most 47"),
@@ -56,6 +62,15 @@ CASES = [
                                       "job.deletionRules=[{condition: {jobStatus: FAILED, jobDeploymentStatus: Failed},"
                                       " policy: DeleteCluster}]"],
      "needs exactly one of jobStatus and jobDeploymentStatus"),
+    ("deletion-rule-ttl-as-text", ["--cpu-nodes", "1", "--set", "job.shutdownAfterJobFinishes=false",
+                                   "--set", "job.ttlSecondsAfterFinished=0", "--set",
+                                   "job.deletionRules=[{condition: {jobStatus: FAILED, ttlSeconds: '600'}, "
+                                   "policy: DeleteCluster}]"],
+     "condition.ttlSeconds: must be a whole number of seconds, not '600'"),
+    ("deletion-rule-not-a-map", ["--cpu-nodes", "1", "--set", "job.shutdownAfterJobFinishes=false",
+                                 "--set", "job.ttlSecondsAfterFinished=0", "--set",
+                                 "job.deletionRules=[{condition: FAILED, policy: DeleteCluster}]"],
+     "deletionRules[0]: needs a `condition` map and a `policy`"),
     ("inlined-secret", ["--cpu-nodes", "1", "--set", "env=[{name: HF_TOKEN, value: hf_abc}]"],
      "env[0] (HF_TOKEN): a credential must not be inlined"),
     ("inlined-aws-key", ["--cpu-nodes", "1", "--set", "env=[{name: AWS_SECRET_ACCESS_KEY, value: x}]"],
@@ -112,6 +127,7 @@ VALUES = {
     "wrong_type": "cpuWorkers:\n  replicas: '3'\n",
     "label_number": "labels:\n  version: 1.10\n",
     "nul": 'run:\n  output: "s3://b/a\\0b"\n',
+    "bad_toleration": "head:\n  tolerations: [5]\n",
 }
 
 

@@ -17,7 +17,7 @@ def test_benchmark_smoke(tmp_path):
     pytest.importorskip("matplotlib")
     pytest.importorskip("psutil")
     result = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "4", "12", "--configs", "bare-fp32", "inferkit",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+                             "--repeats", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "cpu.json").read_text())
     rows = {r["config"]: r for r in results["configs"]}

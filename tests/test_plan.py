@@ -120,8 +120,32 @@ def test_cluster_with_only_a_head():
 
 
 def test_actor_bigger_than_any_node():
-    with pytest.raises(ConfigError, match="the smallest node has only 4 CPUs"):
+    with pytest.raises(ConfigError, match="leaves nodes of 4 CPUs no room for reading and decoding"):
         make_plan(cluster(cpu_node(4)), RESNET50, options(num_cpus_per_actor=8.0))
+
+
+def test_actor_asking_for_every_cpu_is_refused():
+    """num_cpus=2 on a 2-CPU node: the read tasks would never run (the hang of the seeds' advice)."""
+    with pytest.raises(ConfigError, match="at most 1.75"):
+        make_plan(cluster(cpu_node(2)), RESNET50, options(num_cpus_per_actor=2.0))
+    assert make_plan(cluster(cpu_node(2)), RESNET50, options(num_cpus_per_actor=1.75)).actors_max == 1
+
+
+def test_pool_minimum_never_waits_for_actors_that_cannot_start():
+    plan = make_plan(cluster(cpu_node(2)), RESNET50, options(actors="4:6"))
+    assert (plan.actors_min, plan.actors_max) == (1, 6)
+    assert "MIN lowered to the 1 that fit now" in plan.table()
+
+
+def test_autoscaling_groups_that_start_at_zero():
+    """KubeRay groups with minReplicas 0: no such node at start; the bounds come from render."""
+    gpu = make_plan(cluster(cpu_node(4)), RESNET50, options(device="gpu", actors="1:8"))
+    assert (gpu.device, gpu.actors_min, gpu.actors_max, gpu.num_gpus_per_actor) == ("gpu", 1, 8, 1.0)
+    assert gpu.precision_check  # bf16 is tried, the first batch on a real GPU decides
+    cpu = make_plan(cluster(), RESNET50, options(actors="1:5", num_cpus_per_actor=7.0))
+    assert (cpu.actors_min, cpu.actors_max, cpu.threads_per_actor) == (1, 5, 7)
+    with pytest.raises(ConfigError, match="no CPU workers yet"):
+        make_plan(cluster(), RESNET50, options(actors="1:5"))
 
 
 def test_mixed_cluster_runs_inference_on_gpus():
@@ -136,15 +160,15 @@ def test_plan_table_explains_every_decision():
 
 
 @settings(max_examples=300, deadline=None)
-@given(cpus=st.floats(0.5, 256), real=st.one_of(st.none(), st.floats(0.5, 256)), nodes=st.integers(1, 50),
-       memory=st.floats(0.5, 2048), text=st.booleans())
-def test_cpu_plans_always_fit_the_node_and_leave_room_for_io(cpus, real, nodes, memory, text):
-    workers = tuple(cpu_node(cpus, memory, real, name=f"w{i}") for i in range(nodes))
+@given(shapes=st.lists(st.tuples(st.floats(0.5, 256), st.one_of(st.none(), st.floats(0.5, 256)),
+                                 st.floats(0.5, 2048)), min_size=1, max_size=20), text=st.booleans())
+def test_cpu_plans_always_fit_every_node_and_leave_room_for_io(shapes, text):
+    workers = tuple(cpu_node(cpus, memory, real, name=f"w{i}") for i, (cpus, real, memory) in enumerate(shapes))
     plan = make_plan(cluster(*workers), MINILM if text else RESNET50, options())
-    node = workers[0]
-    usable = node.usable_cpus
-    scale = node.cpus / usable
-    assert plan.num_cpus_per_actor / scale + plan.io_task_cpus <= usable + 1e-6
+    smallest = min(workers, key=lambda n: n.usable_cpus)
+    scale = smallest.cpus / smallest.usable_cpus
+    assert plan.num_cpus_per_actor / scale + plan.io_task_cpus <= smallest.usable_cpus + 1e-6
+    assert plan.num_cpus_per_actor + plan.io_task_cpus * scale <= smallest.cpus + 1e-6  # in Ray's units too
     assert plan.threads_per_actor >= 1 and plan.batch_size >= 1
     assert 1 <= plan.actors_min <= plan.actors_max
 

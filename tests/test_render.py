@@ -43,7 +43,7 @@ def test_golden_render(shape, inferkit, crd_schemas, update_golden):
     golden = GOLDEN / f"{shape}.yaml"
     if update_golden:
         golden.write_text(result.stdout, encoding="utf-8")
-    assert result.stdout == golden.read_text(encoding="utf-8"), f"render changed; INFERKIT_UPDATE_GOLDEN=1 to accept"
+    assert result.stdout == golden.read_text(encoding="utf-8"), "render changed; INFERKIT_UPDATE_GOLDEN=1 to accept"
     obj = yaml.safe_load(result.stdout)
     assert kuberay_rules(obj) == []
     assert schema_problems(obj, crd_schemas) == []
@@ -106,6 +106,19 @@ def test_cpu_and_gpu_groups_coexist_with_autoscaling(inferkit):
     assert (groups["cpu-workers"]["minReplicas"], groups["cpu-workers"]["maxReplicas"]) == (2, 2)
     assert (groups["gpu-workers"]["replicas"], groups["gpu-workers"]["minReplicas"],
             groups["gpu-workers"]["maxReplicas"]) == (0, 0, 6)
+
+
+@pytest.mark.parametrize(("args", "entrypoint"), [
+    (["--gpu-nodes", "0:4"], "inferkit run --device gpu --actors 1:4"),
+    (["--gpu-nodes", "2:8", "--gpus-per-node", "2", "--cpu-nodes", "1"], "inferkit run --device gpu --actors 4:16"),
+    (["--cpu-nodes", "1:5", "--cpus-per-node", "16"], "inferkit run --actors 2:10 --num-cpus-per-actor 7"),
+    (["--cpu-nodes", "1:5", "--actors", "3:4"], "inferkit run --actors 3:4"),
+    (["--gpu-nodes", "4"], "inferkit run"),
+])
+def test_autoscaling_bounds_reach_the_job(inferkit, args, entrypoint):
+    """The job's actor pool must be allowed to outgrow the pods present, or the autoscaler never adds any."""
+    obj = yaml.safe_load(inferkit("render", *args).stdout)
+    assert obj["spec"]["entrypoint"] == entrypoint
 
 
 def test_head_runs_no_work(inferkit):

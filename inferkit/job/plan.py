@@ -112,12 +112,22 @@ def _row_bytes(profile: ModelProfile, element_bytes: int) -> int:
     return profile.max_length * profile.hidden_size * element_bytes * ACTIVATION_FACTOR_TEXT
 
 
+def cpu_actor_shape(usable_cpus: float) -> tuple[int, float, float]:
+    """(actors per node, CPUs per actor, CPUs kept for reading and decoding) on a node with this many
+    usable CPUs: at most THREADS_PER_CPU_ACTOR threads an actor, the rest in more actors."""
+    io_cpus = min(usable_cpus / 2, max(MIN_IO_CPUS, IO_CPU_SHARE * usable_cpus))
+    inference = usable_cpus - io_cpus
+    per_node = max(1, math.ceil(inference / THREADS_PER_CPU_ACTOR))
+    return per_node, math.floor(inference / per_node * 100) / 100, io_cpus
+
+
 def _resolve_device(cluster: ClusterResources, options: RunOptions) -> tuple[str, str]:
     gpus = sum(n.gpus for n in cluster.workers)
     if options.device == "gpu":
-        if not gpus:
-            raise ConfigError(["--device gpu: the cluster has no GPUs (Ray sees none on any node)"])
-        return "gpu", "asked for"
+        if not gpus and not options.actors:
+            raise ConfigError(["--device gpu: the cluster has no GPUs (Ray sees none on any node); for a GPU group "
+                               "that autoscales from zero, give --actors MIN:MAX (render does)"])
+        return "gpu", "asked for" if gpus else "asked for; no GPU node yet, the autoscaler adds them"
     if options.device == "cpu":
         return "cpu", "asked for"
     if gpus:
@@ -128,67 +138,73 @@ def _resolve_device(cluster: ClusterResources, options: RunOptions) -> tuple[str
 def _gpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions, decisions: list) -> dict:
     gpu_nodes = [n for n in cluster.workers if n.gpus > 0]
     per_actor = options.num_gpus_per_actor or 1.0
-    capacity = sum(int(n.gpus // per_actor) if per_actor >= 1 else int(n.gpus / per_actor) for n in gpu_nodes)
-    if capacity < 1:
-        raise ConfigError([f"--num-gpus-per-actor {per_actor}: no node has that many GPUs"])
-    smallest = min(gpu_nodes, key=lambda n: n.usable_cpus / max(n.gpus, 1))
-    cpus_per_gpu = smallest.usable_cpus / smallest.gpus
+    capacity = sum(int(n.gpus / per_actor + 1e-9) for n in gpu_nodes)
+    if gpu_nodes and capacity < 1:
+        raise ConfigError([f"--num-gpus-per-actor {per_actor:g}: no node has that many GPUs"])
     # The rest of a GPU node's CPUs decode and preprocess, so the GPU never waits on PIL.
+    cpus_per_gpu = min((n.usable_cpus / n.gpus for n in gpu_nodes), default=8.0)
     num_cpus = options.num_cpus_per_actor or (1.0 if cpus_per_gpu >= 2 else max(0.25, cpus_per_gpu / 2))
     decisions.append(Decision("actor resources", f"{per_actor:g} GPU, {num_cpus:g} CPU",
                               "asked for" if options.num_gpus_per_actor else "one inference actor per GPU"))
-    precision, check, why = _precision(options, all(n.gpu_bf16 for n in gpu_nodes), "GPU")
+    # GPUs not seen yet (an autoscaling group at zero): try bf16, the first-batch check decides.
+    bf16 = all(n.gpu_bf16 for n in gpu_nodes) if gpu_nodes else True
+    precision, check, why = _precision(options, bf16, "GPU")
     element_bytes = 4 if precision == "fp32" else 2
-    memory = min((n.gpu_memory_bytes or UNKNOWN_GPU_MEMORY) for n in gpu_nodes) * min(per_actor, 1.0)
+    memory = min((n.gpu_memory_bytes or UNKNOWN_GPU_MEMORY) for n in gpu_nodes) if gpu_nodes else UNKNOWN_GPU_MEMORY
+    memory *= min(per_actor, 1.0)
     weights = profile.parameter_bytes * element_bytes / 4
     budget = memory * GPU_MEMORY_USABLE - weights * 1.2
     batch = min(MAX_BATCH, _pow2_floor(budget / _row_bytes(profile, element_bytes)))
     batch_why = f"{memory / GiB:.0f} GiB GPU memory, {weights / GiB:.2f} GiB weights; halves on out-of-memory"
-    return {"actors_max": capacity, "actors_min": 1, "num_cpus": num_cpus, "num_gpus": per_actor,
+    return {"capacity": capacity, "num_cpus": num_cpus, "num_gpus": per_actor,
             "threads": max(1, math.floor(num_cpus + 0.5)), "batch": max(1, batch), "batch_why": batch_why,
             "precision": (precision, check, why), "pool_why": f"autoscaling, bounded by {capacity} GPU slots"}
 
 
 def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions, decisions: list) -> dict:
     nodes = [n for n in cluster.workers if n.cpus > 0]
-    if not nodes:
-        raise ConfigError(["the cluster has no CPUs for work yet (no worker node has joined)"])
+    if not nodes and not (options.num_cpus_per_actor and options.actors):
+        raise ConfigError(["the cluster has no CPU workers yet; for a group that autoscales from zero give "
+                           "--num-cpus-per-actor and --actors MIN:MAX (render does)"])
     # Size actors for the smallest node so that one fits on every node.
-    smallest = min(nodes, key=lambda n: n.usable_cpus)
-    usable = smallest.usable_cpus
-    io_cpus = min(usable / 2, max(MIN_IO_CPUS, IO_CPU_SHARE * usable))
-    inference_cpus = usable - io_cpus
-    if options.num_cpus_per_actor:
-        num_cpus = options.num_cpus_per_actor
-        if num_cpus > smallest.cpus:
-            raise ConfigError([f"--num-cpus-per-actor {num_cpus:g}: the smallest node has only {smallest.cpus:g} CPUs"])
-        why = "asked for"
-    else:
-        per_node = max(1, math.ceil(inference_cpus / THREADS_PER_CPU_ACTOR))
-        num_cpus = math.floor(inference_cpus / per_node * 4) / 4  # quarter CPUs: Ray accounts in 1/10000ths
-        why = f"{usable:g} usable CPUs per node, {io_cpus:g} kept for reading and decoding"
+    smallest = min(nodes, key=lambda n: n.usable_cpus, default=None)
+    usable = smallest.usable_cpus if smallest else options.num_cpus_per_actor + IO_TASK_CPUS
     # Ray schedules by its logical CPU count; when the container really has fewer, ask for the same
     # share of Ray's count so no more actors land on a node than its real CPUs can run.
-    scale = smallest.cpus / usable if usable else 1.0
-    ray_cpus = math.floor(num_cpus * scale * 10**4) / 10**4  # Ray's resolution; rounding up could overbook
-    capacity = sum(max(0, int((n.usable_cpus - io_cpus + 1e-9) // num_cpus)) for n in nodes)
-    capacity = max(1, capacity)
-    threads = max(1, math.floor(num_cpus + 0.5))
+    scale = smallest.cpus / usable if smallest and usable else 1.0
+    if options.num_cpus_per_actor:
+        ray_cpus = options.num_cpus_per_actor  # in Ray's units, as the user sees them in `ray status`
+        if smallest and ray_cpus + IO_TASK_CPUS * scale > smallest.cpus + 1e-9:
+            raise ConfigError([f"--num-cpus-per-actor {ray_cpus:g}: leaves nodes of {smallest.cpus:g} CPUs no room "
+                               f"for reading and decoding (at most {smallest.cpus - IO_TASK_CPUS * scale:g})"])
+        io_ray = max(IO_TASK_CPUS * scale, 0.0)
+        why = "asked for"
+    else:
+        _, num_cpus, io_cpus = cpu_actor_shape(usable)
+        ray_cpus = math.floor(num_cpus * scale * 10**4) / 10**4  # Ray's resolution; rounding up could overbook
+        io_ray = io_cpus * scale
+        why = f"{usable:g} usable CPUs per node, {io_cpus:g} kept for reading and decoding"
+    threads = max(1, math.floor(ray_cpus / scale + 0.5))
+    def fitting(node: NodeResources) -> int:
+        return max(0, int((node.cpus - io_ray + 1e-9) // ray_cpus))
+
+    capacity = sum(fitting(n) for n in nodes)
     decisions.append(Decision("actor resources", f"{ray_cpus:g} CPU, {threads} threads", why))
-    precision, check, pwhy = _precision(options, all(n.cpu_bf16 for n in nodes), "CPU")
+    precision, check, pwhy = _precision(options, all(n.cpu_bf16 for n in nodes) if nodes else False, "CPU")
     element_bytes = 4 if precision == "fp32" else 2
     # Convolutions on CPU run best on small batches that stay in cache (ResNet-50, 2 cores: 16 beats 32).
     base = 8 if profile.input_kind == "image" else 32
     batch = min(128 if profile.input_kind == "image" else 512, _pow2_floor(base * threads))
-    actors_per_node = max(1, int((usable - io_cpus + 1e-9) // num_cpus))
-    memory_budget = smallest.memory_bytes * 0.5 / actors_per_node - profile.parameter_bytes * 1.5
-    by_memory = _pow2_floor(memory_budget / _row_bytes(profile, element_bytes)) if memory_budget > 0 else 1
-    batch = max(1, min(batch, by_memory))
-    batch_why = f"{threads} threads" + (f", capped by {smallest.memory_bytes / GiB:.1f} GiB node memory"
-                                        if by_memory < base * threads else "")
-    return {"actors_max": capacity, "actors_min": 1, "num_cpus": ray_cpus, "num_gpus": 0.0, "threads": threads,
-            "batch": batch, "batch_why": batch_why, "precision": (precision, check, pwhy),
-            "pool_why": f"{actors_per_node} per node on {len(nodes)} node(s)"}
+    batch_why = f"{threads} threads"
+    if smallest:
+        actors_here = max(1, fitting(smallest))
+        memory_budget = smallest.memory_bytes * 0.5 / actors_here - profile.parameter_bytes * 1.5
+        by_memory = _pow2_floor(memory_budget / _row_bytes(profile, element_bytes)) if memory_budget > 0 else 1
+        if by_memory < batch:
+            batch, batch_why = by_memory, f"{threads} threads, capped by {smallest.memory_bytes / GiB:.1f} GiB memory"
+    return {"capacity": capacity, "num_cpus": ray_cpus, "num_gpus": 0.0, "threads": threads,
+            "batch": max(1, batch), "batch_why": batch_why, "precision": (precision, check, pwhy),
+            "pool_why": f"{fitting(smallest) if smallest else 0} per node on {len(nodes)} node(s)"}
 
 
 def _precision(options: RunOptions, hardware_bf16: bool, device: str) -> tuple[str, bool, str]:
@@ -203,16 +219,21 @@ def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     """Actor resources, pool bounds, batch size, threads and precision for this cluster and model;
     every flag the user gave wins over the planned value."""
     decisions: list[Decision] = []
-    if not cluster.workers:
+    if not cluster.workers and not options.actors:
         raise ConfigError(["the cluster has no CPUs or GPUs for work yet (the head runs none; no worker joined)"])
     device, device_why = _resolve_device(cluster, options)
     decisions.append(Decision("device", device, device_why))
     planned = (_gpu_plan if device == "gpu" else _cpu_plan)(cluster, profile, options, decisions)
-    low, high, pool_why = 1, planned["actors_max"], planned["pool_why"]
+    capacity, pool_why = planned["capacity"], planned["pool_why"]
+    low, high = 1, max(1, capacity)
     if options.actors:
         low, high = parse_actor_bounds(options.actors)
-        pool_why = "asked for" + (f" (the cluster fits {planned['actors_max']} now)" if high > planned["actors_max"]
-                                  else "")
+        pool_why = "asked for"
+        if capacity and low > capacity:
+            # Ray Data would wait for actors that cannot start: begin with what fits, grow towards MAX.
+            low, pool_why = capacity, f"asked for; MIN lowered to the {capacity} that fit now"
+        elif high > capacity:
+            pool_why += f"; {capacity} fit now, the rest wait for the autoscaler"
     decisions.append(Decision("actor pool", f"{low}..{high}" if low != high else str(high), pool_why))
     batch = options.batch_size or planned["batch"]
     decisions.append(Decision("batch size", str(batch), "asked for" if options.batch_size else planned["batch_why"]))
@@ -221,7 +242,7 @@ def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     channels_last = profile.convolutional
     if channels_last:
         decisions.append(Decision("memory format", "channels_last", "convolutional model"))
-    decisions.append(Decision("torch threads", str(planned["threads"]), "= CPUs each actor holds"))
+    decisions.append(Decision("torch threads", str(planned["threads"]), "the CPUs each actor holds, rounded"))
     return Plan(
         device=device, actors_min=low, actors_max=high, num_cpus_per_actor=planned["num_cpus"],
         num_gpus_per_actor=planned["num_gpus"], threads_per_actor=planned["threads"], batch_size=batch,

@@ -4,18 +4,14 @@ cluster through Ray's job-submission API, its log streamed, with the same exit c
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
-from datetime import datetime
 
+from inferkit.console import say
 from inferkit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, ApiError, JobFailed
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
-
-def _say(message: str) -> None:
-    print(f"{datetime.now().strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 def _client(address: str):
@@ -40,23 +36,23 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
         client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None, submission_id=job_id)
     except Exception as e:  # noqa: BLE001 - the dashboard answers in many ways; all are API errors here
         raise ApiError(f"the Ray job API at {address} refused the job: {' '.join(str(e).split())[:300]}") from e
-    _say(f"submitted Ray job {job_id} to {address}: {entrypoint}")
+    say(f"submitted Ray job {job_id} to {address}: {entrypoint}")
     hint = f"follow it: ray job logs --follow {job_id} --address {address}; stop it: ray job stop {job_id} " \
            f"--address {address}"
     if detach:
-        _say(f"detached; {hint}")
+        say(f"detached; {hint}")
         return EXIT_OK
     try:
         asyncio.run(asyncio.wait_for(_tail(client, job_id), timeout))
     except asyncio.TimeoutError:
-        _say(f"--timeout reached; Ray job {job_id} is still {client.get_job_status(job_id)}. {hint}")
+        say(f"--timeout reached; Ray job {job_id} is still {client.get_job_status(job_id)}. {hint}")
         return EXIT_TIMEOUT
     except KeyboardInterrupt:
         if cancel_on_interrupt:
             client.stop_job(job_id)
-            _say(f"interrupted: stopped Ray job {job_id}")
+            say(f"interrupted: stopped Ray job {job_id}")
         else:
-            _say(f"interrupted: stopped following; Ray job {job_id} keeps running. {hint}")
+            say(f"interrupted: stopped following; Ray job {job_id} keeps running. {hint}")
         return EXIT_INTERRUPTED
     status = str(client.get_job_status(job_id))
     deadline = time.monotonic() + 30
@@ -65,7 +61,7 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
         status = str(client.get_job_status(job_id))
     status = status.rpartition(".")[2]
     if status == "SUCCEEDED":
-        _say(f"Ray job {job_id}: the job succeeded")
+        say(f"Ray job {job_id}: the job succeeded")
         return EXIT_OK
     info = client.get_job_info(job_id)
     raise JobFailed(f"Ray job {job_id} {status}: {info.message or 'no message'}")

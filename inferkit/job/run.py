@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from inferkit import __version__
 from inferkit.config import RunOptions
+from inferkit.console import say
 from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed
 from inferkit.job import io
 from inferkit.job.plan import AGREEMENT_THRESHOLD, Plan, make_plan
@@ -36,9 +37,6 @@ PRECISION_SAMPLE_ROWS = 64
 
 log = logging.getLogger("inferkit")
 
-
-def _say(message: str) -> None:
-    print(f"[inferkit] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +171,7 @@ def _settle_precision(prepared: Any, spec: ModelSpec, plan: Plan) -> tuple[Model
     result = ray.get(task.remote(spec, sample))
     keep = result["agreement"] >= AGREEMENT_THRESHOLD
     chosen = spec.precision if keep else "fp32"
-    _say(f"precision: {spec.precision} agrees with fp32 on {result['agreement']:.1%} of {result['rows']} rows "
+    say(f"precision: {spec.precision} agrees with fp32 on {result['agreement']:.1%} of {result['rows']} rows "
          f"-> {chosen}")
     return dataclasses.replace(spec, precision=chosen), {"chosen": chosen, "checked": True, **result}
 
@@ -184,7 +182,7 @@ def _write(predictions: Any, output: io.Output, node_ids: list[str], io_cpus: fl
         predictions.write_parquet(output.staging, filesystem=output.filesystem, min_rows_per_file=ROWS_PER_FILE,
                                   ray_remote_args={"num_cpus": io_cpus})
         return "distributed"
-    _say(f"{output.uri} is not shared by all nodes: writing it from the driver (keep it on a volume, or use s3:// "
+    say(f"{output.uri} is not shared by all nodes: writing it from the driver (keep it on a volume, or use s3:// "
          "or gs://, or it vanishes with this machine)")
     pending: list[pa.Table] = []
     index = 0
@@ -284,9 +282,9 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     where = _connect(verbose)
     cluster = read_cluster()
     plan = make_plan(cluster, profile_models(facts, options.task), options)
-    _say(f"run {run_id} on {where}: {len(source.units)} input unit(s) of {source.format} from {source.uri}"
+    say(f"run {run_id} on {where}: {len(source.units)} input unit(s) of {source.format} from {source.uri}"
          + (f" ({len(source.skipped)} other file(s) left out)" if source.skipped else ""))
-    _say("plan:\n" + plan.table())
+    say("plan:\n" + plan.table())
     spec = ModelSpec(
         task=options.task, models=tuple(f.model for f in facts), ensemble=options.ensemble, device=plan.device,
         precision=plan.precision, threads=plan.threads_per_actor, batch_size=plan.batch_size,
@@ -324,7 +322,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
         "ray_data_stats": predictions.stats(),
     }
     io.publish(output, report)
-    _say(f"done: {rows} rows, {errors} with errors ({fraction:.2%}), {report['throughput_rows_per_second']} rows/s, "
+    say(f"done: {rows} rows, {errors} with errors ({fraction:.2%}), {report['throughput_rows_per_second']} rows/s, "
          f"{wall:.1f} s in all")
     print(f"output: {output.uri if '://' in output.uri else output.path}")
     if fraction > options.max_error_fraction:

@@ -347,7 +347,7 @@ class Predictor:
             mean = self.torch.stack(probabilities).mean(dim=0)
             scores, indices = mean.max(dim=-1)
             return [(self._label(0, int(i)), float(s)) for s, i in zip(scores.cpu(), indices.cpu(), strict=True)]
-        best = [p.max(dim=-1) for p in probabilities]  # per model: (scores, indices)
+        best = [tuple(t.cpu() for t in p.max(dim=-1)) for p in probabilities]  # per model: (scores, indices)
         out = []
         for row in range(len(best[0][0])):
             k = max(range(len(best)), key=lambda m: float(best[m][0][row]))
