@@ -75,6 +75,9 @@ def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     return {
         "classifier": tiny.bert(root / "classifier", classifier=True),
+        # A smaller vocabulary: token ids past its end would crash a model fed the other tokenizer's ids.
+        "classifier_other_vocabulary": tiny.bert(root / "classifier2", classifier=True, seed=1,
+                                                 words=tuple(reversed(tiny.WORDS))[:20]),
         "embedder": tiny.bert(root / "embedder", classifier=False, max_positions=16),
         "resnet": tiny.resnet(root / "resnet"),
         "vit": tiny.vit(root / "vit"),

@@ -137,46 +137,84 @@ def test_parquet_image_bytes_with_an_ensemble(inferkit, ray_local, tiny_models, 
     assert _report(out)["input"]["units"] == 3  # one read task per row group
 
 
-def _ensemble_predictions(tiny_models, ensemble: str, rows: int = 8):
-    """Predictions of both models and of the ensemble on the same images, in-process."""
-    from inferkit.job.tasks import ModelSpec, Predictor, decode_images, read_model_facts
+def _images(tiny_models, rows: int = 8):
+    """Decoded pixels for both image models, and each model's own softmax probabilities on them."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    from inferkit.job.tasks import decode_images, normalization_of, processor_shape, read_model_facts
 
     facts = [read_model_facts(tiny_models[m], "image-classification", False) for m in ("resnet", "vit")]
     table = pa.table({"bytes": [tiny.image_bytes("RGB", "PNG", seed=i) for i in range(rows)],
                       "error": pa.nulls(rows, pa.string())})
-    decoded = decode_images(table, processors=[f.image_processor for f in facts], image_column="bytes")
+    processors = [f.image_processor for f in facts]
+    decoded = decode_images(table, processors=processors, shapes=[processor_shape(p) for p in processors],
+                            image_column="bytes")
+    probabilities = []
+    for k, fact in enumerate(facts):
+        model = AutoModelForImageClassification.from_pretrained(fact.model).eval()
+        _, std, rescale = normalization_of(fact.image_processor)
+        mean = fact.image_processor.image_mean
+        pixels = torch.from_numpy(np.stack(decoded.column(f"pixels_{k}").to_pylist()).astype(np.float32))
+        pixels = (pixels * rescale - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+        with torch.inference_mode():
+            probabilities.append(model(pixel_values=pixels).logits.softmax(-1).numpy())
+    return facts, decoded, probabilities
+
+
+def _predictor(facts, ensemble: str):
+    from inferkit.job.tasks import ModelSpec, Predictor, normalization_of
+
     schema = pa.schema([("label", pa.string()), ("score", pa.float32()), ("error", pa.string())])
-
-    def spec(models):
-        chosen = [facts[i] for i in models]
-        return ModelSpec(task="image-classification", models=tuple(f.model for f in chosen), ensemble=ensemble,
-                         device="cpu", precision="fp32", threads=1, batch_size=8, channels_last=False,
-                         trust_remote_code=False, text_column="text", passthrough=(), output_schema=schema,
-                         normalization=tuple((tuple(f.image_processor.image_mean), tuple(f.image_processor.image_std),
-                                              float(f.image_processor.rescale_factor)) for f in chosen),
-                         labels=tuple(f.id2label for f in chosen))
-
-    def run(models):
-        table = decoded
-        if models == [1]:  # the second model reads the second pixel column
-            table = decoded.drop_columns(["pixels_0"]).rename_columns(
-                [c.replace("pixels_1", "pixels_0") for c in decoded.drop_columns(["pixels_0"]).column_names])
-        return Predictor(spec(models))(table if models != [0] else decoded.drop_columns(["pixels_1"])).to_pandas()
-
-    return run([0]), run([1]), run([0, 1])
+    return Predictor(ModelSpec(
+        task="image-classification", models=tuple(f.model for f in facts), ensemble=ensemble, device="cpu",
+        precision="fp32", threads=1, batch_size=8, channels_last=False, trust_remote_code=False, text_column="text",
+        passthrough=(), output_schema=schema, normalization=tuple(normalization_of(f.image_processor) for f in facts),
+        labels=tuple(f.id2label for f in facts)))
 
 
 def test_max_confidence_takes_the_surest_model(tiny_models):
-    first, second, both = _ensemble_predictions(tiny_models, "max-confidence")
-    for i in range(len(both)):
-        best = first if first.score[i] >= second.score[i] else second
-        assert (both.label[i], both.score[i]) == (best.label[i], pytest.approx(best.score[i]))
+    facts, decoded, (first, second) = _images(tiny_models)
+    out = _predictor(facts, "max-confidence")(decoded).to_pandas()
+    for i in range(len(out)):
+        best = first[i] if first[i].max() >= second[i].max() else second[i]
+        assert out.label[i] == tiny.LABELS[int(best.argmax())]
+        assert out.score[i] == pytest.approx(best.max(), rel=1e-4)
 
 
-def test_mean_ensemble_is_bounded_by_its_members(tiny_models):
-    first, second, both = _ensemble_predictions(tiny_models, "mean")
-    assert (both.score <= np.maximum(first.score, second.score) + 1e-6).all()
-    assert both.error.isna().all()
+def test_mean_ensemble_averages_probabilities(tiny_models):
+    facts, decoded, (first, second) = _images(tiny_models)
+    out = _predictor(facts, "mean")(decoded).to_pandas()
+    mean = (first + second) / 2
+    assert out.label.tolist() == [tiny.LABELS[int(i)] for i in mean.argmax(-1)]
+    assert np.allclose(out.score, mean.max(-1), rtol=1e-4)
+
+
+def test_text_ensemble_gives_each_model_its_own_tokenizer(inferkit, ray_local, tiny_models, tmp_path):
+    """Two classifiers with different vocabularies: each must read its own token ids."""
+    rows = [{"id": i, "text": f"the film {i} was good"} for i in range(6)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    result = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], "--model",
+                      tiny_models["classifier_other_vocabulary"], "--input", str(tmp_path / "in.jsonl"),
+                      "--output", str(out), "--precision", "fp32")
+    assert result.code == 0, result.stderr
+    frame = _assert_published(out)
+    _exactly_once(frame, "id", range(6))
+    assert frame.error.isna().all() and set(frame.label) <= {"negative", "neutral", "positive"}
+
+
+def test_precision_check_compares_with_true_fp32(tiny_models):
+    from inferkit.job.tasks import ModelSpec, check_precision
+
+    schema = pa.schema([("label", pa.string()), ("score", pa.float32()), ("error", pa.string())])
+    spec = ModelSpec(task="text-classification", models=(tiny_models["classifier"],), ensemble="mean",
+                     device="cpu", precision="bf16", threads=1, batch_size=8, channels_last=False,
+                     trust_remote_code=False, text_column="text", passthrough=(), output_schema=schema)
+    batch = pa.table({"text": [f"a good film {i}" for i in range(10)] + [""], "error": pa.nulls(11, pa.string())})
+    result = check_precision(spec, batch)
+    assert result["rows"] == 10  # the empty text is not compared
+    assert 0.0 <= result["agreement"] <= 1.0
 
 
 def test_existing_output_is_kept_unless_overwrite(inferkit, ray_local, tiny_models, text_input, tmp_path):
@@ -262,7 +300,7 @@ def test_text_longer_than_the_model_is_truncated(tiny_models):
                      precision="fp32", threads=1, batch_size=4, channels_last=False, trust_remote_code=False,
                      text_column="text", passthrough=(), output_schema=schema)
     predictor = Predictor(spec)
-    assert predictor.max_length == 16
+    assert predictor.max_lengths == [16]
     out = predictor(pa.table({"text": ["good " * 300], "error": pa.nulls(1, pa.string())}))
     assert out.column("error").null_count == 1
 

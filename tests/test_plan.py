@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from inferkit.chart import default_run_options
 from inferkit.errors import ConfigError
 from inferkit.job.plan import (IO_TASK_CPUS, ClusterResources, ModelProfile, NodeResources, make_plan,
-                               top1_agreement)
+                               settle_precision, top1_agreement)
 
 GiB = 2**30
 RESNET50 = ModelProfile(input_kind="image", parameter_bytes=100 * 2**20, convolutional=True)
@@ -180,6 +180,12 @@ def test_gpu_plans_are_bounded_by_the_gpus(gpus, nodes, gpu_gib):
     plan = make_plan(cluster(*workers), RESNET50, options())
     assert plan.actors_max == gpus * nodes
     assert 1 <= plan.batch_size <= 1024
+
+
+def test_precision_falls_back_to_fp32_below_99_percent():
+    assert settle_precision("bf16", 0.99) == "bf16"
+    assert settle_precision("bf16", 0.989) == "fp32"
+    assert settle_precision("bf16", 0.0) == "fp32"
 
 
 def test_top1_agreement():

@@ -13,24 +13,25 @@ WORDS = ("the a an is was and or not very good bad great terrible movie film boo
          "boring fun day night cat dog bird fish red blue green i you we they it this that").split()
 
 
-def save_tokenizer(folder: Path, model_max_length: int | None = None) -> None:
+def save_tokenizer(folder: Path, model_max_length: int | None = None, words: tuple[str, ...] = WORDS) -> None:
     from transformers import BertTokenizerFast
 
     vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]))
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *"abcdefghijklmnopqrstuvwxyz"]))
     kwargs = {"model_max_length": model_max_length} if model_max_length else {}
     BertTokenizerFast(vocab_file=str(vocab), **kwargs).save_pretrained(folder)
 
 
 def bert(folder: Path, *, classifier: bool, max_positions: int = 64, tokenizer_limit: int | None = None,
-         seed: int = 0) -> str:
+         seed: int = 0, words: tuple[str, ...] = WORDS) -> str:
+    """A 2-layer BERT; `words` sets its vocabulary (another order gives other token ids)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    save_tokenizer(folder, tokenizer_limit)
-    config = BertConfig(vocab_size=len(WORDS) + 31, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    save_tokenizer(folder, tokenizer_limit, words)
+    config = BertConfig(vocab_size=len(words) + 31, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=max_positions, num_labels=3,
                         id2label={0: "negative", 1: "neutral", 2: "positive"},
                         label2id={"negative": 0, "neutral": 1, "positive": 2})

@@ -251,6 +251,11 @@ def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     )
 
 
+def settle_precision(candidate: str, agreement: float) -> str:
+    """The checked precision if it agreed with fp32 on enough of the first batch, else fp32."""
+    return candidate if agreement >= AGREEMENT_THRESHOLD else "fp32"
+
+
 def top1_agreement(reference: list[int], candidate: list[int]) -> float:
     if not reference:
         return 1.0

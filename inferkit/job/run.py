@@ -26,9 +26,10 @@ from inferkit.config import RunOptions
 from inferkit.console import say
 from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed
 from inferkit.job import io
-from inferkit.job.plan import AGREEMENT_THRESHOLD, Plan, make_plan
+from inferkit.job.plan import Plan, make_plan, settle_precision
 from inferkit.job.tasks import (ERROR, ModelFacts, ModelSpec, Predictor, check_precision, decode_images, demo_model,
-                                processor_size, profile_models, read_model_facts)
+                                normalization_of, processor_shape, processor_size, profile_models,
+                                read_model_facts)
 
 SAMPLE = Path(__file__).parent / "sample" / "texts.jsonl"
 RESULT_COLUMNS = {"label", "score", "embedding", ERROR}
@@ -143,6 +144,7 @@ def _prepared(source: io.Source, facts: list[ModelFacts], schema: pa.Schema, opt
         return reads
     return reads.map_batches(
         decode_images, fn_kwargs={"processors": [f.image_processor for f in facts],
+                                  "shapes": [processor_shape(f.image_processor) for f in facts],
                                   "image_column": _payload_column(options, source)},
         batch_format="pyarrow", batch_size=None, num_cpus=plan.io_task_cpus, udf_modifying_row_count=False)
 
@@ -169,10 +171,9 @@ def _settle_precision(prepared: Any, spec: ModelSpec, plan: Plan) -> tuple[Model
     task = ray.remote(check_precision).options(num_cpus=plan.num_cpus_per_actor,
                                                num_gpus=plan.num_gpus_per_actor or None)
     result = ray.get(task.remote(spec, sample))
-    keep = result["agreement"] >= AGREEMENT_THRESHOLD
-    chosen = spec.precision if keep else "fp32"
-    say(f"precision: {spec.precision} agrees with fp32 on {result['agreement']:.1%} of {result['rows']} rows "
-         f"-> {chosen}")
+    chosen = settle_precision(spec.precision, result["agreement"])
+    found = result.get("why") or f"{spec.precision} agrees with fp32 on {result['agreement']:.1%} of {result['rows']} rows"
+    say(f"precision: {found} -> {chosen}")
     return dataclasses.replace(spec, precision=chosen), {"chosen": chosen, "checked": True, **result}
 
 
@@ -291,8 +292,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
         channels_last=plan.channels_last, trust_remote_code=options.trust_remote_code,
         text_column=options.text_column, passthrough=tuple(passthrough),
         output_schema=_output_schema(options, schema, passthrough),
-        normalization=tuple((tuple(f.image_processor.image_mean), tuple(f.image_processor.image_std),
-                             float(f.image_processor.rescale_factor)) for f in facts if f.image_processor),
+        normalization=tuple(normalization_of(f.image_processor) for f in facts if f.image_processor),
         labels=tuple(f.id2label for f in facts), fault=os.environ.get("INFERKIT_INJECT_FAULT", ""))
     prepared = _prepared(source, facts, schema, options, plan)
     spec, precision = _settle_precision(prepared, spec, plan)

@@ -8,6 +8,7 @@ the same rows, so nothing is lost or repeated.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import sys
@@ -109,6 +110,16 @@ def processor_size(processor: Any) -> int:
     return max(processor_shape(processor)[1:])
 
 
+Normalization = tuple[tuple[float, ...] | None, tuple[float, ...] | None, float | None]
+
+
+def normalization_of(processor: Any) -> Normalization:
+    """(mean, std, rescale factor) as the processor itself would apply them; None where it would not."""
+    rescale = float(processor.rescale_factor) if getattr(processor, "do_rescale", False) else None
+    normalize = getattr(processor, "do_normalize", False) and getattr(processor, "image_mean", None) is not None
+    return ((tuple(processor.image_mean), tuple(processor.image_std)) if normalize else (None, None)) + (rescale,)
+
+
 def profile_models(facts: list[ModelFacts], task: str) -> ModelProfile:
     image = task == "image-classification"
     return ModelProfile(
@@ -131,15 +142,14 @@ def text_max_length(tokenizer_limit: int | None, max_position_embeddings: int | 
 # The CPU stage for images: bytes -> RGB -> resized, cropped uint8 arrays (one per model)
 
 
-def decode_images(batch: pa.Table, *, processors: list, image_column: str) -> pa.Table:
+def decode_images(batch: pa.Table, *, processors: list, shapes: list[tuple[int, ...]], image_column: str) -> pa.Table:
     """Decode and resize every image of the batch on CPU; an image that cannot be decoded gets an
-    error and a blank array, and is skipped by the model."""
+    error and a blank array of the processor's output shape, and is skipped by the model."""
     from PIL import Image, UnidentifiedImageError
 
     blobs = batch.column(image_column).to_pylist()
     errors = batch.column(ERROR).to_pylist() if ERROR in batch.column_names else [None] * len(blobs)
     arrays: list[list[np.ndarray]] = [[] for _ in processors]
-    shapes = [processor_shape(p) for p in processors]
     for i, blob in enumerate(blobs):
         image = None
         if errors[i] is None:
@@ -152,6 +162,8 @@ def decode_images(batch: pa.Table, *, processors: list, image_column: str) -> pa
                         image = _to_rgb(opened)
                 except UnidentifiedImageError:
                     errors[i] = "cannot decode image: not a format PIL recognises"
+                except Image.DecompressionBombError as e:
+                    errors[i] = f"image too large to decode safely: {' '.join(str(e).split())[:200]}"
                 except (OSError, ValueError, SyntaxError) as e:
                     errors[i] = f"cannot decode image: {' '.join(str(e).split())[:200]}"
         for k, processor in enumerate(processors):
@@ -209,7 +221,7 @@ class ModelSpec:
     text_column: str
     passthrough: tuple[str, ...]
     output_schema: pa.Schema
-    normalization: tuple[tuple[tuple[float, ...], tuple[float, ...], float], ...] = ()  # mean, std, rescale
+    normalization: tuple[Normalization, ...] = ()  # per image model: normalization_of(its processor)
     labels: tuple[dict[int, str], ...] = ()
     fault: str = ""  # test hook: INFERKIT_INJECT_FAULT on the driver (crash-once:<marker>, oom-above:<rows>)
 
@@ -239,8 +251,8 @@ class Predictor:
         self.micro_batch = spec.batch_size
         self.oom_halvings = 0
         self.calls = 0
-        self.tokenizer = None
-        self.max_length = None
+        self.tokenizers: list[Any] = []
+        self.max_lengths: list[int | None] = []
         self.models = [self._load(name) for name in spec.models]
 
     def _load(self, name: str) -> Any:
@@ -250,10 +262,11 @@ class Predictor:
         kind = {"image-classification": AutoModelForImageClassification,
                 "text-classification": AutoModelForSequenceClassification, "embedding": AutoModel}[self.spec.task]
         model = kind.from_pretrained(name, trust_remote_code=self.spec.trust_remote_code).eval()
-        if self.spec.task != "image-classification" and self.tokenizer is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=self.spec.trust_remote_code)
-            self.max_length = text_max_length(self.tokenizer.model_max_length,
-                                              getattr(model.config, "max_position_embeddings", None))
+        if self.spec.task != "image-classification":  # each model reads its own vocabulary
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=self.spec.trust_remote_code)
+            self.tokenizers.append(tokenizer)
+            self.max_lengths.append(text_max_length(tokenizer.model_max_length,
+                                                    getattr(model.config, "max_position_embeddings", None)))
         model = model.to(self.device, dtype=self.dtype)
         if self.spec.channels_last:
             model = model.to(memory_format=self.torch.channels_last)
@@ -312,17 +325,23 @@ class Predictor:
             if self.device.type == "cuda":
                 pixels = pixels.pin_memory().to(self.device, non_blocking=True)
             mean, std, rescale = self.spec.normalization[k]
-            mean_t = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-            std_t = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
-            values = ((pixels.float() * rescale - mean_t) / std_t).to(self.dtype)
+            values = pixels.float()
+            if rescale is not None:
+                values = values * rescale
+            if mean is not None:
+                mean_t = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+                std_t = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+                values = (values - mean_t) / std_t
+            values = values.to(self.dtype)
             if self.spec.channels_last:
                 values = values.contiguous(memory_format=torch.channels_last)
             return {"pixel_values": values}
         texts = [str(batch[self.spec.text_column][i]) for i in rows]
-        encoded = self.tokenizer(texts, padding=True, truncation=self.max_length is not None,
-                                 max_length=self.max_length, return_tensors="pt")
+        max_length = self.max_lengths[k]
+        encoded = self.tokenizers[k](texts, padding=True, truncation=max_length is not None, max_length=max_length,
+                                     return_tensors="pt")
         if self.device.type == "cuda":
-            encoded = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in encoded.items()}
+            encoded = {key: v.pin_memory().to(self.device, non_blocking=True) for key, v in encoded.items()}
         return dict(encoded)
 
     def _forward(self, batch: dict[str, Any], rows: list[int]) -> list[Any]:
@@ -375,19 +394,16 @@ class Predictor:
 
     # -- precision check ---------------------------------------------------------------------------
 
-    def agreement(self, batch: pa.Table) -> tuple[float, int]:
-        """Fraction of rows whose low-precision prediction matches fp32: the same top-1 label, or an
-        embedding with cosine similarity >= 0.99. Runs fp32 first, then the configured precision."""
+    def agreement(self, batch: pa.Table, precision: str) -> tuple[float, int]:
+        """Fraction of rows whose `precision` prediction matches this fp32 predictor's: the same top-1
+        label, or an embedding with cosine similarity >= 0.99. Leaves the models in `precision`."""
         rows = [i for i, e in enumerate(self._row_errors(batch)) if e is None]
         if not rows:
             return 1.0, 0
         columns = self._columns(batch)
-        low = self.dtype
-        self.models = [m.to(dtype=self.torch.float32) for m in self.models]
-        self.dtype = self.torch.float32
         reference = self._predict(columns, rows)
-        self.models = [m.to(dtype=low) for m in self.models]
-        self.dtype = low
+        self.dtype = {"bf16": self.torch.bfloat16, "fp16": self.torch.float16}[precision]
+        self.models = [m.to(dtype=self.dtype) for m in self.models]
         candidate = self._predict(columns, rows)
         if self.spec.task == "embedding":
             same = [float(np.dot(a, b)) >= AGREEMENT_THRESHOLD for a, b in zip(reference, candidate, strict=True)]
@@ -409,6 +425,12 @@ class Predictor:
 
 
 def check_precision(spec: ModelSpec, batch: pa.Table) -> dict:
-    """Load the model where an actor would and compare the chosen precision with fp32 on a sample."""
-    agreement, rows = Predictor(spec).agreement(batch)
+    """Load the model(s) in fp32 where an actor would run, then compare `spec.precision` with them on a
+    sample; a GPU without bf16 fails the check outright."""
+    import torch
+
+    if spec.device == "gpu" and spec.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        return {"agreement": 0.0, "rows": 0, "why": f"{torch.cuda.get_device_name(0)} has no bf16"}
+    predictor = Predictor(dataclasses.replace(spec, precision="fp32"))
+    agreement, rows = predictor.agreement(batch, spec.precision)
     return {"agreement": agreement, "rows": rows}
