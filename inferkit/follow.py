@@ -3,8 +3,7 @@ code; and a log cursor that makes resumed log streams repeat nothing. No I/O: un
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from inferkit.errors import EXIT_JOB_FAILED, EXIT_OK
 
@@ -113,33 +112,31 @@ def pod_problems(pods: list[dict], events: list[dict]) -> list[str]:
 
 @dataclass
 class LogCursor:
-    """What of the driver's log was shown. Lines come with their RFC 3339 timestamp; a resumed
-    stream of the same pod skips lines older than the last shown and as many of the same instant as
-    were shown. A new submitter pod (a retry) prints the driver's log again from its start: lines that
-    repeat, in order, what earlier pods showed are skipped."""
+    """What of the driver's log was shown. Lines come with their RFC 3339 timestamp; a resumed stream
+    of the same pod skips lines older than the last shown and as many of the same instant as were
+    shown. A new submitter pod (a retry) runs the driver again, so its log is shown in full."""
 
     pod: str = ""
     last: str = ""
     shown_at_last: int = 0
     replaying: bool = False
     replayed: int = 0
-    hashes: list[bytes] = field(default_factory=list)
-    replay_from: int = 0
-    replay_end: int = 0
 
-    def resume(self, pod: str) -> None:
-        """Call before each (re)opened stream."""
+    def resume(self, pod: str) -> bool:
+        """Call before each (re)opened stream; True when it is a different pod than the one shown so far."""
+        new_pod = bool(self.pod) and pod != self.pod
         if pod != self.pod:
             self.pod, self.last, self.shown_at_last = pod, "", 0
-            self.replay_from, self.replay_end = 0, len(self.hashes)
         self.replaying, self.replayed = True, 0
+        return new_pod
 
     def accept(self, raw: str) -> str | None:
         """The text to show for a raw log line, or None when it was shown already."""
         stamp, _, text = raw.partition(" ")
-        if self.last and stamp < self.last:
+        shown = stamp_key(self.last)
+        if stamp_key(stamp) < shown:
             return None
-        if stamp == self.last:
+        if stamp_key(stamp) == shown:
             if self.replaying and self.replayed < self.shown_at_last:
                 self.replayed += 1
                 return None
@@ -147,9 +144,10 @@ class LogCursor:
         else:
             self.last, self.shown_at_last = stamp, 1
         self.replaying = False
-        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-        if self.replay_from < self.replay_end and self.hashes[self.replay_from] == digest:
-            self.replay_from += 1
-            return None
-        self.hashes.append(digest)
         return text
+
+
+def stamp_key(stamp: str) -> tuple[str, str]:
+    """An RFC 3339 timestamp as a key that sorts in time order even when fractions differ in length."""
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    return seconds, fraction.ljust(9, "0")

@@ -244,9 +244,10 @@ class Kube:
                 return False
             raise
 
-    def watch_rayjob(self, name: str, resource_version: str | None, timeout_seconds: int) -> Iterator[dict]:
-        """RayJob objects as they change, for at most `timeout_seconds`. Raises WatchInterrupted when
-        the stream drops or expires, and a translated ApiError for what retrying cannot fix."""
+    def watch_rayjob(self, name: str, resource_version: str | None, timeout_seconds: int
+                     ) -> Iterator[tuple[str, dict]]:
+        """(event type, RayJob object) as it changes, for at most `timeout_seconds`. Raises WatchInterrupted
+        when the stream drops or expires, and a translated ApiError for what retrying cannot fix."""
         stream = watch.Watch().stream(
             self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
             field_selector=f"metadata.name={name}", resource_version=resource_version,
@@ -255,7 +256,7 @@ class Kube:
             for event in stream:
                 if event.get("type") == "ERROR":
                     raise WatchInterrupted(str(event.get("object", {}).get("message", "watch error")))
-                yield event["raw_object"]
+                yield event["type"], event["raw_object"]
         except ApiException as e:
             if e.status == 410 or e.status in RETRIED_STATUSES:
                 raise WatchInterrupted(str(e)) from e

@@ -146,7 +146,10 @@ class Follower:
             poll = self.options.poll_seconds or POLL_SECONDS
             wait = poll if deadline is None else max(1, min(poll, deadline - time.monotonic()))
             try:
-                for obj in self.kube.watch_rayjob(self.name, version, timeout_seconds=max(1, int(wait))):
+                for kind, obj in self.kube.watch_rayjob(self.name, version, timeout_seconds=max(1, int(wait))):
+                    if kind == "DELETED":
+                        raise ApiError(f"RayJob {self.name} was deleted from namespace {self.kube.namespace} "
+                                       "while it was followed")
                     version = obj["metadata"].get("resourceVersion", version)
                     self._update(obj)
                     if outcome(self.state) is not None:
@@ -206,13 +209,11 @@ class Follower:
                         age = (datetime.now(timezone.utc) - _parse_time(self.cursor.last)).total_seconds()
                         since = int(max(age, 0)) + LOG_MARGIN_SECONDS
                     streamed.add(name)
-                    self.cursor.resume(name)
+                    self._resume_log(name)
                     for raw in self.kube.pod_log(name, SUBMITTER_CONTAINER, follow=True, since_seconds=since):
                         text = self.cursor.accept(raw)
                         if text is not None:
                             _out(text)
-                    if pod["status"]["phase"] in ("Succeeded", "Failed") and self.finished.is_set():
-                        return
             except Exception:  # noqa: BLE001 - a dropped or refused stream is resumed, never fatal
                 pass
             if self.finished.wait(1.0) and self._log_complete():
@@ -223,7 +224,7 @@ class Follower:
         try:
             pod = submitter_pod(self.kube, self.name)
             if pod is not None:
-                self.cursor.resume(pod["metadata"]["name"])
+                self._resume_log(pod["metadata"]["name"])
                 for raw in self.kube.pod_log(pod["metadata"]["name"], SUBMITTER_CONTAINER, follow=False):
                     text = self.cursor.accept(raw)
                     if text is not None:
@@ -231,6 +232,10 @@ class Follower:
         except Exception:  # noqa: BLE001 - the end is reported either way
             pass
         return True
+
+    def _resume_log(self, pod: str) -> None:
+        if self.cursor.resume(pod):
+            say(f"RayJob {self.name}: a new submitter pod {pod} runs the driver again; its log follows from the start")
 
     # -- endings ------------------------------------------------------------------------------------
 

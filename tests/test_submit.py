@@ -107,6 +107,36 @@ def test_dropped_watch_and_log_stream_lose_and_repeat_nothing(inferkit, fake):
     assert len(logs) >= 2 and len(watches) >= 3  # both streams were resumed
 
 
+def test_a_retried_submitter_pod_shows_the_drivers_log_again(inferkit, fake):
+    """backoffLimit retries run the driver again in a new pod: its log is shown in full, announced on stderr."""
+    first, second = "inferkit-submitter-a", "inferkit-submitter-b"
+    fake.scenario = happy_path("inferkit", [])[:3] + [
+        (0.1, lambda f: f.add_pod(pod(first, {"job-name": "inferkit"}, "Running", container="ray-job-submitter"))),
+        (0.1, lambda f: f.log(first, *LINES[:3])),
+        (0.3, lambda f: f.set_pod(first, phase="Failed")),
+        (1.1, lambda f: f.add_pod(pod(second, {"job-name": "inferkit"}, "Running", container="ray-job-submitter"))),
+        (0.1, lambda f: f.log(second, *LINES)),
+        (0.5, lambda f: f.set_pod(second, phase="Succeeded")),
+        (0.1, lambda f: f.set_status("inferkit", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")),
+    ]
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == LINES[:3] + LINES
+    assert f"a new submitter pod {second} runs the driver again" in result.stderr
+
+
+def test_rayjob_deleted_while_followed_is_an_api_error(inferkit, fake):
+    def delete(f):
+        with f.lock:
+            f._bump("DELETED", f.rayjobs.pop("inferkit"))
+
+    fake.scenario = happy_path("inferkit", [])[:4] + [(0.3, delete)]
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--timeout", "30")
+    assert result.code == 3, result.stderr
+    assert "RayJob inferkit was deleted from namespace default while it was followed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_forbidden_lists_what_is_missing(inferkit, fake):
     fake.denied = {("create", "rayjobs"), ("get", "pods/log")}
     result = submit(inferkit, fake, "--cpu-nodes", "1")
@@ -280,3 +310,37 @@ def test_timestamps_used_for_resume_are_rfc3339():
 
     stamp = now_rfc3339(nanos=True)
     assert _parse_time(stamp).year >= 2024
+
+
+class _DroppingRayJobApi:
+    """Ray's job API as seen through a flaky proxy: the first log stream ends mid-line while the job runs."""
+
+    def __init__(self):
+        self.log = "line 1\nline 2\nline 3\n"
+        self.streams = 0
+
+    async def tail_job_logs(self, job_id):
+        self.streams += 1
+        if self.streams == 1:
+            yield self.log[:4]
+            yield self.log[4:10]
+            return
+        yield self.log[:3]
+        yield self.log[3:]
+
+    def get_job_status(self, job_id):
+        return "JobStatus.RUNNING" if self.streams < 2 else "JobStatus.SUCCEEDED"
+
+
+def test_ray_job_log_stream_that_drops_is_resumed_without_repeats(monkeypatch, capsys):
+    import asyncio
+
+    from inferkit.job import remote
+
+    monkeypatch.setattr(remote, "SETTLE_SECONDS", 0.2)
+    api = _DroppingRayJobApi()
+    status = asyncio.run(remote.follow_ray_job(api, "job-1", "http://ray:8265"))
+    captured = capsys.readouterr()
+    assert status == "SUCCEEDED" and api.streams == 2
+    assert captured.out == api.log
+    assert "reconnecting" in captured.err

@@ -11,7 +11,14 @@ from inferkit.console import say
 from inferkit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, ApiError, JobFailed
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# A cluster that has just started answers 500 "No available agent" until its job agent registers.
+AGENT_WAIT_SECONDS = 120
+# The log stream can end a moment before the status is final; after this long it was a dropped stream.
+SETTLE_SECONDS = 10
 
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:300]
 
 
 def _client(address: str):
@@ -20,22 +27,63 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - connection, auth and version errors all mean "cannot submit here"
-        raise ApiError(f"cannot reach the Ray job API at {address}: {' '.join(str(e).split())[:300]}") from e
+        raise ApiError(f"cannot reach the Ray job API at {address}: {_one_line(e)}") from e
 
 
-async def _tail(client, job_id: str) -> None:
+def _submit(client, address: str, entrypoint: str, runtime_env: dict, job_id: str) -> None:
+    deadline = time.monotonic() + AGENT_WAIT_SECONDS
+    waiting = False
+    while True:
+        try:
+            client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None, submission_id=job_id)
+            return
+        except Exception as e:  # noqa: BLE001 - the dashboard answers in many ways; all are API errors here
+            if "no available agent" not in str(e).lower() or time.monotonic() > deadline:
+                raise ApiError(f"the Ray job API at {address} refused the job: {_one_line(e)}") from e
+            if not waiting:
+                say(f"the Ray cluster at {address} has no job agent ready yet; waiting up to "
+                    f"{AGENT_WAIT_SECONDS} s")
+                waiting = True
+            time.sleep(2)
+
+
+def _status(client, job_id: str) -> str:
+    return str(client.get_job_status(job_id)).rpartition(".")[2]
+
+
+async def _tail(client, job_id: str, printed: list[int]) -> None:
+    """Streams the job's log from its start, skipping what an earlier, dropped stream already printed."""
+    skip = printed[0]
     async for chunk in client.tail_job_logs(job_id):
-        print(chunk, end="", flush=True)
+        if skip:
+            dropped = min(skip, len(chunk))
+            chunk, skip = chunk[dropped:], skip - dropped
+        if chunk:
+            print(chunk, end="", flush=True)
+            printed[0] += len(chunk)
+
+
+async def follow_ray_job(client, job_id: str, address: str) -> str:
+    """Follows the log until the job is terminal, reconnecting when the stream drops early; returns the status."""
+    printed = [0]
+    while True:
+        try:
+            await _tail(client, job_id, printed)
+        except Exception as e:  # noqa: BLE001 - websocket and HTTP errors alike mean "the stream dropped"
+            say(f"log stream from {address} broke ({_one_line(e)}); reconnecting")
+        settle = time.monotonic() + SETTLE_SECONDS
+        while (status := _status(client, job_id)) not in TERMINAL and time.monotonic() < settle:
+            await asyncio.sleep(0.5)
+        if status in TERMINAL:
+            return status
+        say(f"log stream from {address} ended while Ray job {job_id} is {status}; reconnecting")
 
 
 def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: bool, timeout: float | None,
                   cancel_on_interrupt: bool) -> int:
     client = _client(address)
     job_id = f"inferkit-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    try:
-        client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None, submission_id=job_id)
-    except Exception as e:  # noqa: BLE001 - the dashboard answers in many ways; all are API errors here
-        raise ApiError(f"the Ray job API at {address} refused the job: {' '.join(str(e).split())[:300]}") from e
+    _submit(client, address, entrypoint, runtime_env, job_id)
     say(f"submitted Ray job {job_id} to {address}: {entrypoint}")
     hint = f"follow it: ray job logs --follow {job_id} --address {address}; stop it: ray job stop {job_id} " \
            f"--address {address}"
@@ -43,9 +91,9 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
         say(f"detached; {hint}")
         return EXIT_OK
     try:
-        asyncio.run(asyncio.wait_for(_tail(client, job_id), timeout))
+        status = asyncio.run(asyncio.wait_for(follow_ray_job(client, job_id, address), timeout))
     except asyncio.TimeoutError:
-        say(f"--timeout reached; Ray job {job_id} is still {client.get_job_status(job_id)}. {hint}")
+        say(f"--timeout reached; Ray job {job_id} is still {_status(client, job_id)}. {hint}")
         return EXIT_TIMEOUT
     except KeyboardInterrupt:
         if cancel_on_interrupt:
@@ -54,12 +102,6 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
         else:
             say(f"interrupted: stopped following; Ray job {job_id} keeps running. {hint}")
         return EXIT_INTERRUPTED
-    status = str(client.get_job_status(job_id))
-    deadline = time.monotonic() + 30
-    while status.rpartition(".")[2] not in TERMINAL and time.monotonic() < deadline:
-        time.sleep(0.5)  # the log stream can end a moment before the status is final
-        status = str(client.get_job_status(job_id))
-    status = status.rpartition(".")[2]
     if status == "SUCCEEDED":
         say(f"Ray job {job_id}: the job succeeded")
         return EXIT_OK

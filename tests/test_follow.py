@@ -1,0 +1,91 @@
+"""The pure following logic (inferkit/follow.py): exit codes from RayJob states, state lines, why pods
+wait, and the log cursor that makes resumed streams repeat and lose nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from inferkit.follow import JobState, LogCursor, outcome, pod_problems, stamp_key, state_change
+
+
+@pytest.mark.parametrize(("deployment", "job", "code"), [
+    ("Complete", "SUCCEEDED", 0), ("Complete", "FAILED", 1), ("Failed", "FAILED", 1), ("Failed", "", 1),
+    ("Complete", "STOPPED", 1), ("ValidationFailed", "", 1), ("Running", "RUNNING", None),
+    ("Initializing", "", None), ("", "", None), ("Suspended", "", None),
+])
+def test_outcome_exit_codes(deployment, job, code):
+    result = outcome(JobState(deployment=deployment, job=job))
+    assert (result.code if result else None) == code
+
+
+def test_failed_outcome_names_reason_and_message():
+    result = outcome(JobState(deployment="Failed", job="FAILED", reason="DeadlineExceeded",
+                              message="activeDeadlineSeconds reached"))
+    assert result.summary.endswith("DeadlineExceeded: activeDeadlineSeconds reached")
+
+
+def test_state_change_only_on_a_new_phase():
+    running = JobState(deployment="Running", job="RUNNING")
+    assert state_change(None, running) == "deployment Running, job RUNNING"
+    assert state_change(running, JobState(deployment="Running", job="RUNNING", dashboard="x")) is None
+    suspended = JobState(deployment="Suspended", suspended=True, queue="gpu-queue")
+    assert "waiting for Kueue to admit it from queue gpu-queue" in state_change(running, suspended)
+
+
+def test_pod_problems_explain_scheduling_images_and_oom():
+    pods = [
+        {"metadata": {"name": "w1"}, "status": {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "message": "0/3 nodes: 3 Insufficient nvidia.com/gpu."}]}},
+        {"metadata": {"name": "h"}, "status": {"phase": "Pending", "containerStatuses": [
+            {"name": "ray-head", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}]}},
+        {"metadata": {"name": "w2"}, "status": {"phase": "Running", "containerStatuses": [
+            {"name": "ray-worker", "state": {"running": {}}, "lastState": {"terminated": {"reason": "OOMKilled"}}}]}},
+    ]
+    events = [{"type": "Warning", "reason": "FailedMount", "message": "pvc data not found ",
+               "involvedObject": {"name": "w1"}},
+              {"type": "Warning", "reason": "FailedMount", "message": "elsewhere", "involvedObject": {"name": "zz"}}]
+    assert pod_problems(pods, events) == [
+        "pod w1 cannot be scheduled: 0/3 nodes: 3 Insufficient nvidia.com/gpu.",
+        "pod h, container ray-head: ImagePullBackOff: not found",
+        "pod w2, container ray-worker: OOMKilled (give it more memory)",
+        "pod w1: FailedMount: pvc data not found",
+    ]
+
+
+def _feed(cursor: LogCursor, pod: str, lines: list[str]) -> list[str]:
+    cursor.resume(pod)
+    return [text for raw in lines if (text := cursor.accept(raw)) is not None]
+
+
+def test_resumed_stream_of_the_same_pod_skips_what_was_shown():
+    lines = ["2026-01-01T00:00:01.000000000Z a", "2026-01-01T00:00:02.000000000Z b",
+             "2026-01-01T00:00:02.000000000Z b", "2026-01-01T00:00:03.000000000Z c"]
+    cursor = LogCursor()
+    assert _feed(cursor, "p", lines[:3]) == ["a", "b", "b"]
+    # the stream resumes with history (since_seconds + margin): the two lines of the same instant that
+    # were shown are skipped, the rest follows once
+    assert _feed(cursor, "p", lines) == ["c"]
+    assert _feed(cursor, "p", lines) == []
+
+
+def test_identical_lines_at_the_same_instant_are_all_shown():
+    same = ["2026-01-01T00:00:01.5Z x"] * 3
+    cursor = LogCursor()
+    assert _feed(cursor, "p", same[:1]) == ["x"]
+    assert _feed(cursor, "p", same) == ["x", "x"]
+
+
+def test_a_new_pod_shows_its_log_in_full_even_when_it_repeats_the_last():
+    cursor = LogCursor()
+    assert cursor.resume("first") is False
+    assert [cursor.accept(f"2026-01-01T00:00:0{i}Z line {i}") for i in range(3)] == ["line 0", "line 1", "line 2"]
+    assert cursor.resume("first") is False
+    assert cursor.resume("second") is True
+    # the retry's clock may even be behind the first pod's
+    assert [cursor.accept(f"2026-01-01T00:00:0{i}Z line {i}") for i in range(3)] == ["line 0", "line 1", "line 2"]
+
+
+def test_timestamps_with_short_fractions_sort_in_time_order():
+    assert stamp_key("2026-01-01T00:00:00.1Z") < stamp_key("2026-01-01T00:00:00.12Z")
+    assert stamp_key("2026-01-01T00:00:00Z") < stamp_key("2026-01-01T00:00:00.000000001Z")
+    assert stamp_key("2026-01-01T00:00:00.5Z") == stamp_key("2026-01-01T00:00:00.500000000Z")
