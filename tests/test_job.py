@@ -305,18 +305,64 @@ def test_text_longer_than_the_model_is_truncated(tiny_models):
     assert out.column("error").null_count == 1
 
 
-def test_unreadable_file_becomes_an_error_row(inferkit, ray_local, tiny_models, tmp_path):
+def test_unreadable_file_fails_the_run_after_writing_what_it_read(inferkit, ray_local, tiny_models, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     pq.write_table(pa.table({"id": [1, 2], "text": ["a good film", "a bad film"]}), folder / "a.parquet")
     (folder / "b.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    for hidden in ("_temporary", ".cache"):  # bookkeeping folders of other tools are not input
+        (folder / hidden).mkdir()
+        pq.write_table(pa.table({"id": [9], "text": ["left out"]}), folder / hidden / "part.parquet")
     out = tmp_path / "out"
     result = inferkit("run", "--model", tiny_models["embedder"], "--input", str(folder), "--output", str(out),
                       "--precision", "fp32", "--max-error-fraction", "0.5")
-    assert result.code == 0, result.stderr
+    assert result.code == 1, result.stderr
+    assert "1 input file(s) or row group(s) could not be read, so their rows are missing" in result.stderr
     frame = _assert_published(out)
-    assert len(frame) == 3
+    assert sorted(frame.id.dropna()) == [1, 2]
     assert frame.error.notna().sum() == 1 and str(folder / "b.parquet") in frame.error.dropna().iloc[0]
+    assert json.loads((out / "_inferkit_report.json").read_text())["unreadable_units"] == 1
+
+
+def test_object_store_publish_never_leaves_a_complete_looking_mix(tmp_path):
+    """The copy-based publish of s3:// and gs://, run on a local filesystem: stale files go, `_SUCCESS`
+    comes last, and a failed copy leaves the output without `_SUCCESS`."""
+    import dataclasses
+
+    import pyarrow.fs as pafs
+
+    from inferkit.job import io
+
+    def staged(run_id: str, names: list[str]) -> io.Output:
+        output = io.Output(uri="s3://bucket/out", filesystem=pafs.LocalFileSystem(), path=str(tmp_path / "out"),
+                           staging=str(tmp_path / f"out.inferkit-{run_id}"), local=False)
+        Path(output.staging).mkdir()
+        for name in names:
+            (Path(output.staging) / name).write_text(run_id)
+        return output
+
+    io.publish(staged("one", ["part-00000.parquet", "part-00001.parquet"]), {"run": "one"})
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_inferkit_report.json", "part-00000.parquet",
+                                                     "part-00001.parquet"]
+    io.publish(staged("two", ["part-00000.parquet"]), {"run": "two"})
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_inferkit_report.json", "part-00000.parquet"]
+    assert (out / "part-00000.parquet").read_text() == "two" and not (tmp_path / "out.inferkit-two").exists()
+
+    class FailsOnSecondCopy(pafs.LocalFileSystem):
+        copies = 0
+
+        def copy_file(self, source, target):
+            FailsOnSecondCopy.copies += 1
+            if FailsOnSecondCopy.copies > 1:
+                raise OSError("connection reset")
+            super().copy_file(source, target)
+
+    output = dataclasses.replace(staged("three", ["part-00000.parquet", "part-00001.parquet"]),
+                                 filesystem=FailsOnSecondCopy())
+    with pytest.raises(OSError):
+        io.publish(output, {"run": "three"})
+    assert not (out / "_SUCCESS").exists() and Path(output.staging).exists()
 
 
 def test_files_that_disagree_on_columns_stop_the_run_cleanly(inferkit, ray_local, tiny_models, tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.fs as pafs
 import pyarrow.json as pa_json
@@ -30,6 +31,7 @@ REPORT = "_inferkit_report.json"
 ERROR = "error"
 PATH = "path"
 IMAGES_PER_READ_TASK = 64
+UNREADABLE = "cannot read "  # how an unreadable unit's error row starts
 
 
 def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -42,8 +44,9 @@ def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
-def _hidden(path: str) -> bool:
-    return any(part.startswith((".", "_")) for part in Path(path).parts[-1:])
+def _hidden(path: str, root: str) -> bool:
+    """Hidden or bookkeeping (`.git/`, `_SUCCESS`, `_temporary/`) anywhere below the input root."""
+    return any(part.startswith((".", "_")) for part in posixpath.relpath(path, root).split("/"))
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def discover(uri: str, input_format: str) -> Source:
         else:
             selector = pafs.FileSelector(root, recursive=True)
             files = sorted(i.path for i in filesystem.get_file_info(selector)
-                           if i.type == pafs.FileType.File and not _hidden(i.path))
+                           if i.type == pafs.FileType.File and not _hidden(i.path, root))
     except OSError as e:
         raise ConfigError([f"--input {uri}: cannot list it ({e})"]) from e
     formats = {f: _format_of(f) for f in files}
@@ -94,7 +97,8 @@ def discover(uri: str, input_format: str) -> Source:
     chosen = [f for f in files if formats[f] == input_format or (len(files) == 1 and info.type == pafs.FileType.File)]
     if not chosen:
         raise ConfigError([f"--input {uri}: no {input_format} files in it"])
-    skipped = tuple(f for f in files if f not in set(chosen))
+    chosen_set = set(chosen)
+    skipped = tuple(f for f in files if f not in chosen_set)
     units: list[tuple[str, int]] = []
     for file in chosen:
         if input_format == "parquet":
@@ -158,18 +162,25 @@ def read_units(batch: pa.Table, *, filesystem: pafs.FileSystem, fmt: str, schema
         except (OSError, pa.ArrowInvalid) as e:
             empty = {PATH: [file]} if fmt == "images" else {}
             table = pa.Table.from_pylist([empty], schema=schema)
-            error = pa.array([f"cannot read {file}: {' '.join(str(e).split())[:300]}"], pa.string())
+            error = pa.array([f"{UNREADABLE}{file}: {' '.join(str(e).split())[:300]}"], pa.string())
         tables.append(table.append_column(ERROR, error))
     return pa.concat_tables(tables)
 
 
 def sample_schema(source: Source) -> pa.Schema:
-    """The input's columns, read from its first unit on the driver; all-null columns become strings."""
+    """The input's columns from its first unit, on the driver: parquet's from its footer, CSV's from its
+    header (all text), JSON lines' inferred from the whole first file; all-null columns become strings."""
     file, row_group = source.units[0]
     if source.format == "images":
         return pa.schema([(PATH, pa.string()), ("bytes", pa.binary())])
     try:
-        schema = _read_table(source.filesystem, source.format, file, row_group).schema
+        if source.format == "parquet":
+            schema = pq.ParquetFile(source.filesystem.open_input_file(file)).schema_arrow
+        elif source.format == "csv":
+            with source.filesystem.open_input_stream(file) as stream:
+                schema = pa.schema([(n, pa.string()) for n in pa_csv.open_csv(stream).schema.names])
+        else:
+            schema = _read_table(source.filesystem, source.format, file, row_group).schema
         return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in schema])
     except (OSError, pa.ArrowInvalid) as e:
         raise ConfigError([f"--input {source.uri}: cannot read {file} ({' '.join(str(e).split())[:300]})"]) from e
@@ -212,14 +223,15 @@ def output_files(output: Output, folder: str) -> list[str]:
     return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
 
-def count_rows(output: Output, files: list[str]) -> tuple[int, int]:
-    """(rows, rows with an error) in the written files."""
-    rows = errors = 0
+def count_rows(output: Output, files: list[str]) -> tuple[int, int, int]:
+    """(rows, rows with an error, rows that stand for a unit that could not be read) in the written files."""
+    rows = errors = unreadable = 0
     for file in files:
-        table = pq.read_table(file, columns=[ERROR], filesystem=output.filesystem)
-        rows += table.num_rows
-        errors += table.num_rows - table.column(ERROR).null_count
-    return rows, errors
+        column = pq.read_table(file, columns=[ERROR], filesystem=output.filesystem).column(ERROR)
+        rows += len(column)
+        errors += len(column) - column.null_count
+        unreadable += pc.sum(pc.starts_with(column.fill_null(""), UNREADABLE)).as_py() or 0
+    return rows, errors, unreadable
 
 
 def write_table_file(output: Output, table: pa.Table, index: int) -> str:
@@ -237,23 +249,31 @@ def publish(output: Output, report: dict[str, Any]) -> None:
     if output.local:
         _write_text(fs, posixpath.join(output.staging, SUCCESS), "")
         old = None
-        if fs.get_file_info(output.path).type != pafs.FileType.NotFound:
+        if _exists(fs, output.path):
             old = f"{output.path}.inferkit-old-{uuid.uuid4().hex[:8]}"
             fs.move(output.path, old)
         fs.move(output.staging, output.path)
         if old:
             fs.delete_dir(old)
         return
-    if fs.get_file_info(output.path).type != pafs.FileType.NotFound:
-        fs.delete_dir_contents(output.path, missing_dir_ok=True)
-    staged = fs.get_file_info(pafs.FileSelector(output.staging, recursive=True))
-    for info in staged:
+    # Object stores cannot rename a folder. Readers wait for `_SUCCESS`: take it away first, copy the
+    # new files over, remove what the old output had beyond them, and put `_SUCCESS` back last. A
+    # failure midway leaves no `_SUCCESS` and the staged run in place, never a half-deleted output
+    # that looks complete.
+    marker = posixpath.join(output.path, SUCCESS)
+    if _exists(fs, marker):
+        fs.delete_file(marker)
+    written = set()
+    for info in fs.get_file_info(pafs.FileSelector(output.staging, recursive=True)):
         if info.type == pafs.FileType.File:
-            relative = info.path[len(output.staging):].lstrip("/")
-            target = posixpath.join(output.path, relative)
+            target = posixpath.join(output.path, posixpath.relpath(info.path, output.staging))
             fs.create_dir(posixpath.dirname(target), recursive=True)
             fs.copy_file(info.path, target)
-    _write_text(fs, posixpath.join(output.path, SUCCESS), "")
+            written.add(target)
+    for info in fs.get_file_info(pafs.FileSelector(output.path, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File and info.path not in written:
+            fs.delete_file(info.path)
+    _write_text(fs, marker, "")
     fs.delete_dir(output.staging)
 
 
@@ -263,6 +283,10 @@ def discard(output: Output) -> None:
         output.filesystem.delete_dir(output.staging)
     except OSError:
         pass
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def _write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
