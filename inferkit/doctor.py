@@ -66,10 +66,13 @@ def local_findings() -> list[Finding]:
         path = shutil.which(tool)
         found.append(Finding("tools", tool, path is not None, path or "not on PATH"))
     if shutil.which("docker"):
-        daemon = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                                text=True, timeout=20)
-        found.append(Finding("tools", "docker engine", daemon.returncode == 0,
-                             daemon.stdout.strip() if daemon.returncode == 0 else "no Docker engine answers"))
+        try:
+            daemon = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                                    text=True, timeout=20)
+            answer = daemon.stdout.strip() if daemon.returncode == 0 else None
+        except (subprocess.TimeoutExpired, OSError):
+            answer = None
+        found.append(Finding("tools", "docker engine", answer is not None, answer or "no Docker engine answers"))
     return found
 
 

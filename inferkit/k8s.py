@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +28,12 @@ GPU_LABELS = ("nvidia.com/gpu.product", "cloud.google.com/gke-accelerator", "kar
 ATTEMPTS = 5
 INSTALL_OPERATOR = ("install the KubeRay operator: helm repo add kuberay https://ray-project.github.io/kuberay-helm/ "
                     "&& helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0")
+
+
+# A followed log that stays silent this long is reopened (resuming where it was): a half-open
+# connection never hangs the follower.
+LOG_READ_TIMEOUT = 300
+SUBMISSION_ANNOTATION = "inferkit.io/submission"  # one per `inferkit submit`, to recognise our own create
 
 
 class WatchInterrupted(Exception):
@@ -211,14 +218,26 @@ class Kube:
         return obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)
 
     def create_rayjob(self, obj: dict, dry_run: bool = False) -> dict:
+        """Create (or dry-run) a RayJob. A retried create whose first try landed although its answer was
+        lost meets a 409: when the existing object carries this submission's annotation, it is ours."""
         name = obj["metadata"].get("name") or obj["metadata"]["generateName"].rstrip("-")
+        token = None if dry_run else uuid.uuid4().hex
+        if token:
+            annotations = {**(obj["metadata"].get("annotations") or {}), SUBMISSION_ANNOTATION: token}
+            obj = {**obj, "metadata": {**obj["metadata"], "annotations": annotations}}
         what = f"{'checking (server-side dry run)' if dry_run else 'creating'} RayJob {name}"
-        return self._raw(self._call(
-            what, self.custom.create_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, obj,
-            dry_run="All" if dry_run else None, field_validation="Strict",
-            missing=f"the RayJob CRD is not served in namespace {self.namespace}; {INSTALL_OPERATOR}",
-            conflict=f"a RayJob named {name} already exists in namespace {self.namespace}; pass --replace "
-                     f"to delete and recreate it, or choose another --name"))
+        conflict = (f"a RayJob named {name} already exists in namespace {self.namespace}; pass --replace to delete "
+                    "and recreate it, or choose another --name")
+        try:
+            return self._raw(self._call(
+                what, self.custom.create_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, obj,
+                dry_run="All" if dry_run else None, field_validation="Strict", handled=(409,),
+                missing=f"the RayJob CRD is not served in namespace {self.namespace}; {INSTALL_OPERATOR}"))
+        except ApiException as e:
+            existing = self.get_rayjob(name) if token else None
+            if existing and (existing["metadata"].get("annotations") or {}).get(SUBMISSION_ANNOTATION) == token:
+                return existing
+            raise self._translate(what, e, "not found", conflict) from e
 
     def get_rayjob(self, name: str) -> dict | None:
         try:
@@ -253,9 +272,7 @@ class Kube:
             field_selector=f"metadata.name={name}", resource_version=resource_version,
             timeout_seconds=timeout_seconds)
         try:
-            for event in stream:
-                if event.get("type") == "ERROR":
-                    raise WatchInterrupted(str(event.get("object", {}).get("message", "watch error")))
+            for event in stream:  # the client turns ERROR events (410 Gone included) into ApiException
                 yield event["type"], event["raw_object"]
         except ApiException as e:
             if e.status == 410 or e.status in RETRIED_STATUSES:
@@ -277,7 +294,7 @@ class Kube:
         response = self._call(f"reading the log of pod {pod}", self.core.read_namespaced_pod_log, pod,
                               self.namespace, container=container, follow=follow, timestamps=True,
                               since_seconds=since_seconds, _preload_content=False,
-                              missing=f"pod {pod} is gone")
+                              _request_timeout=(10, LOG_READ_TIMEOUT), missing=f"pod {pod} is gone")
         try:
             yield from iter_resp_lines(response)
         finally:

@@ -60,6 +60,7 @@ class FakeKube:
         self.scenario: list[Step] = []
         self.failures: dict[tuple[str, str], list[int]] = {}  # (method, path suffix) -> statuses to answer first
         self.reject_create: tuple[int, dict] | None = None
+        self.lose_create_answer = False  # create the first RayJob, then answer 504 as if the reply was lost
         self.drop_watch_after: int | None = None  # close the first watch after this many events
         self.expire_watch_once = False  # answer one watch with 410 Gone
         self.drop_log_after: int | None = None  # close the first followed log stream after this many lines
@@ -232,6 +233,9 @@ class FakeKube:
                 self.rayjobs[job_name] = obj
                 self._bump("ADDED", obj)
             threading.Thread(target=self._play, daemon=True).start()
+            if self.lose_create_answer:
+                self.lose_create_answer = False
+                return h._status(504, "Timeout", "the reply to the create was lost")
             return h._send(201, obj)
         if method == "DELETE":
             with self.lock:

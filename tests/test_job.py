@@ -47,10 +47,11 @@ def text_input(tmp_path):
 
 
 def test_text_classification_keeps_every_row_and_flags_empty_texts(inferkit, ray_local, tiny_models, text_input,
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch):
     path, rows = text_input
     out = tmp_path / "out"
-    result = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], "--input",
+    monkeypatch.chdir(Path(tiny_models["classifier"]).parent)  # a model folder given relative to here
+    result = inferkit("run", "--task", "text-classification", "--model", "classifier", "--input",
                       str(path), "--output", str(out), "--max-error-fraction", "0.5", "--batch-size", "4")
     assert result.code == 0, result.stderr
     assert result.stdout.strip() == f"output: {out}"

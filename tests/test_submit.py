@@ -192,6 +192,32 @@ def test_transient_errors_are_retried(inferkit, fake):
     assert len(creates(fake)) == 5  # three refused, then the dry run and the real one
 
 
+def test_a_create_whose_answer_was_lost_is_recognised_as_ours(inferkit, fake):
+    fake.lose_create_answer = True
+    fake.scenario = happy_path("inferkit", LINES[:2])
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 0, result.stderr
+    assert len(creates(fake)) == 3  # the dry run, the create whose answer was lost, its retry (409)
+    assert "inferkit.io/submission" in fake.rayjobs["inferkit"]["metadata"]["annotations"]
+
+
+def test_a_namesake_created_meanwhile_is_still_a_conflict(inferkit, fake):
+    def someone_else_creates(f):
+        f.rayjobs["inferkit"] = {"metadata": {"name": "inferkit", "annotations": {"inferkit.io/submission": "x"}}}
+
+    original = fake._rayjobs
+
+    def racing(h, method, name, query, body):
+        if method == "POST" and query.get("dryRun") != "All" and "inferkit" not in fake.rayjobs:
+            someone_else_creates(fake)
+        return original(h, method, name, query, body)
+
+    fake._rayjobs = racing
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 3
+    assert "a RayJob named inferkit already exists in namespace default" in result.stderr
+
+
 def test_persistent_server_errors_give_up(inferkit, fake):
     fake.failures = {("POST", "/rayjobs"): [503] * 10}
     result = submit(inferkit, fake, "--cpu-nodes", "1")

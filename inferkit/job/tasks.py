@@ -74,6 +74,9 @@ def _weight_bytes(model: str) -> int:
 def read_model_facts(model: str, task: str, trust_remote_code: bool) -> ModelFacts:
     from transformers import AutoConfig
 
+    # Actors do not share the driver's working directory: a local folder travels as an absolute path.
+    model = os.path.abspath(model) if os.path.isdir(model) else model
+
     try:
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "cannot use this model"
