@@ -24,7 +24,9 @@ def test_benchmark_smoke(tmp_path):
     assert set(rows) == {"bare-fp32", "inferkit"}
     for row in rows.values():
         assert row["outcome"] == "ok" and len(row["seconds"]) == 2 and all(p > 0 for p in row["peak_bytes"])
-    assert 0 <= results["top1_agreement_inferkit_vs_bare_fp32"] <= 1
+    # inferkit's own preprocessing and precision give the same labels as the plain fp32 loop (bf16 may
+    # flip a near tie among 12 images; wrong preprocessing agrees on next to none)
+    assert results["top1_agreement_inferkit_vs_bare_fp32"] >= 0.75
     assert [p["cluster"] for p in results["planner"]][-1] == "1000 nodes, 8 GPUs"
     assert (tmp_path / "cpu-throughput.png").stat().st_size > 1000
     assert "| inferkit |" in result.stdout

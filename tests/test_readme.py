@@ -40,3 +40,8 @@ def test_every_command_preset_flag_and_exit_code_is_documented():
         assert f"--{name.replace('_', '-')}" in README, name
     for code in re.findall(r"^\s+(\d+)\s", EXIT_CODES, re.MULTILINE):
         assert f"| {code} |" in README, code
+
+
+def test_every_linked_file_exists():
+    for target in re.findall(r"\]\(([^)#:]+)\)", README):
+        assert (REPO / target).exists(), target
