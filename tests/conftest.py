@@ -84,13 +84,20 @@ def tiny_models(tmp_path_factory):
     }
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class RayCluster:
     """A real `ray start` cluster (head and optional worker nodes) in its own process groups, so that
     tearing it down never touches another Ray on the machine. Token auth is off, as in the brief."""
 
     def __init__(self, tmp: Path):
         import shutil
-        import socket
 
         # The job's entrypoint (`inferkit run`) must be on the cluster's PATH, as in the job image.
         path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
@@ -99,12 +106,10 @@ class RayCluster:
         self.ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
         self.tmp = tmp
         self.processes: list = []
-        ports = []
-        for _ in range(2):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                ports.append(s.getsockname()[1])
-        self.port, self.dashboard_port = ports
+        ports = [_free_port() for _ in range(4)]
+        # Ports of their own: the embedded Ray of other tests may still hold Ray's fixed defaults (the job
+        # agent's 52365, the client server's 10001), and a job agent that cannot bind takes no jobs.
+        self.port, self.dashboard_port, self.agent_port, self.client_port = ports
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
 
@@ -119,10 +124,12 @@ class RayCluster:
     def start(self, head_cpus: float, workers: tuple[float, ...] = (), dashboard: bool = False) -> RayCluster:
         self._start(["--head", f"--port={self.port}", f"--num-cpus={head_cpus}", "--node-ip-address=127.0.0.1",
                      f"--include-dashboard={str(dashboard).lower()}", f"--dashboard-port={self.dashboard_port}",
+                     f"--dashboard-agent-listen-port={self.agent_port}", f"--ray-client-server-port={self.client_port}",
                      "--dashboard-host=127.0.0.1", "--disable-usage-stats"])
         self.wait_for_nodes(1)
         for cpus in workers:
-            self._start([f"--address={self.address}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1"])
+            self._start([f"--address={self.address}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1",
+                         f"--dashboard-agent-listen-port={_free_port()}"])
         self.wait_for_nodes(1 + len(workers))
         return self
 

@@ -38,8 +38,11 @@ def _submit(client, address: str, entrypoint: str, runtime_env: dict, job_id: st
             client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None, submission_id=job_id)
             return
         except Exception as e:  # noqa: BLE001 - the dashboard answers in many ways; all are API errors here
-            if "no available agent" not in str(e).lower() or time.monotonic() > deadline:
+            if "no available agent" not in str(e).lower():
                 raise ApiError(f"the Ray job API at {address} refused the job: {_one_line(e)}") from e
+            if time.monotonic() > deadline:
+                raise ApiError(f"the Ray cluster at {address} has had no job agent for {AGENT_WAIT_SECONDS} s; "
+                               "its dashboard_agent.log (in the head's Ray session logs) says why") from e
             if not waiting:
                 say(f"the Ray cluster at {address} has no job agent ready yet; waiting up to "
                     f"{AGENT_WAIT_SECONDS} s")
