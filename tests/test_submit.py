@@ -370,3 +370,34 @@ def test_ray_job_log_stream_that_drops_is_resumed_without_repeats(monkeypatch, c
     assert status == "SUCCEEDED" and api.streams == 2
     assert captured.out == api.log
     assert "reconnecting" in captured.err
+
+
+class _StartingRayJobApi:
+    """Ray's job API on a cluster that has just started: no job agent for the first tries."""
+
+    def __init__(self, refusals: int, message: str = "No available agent to submit job, please try again later."):
+        self.refusals, self.message, self.submitted = refusals, message, []
+
+    def submit_job(self, **kwargs):
+        if self.refusals:
+            self.refusals -= 1
+            raise RuntimeError(f"Request failed with status code 500: {self.message}")
+        self.submitted.append(kwargs)
+
+
+def test_ray_job_submission_waits_for_the_job_agent_then_gives_up_clearly(monkeypatch, capsys):
+    from inferkit.errors import ApiError
+    from inferkit.job import remote
+
+    monkeypatch.setattr(remote.time, "sleep", lambda seconds: None)
+    api = _StartingRayJobApi(refusals=3)
+    remote._submit(api, "http://ray:8265", "inferkit run", {}, "job-1")
+    assert api.submitted == [{"entrypoint": "inferkit run", "runtime_env": None, "submission_id": "job-1"}]
+    assert capsys.readouterr().err.count("has no job agent ready yet") == 1
+
+    monkeypatch.setattr(remote, "AGENT_WAIT_SECONDS", -1)
+    with pytest.raises(ApiError, match="has had no job agent for -1 s; its dashboard_agent.log"):
+        remote._submit(_StartingRayJobApi(refusals=1), "http://ray:8265", "inferkit run", {}, "job-2")
+    with pytest.raises(ApiError, match="refused the job: .*entrypoint is invalid"):
+        remote._submit(_StartingRayJobApi(refusals=1, message="entrypoint is invalid"), "http://ray:8265",
+                       "inferkit run", {}, "job-3")
