@@ -3,7 +3,8 @@ code; and a log cursor that makes resumed log streams repeat nothing. No I/O: un
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from array import array
+from dataclasses import dataclass, field
 
 from inferkit.errors import EXIT_JOB_FAILED, EXIT_OK
 
@@ -110,41 +111,83 @@ def pod_problems(pods: list[dict], events: list[dict]) -> list[str]:
     return problems
 
 
+FIRST_POD, SAME_POD, TAKEOVER, NEW_RUN = "first pod", "same pod", "takeover", "new run"
+
+
+def submission_of(pod: dict) -> str:
+    """The Kubernetes Job a submitter pod belongs to. Pods of one Job replay one Ray job's log (a retried
+    submitter finds the job submitted already and follows its log from the start); a RayJob retry
+    (spec.backoffLimit) makes a new Job, which runs the driver again."""
+    metadata = pod.get("metadata") or {}
+    owner = next((o.get("uid") for o in metadata.get("ownerReferences") or [] if o.get("kind") == "Job"), None)
+    labels = metadata.get("labels") or {}
+    return owner or labels.get("batch.kubernetes.io/controller-uid") or labels.get("controller-uid") or ""
+
+
 @dataclass
 class LogCursor:
-    """What of the driver's log was shown. Lines come with their RFC 3339 timestamp; a resumed stream
-    of the same pod skips lines older than the last shown and as many of the same instant as were
-    shown. A new submitter pod (a retry) runs the driver again, so its log is shown in full."""
+    """What of the driver's log was shown, so that no line is shown twice or lost.
+
+    A resumed stream of the same pod skips lines older than the last shown (by the RFC 3339 timestamp
+    each line carries) and as many of the same instant as were shown. A new pod of the same submission
+    replays the whole log: its lines are matched in order against those shown and skipped while they
+    match; lines it adds (the CLI's own notes) and everything after the replay are shown."""
 
     pod: str = ""
+    submission: str = ""
     last: str = ""
     shown_at_last: int = 0
     replaying: bool = False
     replayed: int = 0
+    shown: array = field(default_factory=lambda: array("q"))  # hashes of the lines shown for this submission
+    echo: int | None = None  # while a takeover pod replays: how far into `shown` its replay has come
+    echo_end: int = 0  # the lines shown before the takeover: the most its replay can repeat
 
-    def resume(self, pod: str) -> bool:
-        """Call before each (re)opened stream; True when it is a different pod than the one shown so far."""
-        new_pod = bool(self.pod) and pod != self.pod
-        if pod != self.pod:
-            self.pod, self.last, self.shown_at_last = pod, "", 0
+    def resume(self, pod: str, submission: str = "") -> str:
+        """Call before each (re)opened stream: FIRST_POD, SAME_POD, TAKEOVER (a new pod of the same
+        submission) or NEW_RUN (a pod of a new submission)."""
+        if pod == self.pod:
+            kind = SAME_POD
+        elif self.pod and submission == self.submission:
+            kind, self.echo, self.echo_end = TAKEOVER, (0 if self.shown else None), len(self.shown)
+        else:
+            kind, self.echo, self.shown = (NEW_RUN if self.pod else FIRST_POD), None, array("q")
+        if kind != SAME_POD:
+            self.pod, self.submission, self.last, self.shown_at_last = pod, submission, "", 0
         self.replaying, self.replayed = True, 0
-        return new_pod
+        return kind
 
     def accept(self, raw: str) -> str | None:
         """The text to show for a raw log line, or None when it was shown already."""
         stamp, _, text = raw.partition(" ")
+        if not self._new_in_stream(stamp) or self._echoed(text):
+            return None
+        self.shown.append(hash(text))
+        return text
+
+    def _new_in_stream(self, stamp: str) -> bool:
         shown = stamp_key(self.last)
         if stamp_key(stamp) < shown:
-            return None
+            return False
         if stamp_key(stamp) == shown:
             if self.replaying and self.replayed < self.shown_at_last:
                 self.replayed += 1
-                return None
+                return False
             self.shown_at_last += 1
         else:
             self.last, self.shown_at_last = stamp, 1
         self.replaying = False
-        return text
+        return True
+
+    def _echoed(self, text: str) -> bool:
+        if self.echo is None:
+            return False
+        try:
+            found = self.shown.index(hash(text), self.echo, self.echo_end)
+        except ValueError:
+            return False
+        self.echo = found + 1 if found + 1 < self.echo_end else None
+        return True
 
 
 def stamp_key(stamp: str) -> tuple[str, str]:

@@ -32,6 +32,7 @@ INSTALL_OPERATOR = ("install the KubeRay operator: helm repo add kuberay https:/
 
 # A followed log that stays silent this long is reopened (resuming where it was): a half-open
 # connection never hangs the follower.
+WATCH_READ_MARGIN = 30  # seconds a watch may be silent past its server-side timeout before it counts as dropped
 LOG_READ_TIMEOUT = 300
 SUBMISSION_ANNOTATION = "inferkit.io/submission"  # one per `inferkit submit`, to recognise our own create
 
@@ -270,7 +271,7 @@ class Kube:
         stream = watch.Watch().stream(
             self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
             field_selector=f"metadata.name={name}", resource_version=resource_version,
-            timeout_seconds=timeout_seconds)
+            timeout_seconds=timeout_seconds, _request_timeout=(10, timeout_seconds + WATCH_READ_MARGIN))
         try:
             for event in stream:  # the client turns ERROR events (410 Gone included) into ApiException
                 yield event["type"], event["raw_object"]

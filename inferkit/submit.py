@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from inferkit.config import Config
 from inferkit.console import say
 from inferkit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, ApiError
-from inferkit.follow import JobState, LogCursor, outcome, pod_problems, state_change
+from inferkit.follow import (NEW_RUN, TAKEOVER, JobState, LogCursor, outcome, pod_problems, state_change,
+                             submission_of)
 from inferkit.render import GPU_RESOURCE, dump
 
 if TYPE_CHECKING:
@@ -147,11 +148,10 @@ class Follower:
             wait = poll if deadline is None else max(1, min(poll, deadline - time.monotonic()))
             try:
                 for kind, obj in self.kube.watch_rayjob(self.name, version, timeout_seconds=max(1, int(wait))):
-                    if kind == "DELETED":
-                        raise ApiError(f"RayJob {self.name} was deleted from namespace {self.kube.namespace} "
-                                       "while it was followed")
-                    version = obj["metadata"].get("resourceVersion", version)
                     self._update(obj)
+                    if kind == "DELETED":
+                        return self._deleted()
+                    version = obj["metadata"].get("resourceVersion", version)
                     if outcome(self.state) is not None:
                         break
             except WatchInterrupted:
@@ -209,11 +209,7 @@ class Follower:
                         age = (datetime.now(timezone.utc) - _parse_time(self.cursor.last)).total_seconds()
                         since = int(max(age, 0)) + LOG_MARGIN_SECONDS
                     streamed.add(name)
-                    self._resume_log(name)
-                    for raw in self.kube.pod_log(name, SUBMITTER_CONTAINER, follow=True, since_seconds=since):
-                        text = self.cursor.accept(raw)
-                        if text is not None:
-                            _out(text)
+                    self._show_log(pod, follow=True, since_seconds=since)
             except Exception:  # noqa: BLE001 - a dropped or refused stream is resumed, never fatal
                 pass
             if self.finished.wait(1.0) and self._log_complete():
@@ -224,18 +220,24 @@ class Follower:
         try:
             pod = submitter_pod(self.kube, self.name)
             if pod is not None:
-                self._resume_log(pod["metadata"]["name"])
-                for raw in self.kube.pod_log(pod["metadata"]["name"], SUBMITTER_CONTAINER, follow=False):
-                    text = self.cursor.accept(raw)
-                    if text is not None:
-                        _out(text)
+                self._show_log(pod, follow=False)
         except Exception:  # noqa: BLE001 - the end is reported either way
             pass
         return True
 
-    def _resume_log(self, pod: str) -> None:
-        if self.cursor.resume(pod):
-            say(f"RayJob {self.name}: a new submitter pod {pod} runs the driver again; its log follows from the start")
+    def _show_log(self, pod: dict, follow: bool, since_seconds: int | None = None) -> None:
+        name = pod["metadata"]["name"]
+        kind = self.cursor.resume(name, submission_of(pod))
+        if kind == TAKEOVER:
+            say(f"RayJob {self.name}: submitter pod {name} took over following the driver; the lines shown "
+                "already are not repeated")
+        elif kind == NEW_RUN:
+            say(f"RayJob {self.name}: a new submitter Job (pod {name}) runs the driver again; its log follows "
+                "from the start")
+        for raw in self.kube.pod_log(name, SUBMITTER_CONTAINER, follow=follow, since_seconds=since_seconds):
+            text = self.cursor.accept(raw)
+            if text is not None:
+                _out(text)
 
     # -- endings ------------------------------------------------------------------------------------
 
@@ -249,6 +251,14 @@ class Follower:
         where = f" (dashboard {self.state.dashboard})" if self.state and self.state.dashboard else ""
         say(f"RayJob {self.name}: {summary}{where}")
         return code
+
+    def _deleted(self) -> int:
+        """Deleted under us: a job that had ended still reports its end; otherwise an API error."""
+        result = outcome(self.state)
+        if result is not None:
+            return self._end(result.code, result.summary)
+        self._stop_logs(wait=5)
+        raise ApiError(f"RayJob {self.name} was deleted from namespace {self.kube.namespace} while it was followed")
 
     def _hint(self) -> str:
         ns = self.kube.namespace

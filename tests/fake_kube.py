@@ -29,7 +29,7 @@ def now_rfc3339(nanos: bool = False) -> str:
 
 
 def pod(name: str, labels: dict, phase: str = "Pending", *, unschedulable: str | None = None,
-        waiting: tuple[str, str] | None = None, container: str = "ray-worker") -> dict:
+        waiting: tuple[str, str] | None = None, container: str = "ray-worker", job_uid: str | None = None) -> dict:
     conditions = [{"type": "PodScheduled", "status": "False" if unschedulable else "True",
                    "reason": "Unschedulable" if unschedulable else None, "message": unschedulable}]
     state = {"waiting": {"reason": waiting[0], "message": waiting[1]}} if waiting else (
@@ -37,7 +37,9 @@ def pod(name: str, labels: dict, phase: str = "Pending", *, unschedulable: str |
     statuses = [] if unschedulable else [{"name": container, "image": "img", "imageID": "", "ready": phase == "Running",
                                            "restartCount": 0, "state": state}]
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": labels, "creationTimestamp": now_rfc3339()},
+            "metadata": {"name": name, "namespace": "default", "labels": labels, "creationTimestamp": now_rfc3339(),
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": labels["job-name"],
+                                              "uid": job_uid}] if job_uid else []},
             "spec": {"containers": [{"name": container, "image": "img"}]},
             "status": {"phase": phase, "conditions": conditions, "containerStatuses": statuses}}
 

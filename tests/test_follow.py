@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from inferkit.follow import JobState, LogCursor, outcome, pod_problems, stamp_key, state_change
+from inferkit.follow import (FIRST_POD, NEW_RUN, SAME_POD, TAKEOVER, JobState, LogCursor, outcome, pod_problems,
+                             stamp_key, state_change, submission_of)
 
 
 @pytest.mark.parametrize(("deployment", "job", "code"), [
@@ -75,14 +76,40 @@ def test_identical_lines_at_the_same_instant_are_all_shown():
     assert _feed(cursor, "p", same) == ["x", "x"]
 
 
-def test_a_new_pod_shows_its_log_in_full_even_when_it_repeats_the_last():
+def _stamped(*texts: str, second: int = 0) -> list[str]:
+    return [f"2026-01-01T00:00:{second + i:02d}Z {text}" for i, text in enumerate(texts)]
+
+
+def test_a_takeover_pod_of_the_same_submission_repeats_nothing_and_loses_nothing():
     cursor = LogCursor()
-    assert cursor.resume("first") is False
-    assert [cursor.accept(f"2026-01-01T00:00:0{i}Z line {i}") for i in range(3)] == ["line 0", "line 1", "line 2"]
-    assert cursor.resume("first") is False
-    assert cursor.resume("second") is True
+    assert cursor.resume("first", "job-a") == FIRST_POD
+    shown = [cursor.accept(raw) for raw in _stamped("submitted", "x 1", "x 2", "same")]
+    assert shown == ["submitted", "x 1", "x 2", "same"]
+    assert cursor.resume("first", "job-a") == SAME_POD
+    assert cursor.resume("second", "job-a") == TAKEOVER
+    # the retried submitter replays the driver's log without the submit notes, under a later clock, then
+    # goes on; a line it adds and a line the driver repeats after the replay are shown
+    replay = _stamped("a note", "x 1", "x 2", "same", "same", "x 3", second=30)
+    assert [t for raw in replay if (t := cursor.accept(raw)) is not None] == ["a note", "same", "x 3"]
+    # a stream of the takeover pod that resumes with history repeats nothing either
+    assert cursor.resume("second", "job-a") == SAME_POD
+    assert [t for raw in replay if (t := cursor.accept(raw)) is not None] == []
+
+
+def test_a_pod_of_a_new_submission_shows_its_log_in_full():
+    cursor = LogCursor()
+    cursor.resume("first", "job-a")
+    assert [cursor.accept(raw) for raw in _stamped("line 0", "line 1")] == ["line 0", "line 1"]
+    assert cursor.resume("second", "job-b") == NEW_RUN
     # the retry's clock may even be behind the first pod's
-    assert [cursor.accept(f"2026-01-01T00:00:0{i}Z line {i}") for i in range(3)] == ["line 0", "line 1", "line 2"]
+    assert [cursor.accept(raw) for raw in _stamped("line 0", "line 1")] == ["line 0", "line 1"]
+
+
+def test_the_submission_is_the_owning_job():
+    owned = {"metadata": {"ownerReferences": [{"kind": "Job", "uid": "u1"}], "labels": {"controller-uid": "u0"}}}
+    assert submission_of(owned) == "u1"
+    assert submission_of({"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "u2"}}}) == "u2"
+    assert submission_of({"metadata": {}}) == ""
 
 
 def test_timestamps_with_short_fractions_sort_in_time_order():

@@ -192,8 +192,9 @@ def test_mean_ensemble_averages_probabilities(tiny_models):
 
 
 def test_text_ensemble_gives_each_model_its_own_tokenizer(inferkit, ray_local, tiny_models, tmp_path):
-    """Two classifiers with different vocabularies: each must read its own token ids."""
-    rows = [{"id": i, "text": f"the film {i} was good"} for i in range(6)]
+    """Two classifiers with different vocabularies: each must read its own token ids. "z" and "that" have
+    ids past the end of the smaller vocabulary, so the other tokenizer's ids would fail every row."""
+    rows = [{"id": i, "text": f"the film {i} was good, z that"} for i in range(6)]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     result = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], "--model",
@@ -205,17 +206,31 @@ def test_text_ensemble_gives_each_model_its_own_tokenizer(inferkit, ray_local, t
     assert frame.error.isna().all() and set(frame.label) <= {"negative", "neutral", "positive"}
 
 
-def test_precision_check_compares_with_true_fp32(tiny_models):
+def test_precision_check_compares_with_true_fp32(tiny_models, tmp_path):
+    """A classifier whose two leading labels differ by less than bf16 can tell apart: every bf16 prediction
+    flips. A check that compared bf16 with itself would report full agreement."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     from inferkit.job.tasks import ModelSpec, check_precision
 
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["classifier"])
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([1.0, 1.001, 0.0]))  # bf16 rounds both to 1.0: a tie, label 0
+    model.save_pretrained(tmp_path / "tied")
+    AutoTokenizer.from_pretrained(tiny_models["classifier"]).save_pretrained(tmp_path / "tied")
+
     schema = pa.schema([("label", pa.string()), ("score", pa.float32()), ("error", pa.string())])
-    spec = ModelSpec(task="text-classification", models=(tiny_models["classifier"],), ensemble="mean",
-                     device="cpu", precision="bf16", threads=1, batch_size=8, channels_last=False,
-                     trust_remote_code=False, text_column="text", passthrough=(), output_schema=schema)
     batch = pa.table({"text": [f"a good film {i}" for i in range(10)] + [""], "error": pa.nulls(11, pa.string())})
-    result = check_precision(spec, batch)
-    assert result["rows"] == 10  # the empty text is not compared
-    assert 0.0 <= result["agreement"] <= 1.0
+    results = {}
+    for name, path in (("original", tiny_models["classifier"]), ("tied", str(tmp_path / "tied"))):
+        spec = ModelSpec(task="text-classification", models=(path,), ensemble="mean", device="cpu",
+                         precision="bf16", threads=1, batch_size=8, channels_last=False, trust_remote_code=False,
+                         text_column="text", passthrough=(), output_schema=schema)
+        results[name] = check_precision(spec, batch)
+    assert results["original"] == {"agreement": 1.0, "rows": 10}  # the empty text is not compared
+    assert results["tied"] == {"agreement": 0.0, "rows": 10}
 
 
 def test_existing_output_is_kept_unless_overwrite(inferkit, ray_local, tiny_models, text_input, tmp_path):
@@ -361,9 +376,35 @@ def test_object_store_publish_never_leaves_a_complete_looking_mix(tmp_path):
 
     output = dataclasses.replace(staged("three", ["part-00000.parquet", "part-00001.parquet"]),
                                  filesystem=FailsOnSecondCopy())
-    with pytest.raises(OSError):
+    with pytest.raises(io.PublishInterrupted, match=f"the complete run is kept at {output.staging} and the "
+                                                     "output has no _SUCCESS"):
         io.publish(output, {"run": "three"})
     assert not (out / "_SUCCESS").exists() and Path(output.staging).exists()
+
+
+def test_a_local_publish_that_fails_puts_the_old_output_back_and_keeps_the_run(tmp_path):
+    import pyarrow.fs as pafs
+
+    from inferkit.job import io
+
+    class RefusesTheStagedFolder(pafs.LocalFileSystem):
+        def move(self, source, target):
+            if source.endswith("inferkit-new"):
+                raise OSError("read-only file system")
+            super().move(source, target)
+
+    out, staging = tmp_path / "out", tmp_path / "out.inferkit-new"
+    out.mkdir()
+    (out / "part-00000.parquet").write_text("old")
+    staging.mkdir()
+    (staging / "part-00000.parquet").write_text("new")
+    output = io.Output(uri=str(out), filesystem=RefusesTheStagedFolder(), path=str(out), staging=str(staging),
+                       local=True)
+    with pytest.raises(io.PublishInterrupted, match="read-only file system"):
+        io.publish(output, {"run": "new"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.inferkit-new"]
+    assert (out / "part-00000.parquet").read_text() == "old"
+    assert (staging / "part-00000.parquet").read_text() == "new" and (staging / "_SUCCESS").exists()
 
 
 def test_files_that_disagree_on_columns_stop_the_run_cleanly(inferkit, ray_local, tiny_models, tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from inferkit.chart import presets
 from inferkit.cli import EXIT_CODES, cli
 from inferkit.config import run_fields
@@ -42,6 +44,7 @@ def test_every_command_preset_flag_and_exit_code_is_documented():
         assert f"| {code} |" in README, code
 
 
-def test_every_linked_file_exists():
-    for target in re.findall(r"\]\(([^)#:]+)\)", README):
-        assert (REPO / target).exists(), target
+@pytest.mark.parametrize("document", sorted(p.name for p in REPO.glob("*.md")))
+def test_every_linked_file_exists(document):
+    for target in re.findall(r"\]\(([^)#:]+)\)", (REPO / document).read_text()):
+        assert (REPO / target).exists(), f"{document} links to {target}"

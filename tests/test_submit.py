@@ -107,22 +107,38 @@ def test_dropped_watch_and_log_stream_lose_and_repeat_nothing(inferkit, fake):
     assert len(logs) >= 2 and len(watches) >= 3  # both streams were resumed
 
 
-def test_a_retried_submitter_pod_shows_the_drivers_log_again(inferkit, fake):
-    """backoffLimit retries run the driver again in a new pod: its log is shown in full, announced on stderr."""
+def _two_submitter_pods(first_log: list[str], second_log: list[str], same_job: bool) -> list:
     first, second = "inferkit-submitter-a", "inferkit-submitter-b"
-    fake.scenario = happy_path("inferkit", [])[:3] + [
-        (0.1, lambda f: f.add_pod(pod(first, {"job-name": "inferkit"}, "Running", container="ray-job-submitter"))),
-        (0.1, lambda f: f.log(first, *LINES[:3])),
+    submitter = {"job-name": "inferkit"}
+    return happy_path("inferkit", [])[:3] + [
+        (0.1, lambda f: f.add_pod(pod(first, submitter, "Running", container="ray-job-submitter", job_uid="j1"))),
+        (0.1, lambda f: f.log(first, *first_log)),
         (0.3, lambda f: f.set_pod(first, phase="Failed")),
-        (1.1, lambda f: f.add_pod(pod(second, {"job-name": "inferkit"}, "Running", container="ray-job-submitter"))),
-        (0.1, lambda f: f.log(second, *LINES)),
+        (1.1, lambda f: f.add_pod(pod(second, submitter, "Running", container="ray-job-submitter",
+                                      job_uid="j1" if same_job else "j2"))),
+        (0.1, lambda f: f.log(second, *second_log)),
         (0.5, lambda f: f.set_pod(second, phase="Succeeded")),
         (0.1, lambda f: f.set_status("inferkit", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")),
     ]
+
+
+def test_a_retried_submitter_pod_replays_the_log_and_nothing_is_shown_twice(inferkit, fake):
+    """A submitter pod retried by its Job finds the Ray job submitted and follows its log from the start."""
+    submitted = "Job 'inferkit-x' submitted successfully"
+    fake.scenario = _two_submitter_pods([submitted] + LINES[:3], LINES, same_job=True)
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == [submitted] + LINES
+    assert "submitter pod inferkit-submitter-b took over following the driver" in result.stderr
+
+
+def test_a_new_submitter_job_shows_the_rerun_drivers_log_in_full(inferkit, fake):
+    """A RayJob retry (spec.backoffLimit) makes a new submitter Job that runs the driver again."""
+    fake.scenario = _two_submitter_pods(LINES[:3], LINES, same_job=False)
     result = submit(inferkit, fake, "--cpu-nodes", "1")
     assert result.code == 0, result.stderr
     assert result.stdout.splitlines() == LINES[:3] + LINES
-    assert f"a new submitter pod {second} runs the driver again" in result.stderr
+    assert "a new submitter Job (pod inferkit-submitter-b) runs the driver again" in result.stderr
 
 
 def test_rayjob_deleted_while_followed_is_an_api_error(inferkit, fake):
@@ -135,6 +151,21 @@ def test_rayjob_deleted_while_followed_is_an_api_error(inferkit, fake):
     assert result.code == 3, result.stderr
     assert "RayJob inferkit was deleted from namespace default while it was followed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_rayjob_deleted_right_after_it_ended_still_reports_its_end(inferkit, fake):
+    def finish_and_delete(f):  # the watch sees only the deletion, whose object carries the final status
+        with f.lock:
+            obj = f.rayjobs.pop("inferkit")
+            obj["status"] = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
+            f._bump("DELETED", obj)
+
+    fake.scenario = happy_path("inferkit", LINES[:2])[:6] + [
+        (0.3, lambda f: f.set_pod("inferkit-submitter", phase="Succeeded")), (0.1, finish_and_delete)]
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--timeout", "30")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == LINES[:2]
+    assert "RayJob inferkit: the job succeeded" in result.stderr
 
 
 def test_forbidden_lists_what_is_missing(inferkit, fake):
@@ -357,6 +388,9 @@ class _DroppingRayJobApi:
     def get_job_status(self, job_id):
         return "JobStatus.RUNNING" if self.streams < 2 else "JobStatus.SUCCEEDED"
 
+    def get_job_logs(self, job_id):
+        return self.log
+
 
 def test_ray_job_log_stream_that_drops_is_resumed_without_repeats(monkeypatch, capsys):
     import asyncio
@@ -370,6 +404,43 @@ def test_ray_job_log_stream_that_drops_is_resumed_without_repeats(monkeypatch, c
     assert status == "SUCCEEDED" and api.streams == 2
     assert captured.out == api.log
     assert "reconnecting" in captured.err
+
+
+class _BreakingRayJobApi(_DroppingRayJobApi):
+    """The stream breaks mid-line just as the job ends: the rest comes from the finished job's log."""
+
+    async def tail_job_logs(self, job_id):
+        self.streams += 1
+        yield self.log[:8]
+        raise ConnectionResetError("websocket closed")
+
+    def get_job_status(self, job_id):
+        return "JobStatus.FAILED"
+
+
+def test_ray_job_log_lost_at_the_end_is_read_from_the_finished_job(capsys):
+    import asyncio
+
+    from inferkit.job import remote
+
+    api = _BreakingRayJobApi()
+    assert asyncio.run(remote.follow_ray_job(api, "job-1", "http://ray:8265")) == "FAILED"
+    assert capsys.readouterr().out == api.log and api.streams == 1
+
+
+class _SilentRayJobApi:
+    def get_job_status(self, job_id):
+        raise ConnectionRefusedError("connection refused")
+
+
+def test_a_dashboard_that_stops_answering_is_an_api_error(monkeypatch):
+    from inferkit.errors import ApiError
+    from inferkit.job import remote
+
+    monkeypatch.setattr(remote, "STATUS_RETRY_SECONDS", 0)
+    monkeypatch.setattr(remote.time, "sleep", lambda seconds: None)
+    with pytest.raises(ApiError, match="stopped answering about job job-1: connection refused"):
+        remote._status(_SilentRayJobApi(), "job-1", "http://ray:8265")
 
 
 class _StartingRayJobApi:

@@ -14,12 +14,13 @@ WORDS = ("the a an is was and or not very good bad great terrible movie film boo
 
 
 def save_tokenizer(folder: Path, model_max_length: int | None = None, words: tuple[str, ...] = WORDS) -> None:
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *"abcdefghijklmnopqrstuvwxyz"]))
+    tokens = dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *"abcdefghijklmnopqrstuvwxyz"])
     kwargs = {"model_max_length": model_max_length} if model_max_length else {}
-    BertTokenizerFast(vocab_file=str(vocab), **kwargs).save_pretrained(folder)
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(tokens)}, **kwargs)
+    assert len(tokenizer) == len(tokens), "the tokenizer did not take the vocabulary"
+    tokenizer.save_pretrained(folder)
 
 
 def bert(folder: Path, *, classifier: bool, max_positions: int = 64, tokenizer_limit: int | None = None,

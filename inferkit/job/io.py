@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from inferkit.errors import ConfigError
+from inferkit.errors import ConfigError, JobFailed
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TABLE_EXTENSIONS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -175,7 +175,8 @@ def sample_schema(source: Source) -> pa.Schema:
         return pa.schema([(PATH, pa.string()), ("bytes", pa.binary())])
     try:
         if source.format == "parquet":
-            schema = pq.ParquetFile(source.filesystem.open_input_file(file)).schema_arrow
+            with source.filesystem.open_input_file(file) as handle:
+                schema = pq.ParquetFile(handle).schema_arrow
         elif source.format == "csv":
             with source.filesystem.open_input_stream(file) as stream:
                 schema = pa.schema([(n, pa.string()) for n in pa_csv.open_csv(stream).schema.names])
@@ -241,25 +242,43 @@ def write_table_file(output: Output, table: pa.Table, index: int) -> str:
     return path
 
 
+class PublishInterrupted(JobFailed):
+    """Publishing stopped midway; the staged run is kept so that nothing computed is lost."""
+
+
 def publish(output: Output, report: dict[str, Any]) -> None:
     """Make the staged run the output: all files, then the report, then `_SUCCESS`, at once where the
     filesystem can rename a folder."""
     fs = output.filesystem
     _write_text(fs, posixpath.join(output.staging, REPORT), json.dumps(report, indent=2, default=str) + "\n")
-    if output.local:
-        _write_text(fs, posixpath.join(output.staging, SUCCESS), "")
-        old = None
-        if _exists(fs, output.path):
-            old = f"{output.path}.inferkit-old-{uuid.uuid4().hex[:8]}"
-            fs.move(output.path, old)
+    try:
+        (_swap_folder if output.local else _copy_over)(fs, output)
+    except OSError as e:
+        raise PublishInterrupted(f"publishing the output to {output.uri} failed midway ({e}); the complete run "
+                                 f"is kept at {output.staging} and the output has no {SUCCESS}") from e
+
+
+def _swap_folder(fs: pafs.FileSystem, output: Output) -> None:
+    _write_text(fs, posixpath.join(output.staging, SUCCESS), "")
+    old = None
+    if _exists(fs, output.path):
+        old = f"{output.path}.inferkit-old-{uuid.uuid4().hex[:8]}"
+        fs.move(output.path, old)
+    try:
         fs.move(output.staging, output.path)
+    except OSError:
         if old:
-            fs.delete_dir(old)
-        return
-    # Object stores cannot rename a folder. Readers wait for `_SUCCESS`: take it away first, copy the
-    # new files over, remove what the old output had beyond them, and put `_SUCCESS` back last. A
-    # failure midway leaves no `_SUCCESS` and the staged run in place, never a half-deleted output
-    # that looks complete.
+            fs.move(old, output.path)
+        raise
+    if old:
+        fs.delete_dir(old)
+
+
+def _copy_over(fs: pafs.FileSystem, output: Output) -> None:
+    """Object stores cannot rename a folder. Readers wait for `_SUCCESS`: take it away first, copy the
+    new files over, remove what the old output had beyond them, and put `_SUCCESS` back last. A failure
+    midway leaves no `_SUCCESS` and the staged run in place, never a half-deleted output that looks
+    complete."""
     marker = posixpath.join(output.path, SUCCESS)
     if _exists(fs, marker):
         fs.delete_file(marker)

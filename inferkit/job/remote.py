@@ -15,6 +15,8 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_SECONDS = 120
 # The log stream can end a moment before the status is final; after this long it was a dropped stream.
 SETTLE_SECONDS = 10
+# How long the dashboard may fail to answer a status query (a head restart, a network blip).
+STATUS_RETRY_SECONDS = 30
 
 
 def _one_line(error: Exception) -> str:
@@ -50,8 +52,17 @@ def _submit(client, address: str, entrypoint: str, runtime_env: dict, job_id: st
             time.sleep(2)
 
 
-def _status(client, job_id: str) -> str:
-    return str(client.get_job_status(job_id)).rpartition(".")[2]
+def _status(client, job_id: str, address: str) -> str:
+    """The job's status; a dashboard that stops answering for STATUS_RETRY_SECONDS is an API error."""
+    deadline = time.monotonic() + STATUS_RETRY_SECONDS
+    while True:
+        try:
+            return str(client.get_job_status(job_id)).rpartition(".")[2]
+        except Exception as e:  # noqa: BLE001 - connection and HTTP errors alike
+            if time.monotonic() > deadline:
+                raise ApiError(f"the Ray job API at {address} stopped answering about job {job_id}: "
+                               f"{_one_line(e)}") from e
+            time.sleep(2)
 
 
 async def _tail(client, job_id: str, printed: list[int]) -> None:
@@ -66,6 +77,17 @@ async def _tail(client, job_id: str, printed: list[int]) -> None:
             printed[0] += len(chunk)
 
 
+def _print_rest(client, job_id: str, address: str, printed: int) -> None:
+    """What a dropped stream did not deliver of a finished job's log."""
+    try:
+        rest = client.get_job_logs(job_id)[printed:]
+    except Exception as e:  # noqa: BLE001
+        say(f"could not read the end of Ray job {job_id}'s log from {address}: {_one_line(e)}")
+        return
+    if rest:
+        print(rest, end="", flush=True)
+
+
 async def follow_ray_job(client, job_id: str, address: str) -> str:
     """Follows the log until the job is terminal, reconnecting when the stream drops early; returns the status."""
     printed = [0]
@@ -75,9 +97,10 @@ async def follow_ray_job(client, job_id: str, address: str) -> str:
         except Exception as e:  # noqa: BLE001 - websocket and HTTP errors alike mean "the stream dropped"
             say(f"log stream from {address} broke ({_one_line(e)}); reconnecting")
         settle = time.monotonic() + SETTLE_SECONDS
-        while (status := _status(client, job_id)) not in TERMINAL and time.monotonic() < settle:
+        while (status := _status(client, job_id, address)) not in TERMINAL and time.monotonic() < settle:
             await asyncio.sleep(0.5)
         if status in TERMINAL:
+            _print_rest(client, job_id, address, printed[0])
             return status
         say(f"log stream from {address} ended while Ray job {job_id} is {status}; reconnecting")
 
@@ -96,7 +119,7 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
     try:
         status = asyncio.run(asyncio.wait_for(follow_ray_job(client, job_id, address), timeout))
     except asyncio.TimeoutError:
-        say(f"--timeout reached; Ray job {job_id} is still {_status(client, job_id)}. {hint}")
+        say(f"--timeout reached; Ray job {job_id} is still {_status(client, job_id, address)}. {hint}")
         return EXIT_TIMEOUT
     except KeyboardInterrupt:
         if cancel_on_interrupt:
@@ -108,5 +131,8 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
     if status == "SUCCEEDED":
         say(f"Ray job {job_id}: the job succeeded")
         return EXIT_OK
-    info = client.get_job_info(job_id)
-    raise JobFailed(f"Ray job {job_id} {status}: {info.message or 'no message'}")
+    try:
+        message = client.get_job_info(job_id).message
+    except Exception as e:  # noqa: BLE001 - the failure is reported either way
+        message = f"its reason could not be read: {_one_line(e)}"
+    raise JobFailed(f"Ray job {job_id} {status}: {message or 'no message'}")

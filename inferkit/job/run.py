@@ -244,6 +244,8 @@ def run_job(options: RunOptions, verbose: bool = False) -> int:
     output = io.prepare_output(options.output or os.path.join("inferkit-output", run_id), options.overwrite, run_id)
     try:
         return _run(options, verbose, run_id, started, source, schema, facts, passthrough, output)
+    except io.PublishInterrupted:
+        raise
     except InferkitError:
         io.discard(output)
         raise
@@ -303,6 +305,8 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     execute_seconds = time.time() - execute_started
     files = io.output_files(output, output.staging)
     rows, errors, unreadable = io.count_rows(output, files)
+    if source.format == "images":
+        unreadable = 0  # an unreadable image is an error row of its own, not rows lost with a file
     fraction = errors / rows if rows else 0.0
     wall = time.time() - started
     report = {
@@ -315,7 +319,8 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
         | {"decisions": [dataclasses.asdict(d) for d in plan.decisions]},
         "precision": precision,
         "image_size": [processor_size(f.image_processor) for f in facts if f.image_processor],
-        "rows": rows, "errors": errors, "unreadable_units": unreadable, "error_fraction": fraction, "max_error_fraction": options.max_error_fraction,
+        "rows": rows, "errors": errors, "unreadable_units": unreadable, "error_fraction": fraction,
+        "max_error_fraction": options.max_error_fraction,
         "error_examples": _error_examples(output, files),
         "execute_seconds": round(execute_seconds, 3), "wall_seconds": round(wall, 3),
         "throughput_rows_per_second": round(rows / execute_seconds, 3) if execute_seconds else None,
@@ -325,7 +330,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     say(f"done: {rows} rows, {errors} with errors ({fraction:.2%}), {report['throughput_rows_per_second']} rows/s, "
          f"{wall:.1f} s in all")
     print(f"output: {output.uri if '://' in output.uri else output.path}")
-    if unreadable and source.format != "images":
+    if unreadable:
         raise JobFailed(f"{unreadable} input file(s) or row group(s) could not be read, so their rows are missing "
                         f"from the output (written, with one error row for each; see its `{io.ERROR}` column)")
     if fraction > options.max_error_fraction:
