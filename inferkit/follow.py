@@ -1,8 +1,10 @@
 """Pure following logic: RayJob and pod snapshots -> state lines, reasons pods wait, the final exit
-code; and a log cursor that makes resumed log streams repeat nothing. No I/O: unit-tested as is."""
+code; and a log cursor that makes resumed and retried log streams lose nothing and repeat what it can
+tell was shown. No I/O: unit-tested as is."""
 
 from __future__ import annotations
 
+import re
 from array import array
 from dataclasses import dataclass, field
 
@@ -112,12 +114,15 @@ def pod_problems(pods: list[dict], events: list[dict]) -> list[str]:
 
 
 FIRST_POD, SAME_POD, TAKEOVER, NEW_RUN = "first pod", "same pod", "takeover", "new run"
+CONFIRM_LINES = 3  # lines of a takeover pod that must match in a row before they count as its replay
+GIVE_UP_LINES = 1000  # new lines after which a takeover pod's log is no longer matched against the old
+RESUBMITTED = re.compile(r"Job '[^']+' submitted successfully")  # `ray job submit`: the driver runs again
 
 
 def submission_of(pod: dict) -> str:
     """The Kubernetes Job a submitter pod belongs to. Pods of one Job replay one Ray job's log (a retried
-    submitter finds the job submitted already and follows its log from the start); a RayJob retry
-    (spec.backoffLimit) makes a new Job, which runs the driver again."""
+    submitter finds the job submitted already and follows its log from the start, unless Ray lost it);
+    a RayJob retry (spec.backoffLimit) makes a new Job, which runs the driver again."""
     metadata = pod.get("metadata") or {}
     owner = next((o.get("uid") for o in metadata.get("ownerReferences") or [] if o.get("kind") == "Job"), None)
     labels = metadata.get("labels") or {}
@@ -126,12 +131,17 @@ def submission_of(pod: dict) -> str:
 
 @dataclass
 class LogCursor:
-    """What of the driver's log was shown, so that no line is shown twice or lost.
+    """What of the driver's log was shown, so that no line is lost and, as far as can be told, none is
+    shown twice.
 
     A resumed stream of the same pod skips lines older than the last shown (by the RFC 3339 timestamp
-    each line carries) and as many of the same instant as were shown. A new pod of the same submission
-    replays the whole log: its lines are matched in order against those shown and skipped while they
-    match; lines it adds (the CLI's own notes) and everything after the replay are shown."""
+    each line carries) and as many of the same instant as were shown. A takeover pod (a new pod of the
+    same submission) replays the log from the start: its lines are matched in order against the log
+    shown before it, only ever forward, and held back until CONFIRM_LINES of them match in a row (or
+    the rest of that log does); matched lines are skipped, and from a mismatch on lines are shown until
+    they match again. Held lines are shown, not dropped, when they stop matching or the stream ends, so
+    a doubt costs a repeated line, never a lost one. A takeover pod that submits the job again (Ray lost
+    it) is a new run."""
 
     pod: str = ""
     submission: str = ""
@@ -139,30 +149,52 @@ class LogCursor:
     shown_at_last: int = 0
     replaying: bool = False
     replayed: int = 0
-    shown: array = field(default_factory=lambda: array("q"))  # hashes of the lines shown for this submission
-    echo: int | None = None  # while a takeover pod replays: how far into `shown` its replay has come
-    echo_end: int = 0  # the lines shown before the takeover: the most its replay can repeat
+    log: array = field(default_factory=lambda: array("q"))  # hashes of this pod's lines, shown or matched
+    before: array = field(default_factory=lambda: array("q"))  # the log shown before this pod took over
+    at: int | None = None  # while this pod replays `before`: where its replay stands
+    aligned: bool = False
+    held: list[str] = field(default_factory=list)
+    unmatched: int = 0
+    resubmitted: bool = False  # set when a takeover pod submitted the job again; the caller resets it
 
     def resume(self, pod: str, submission: str = "") -> str:
-        """Call before each (re)opened stream: FIRST_POD, SAME_POD, TAKEOVER (a new pod of the same
-        submission) or NEW_RUN (a pod of a new submission)."""
+        """Call before each (re)opened stream, after `flush`: FIRST_POD, SAME_POD, TAKEOVER (a new pod of
+        the same submission) or NEW_RUN (a pod of a new submission)."""
         if pod == self.pod:
             kind = SAME_POD
         elif self.pod and submission == self.submission:
-            kind, self.echo, self.echo_end = TAKEOVER, (0 if self.shown else None), len(self.shown)
+            kind = TAKEOVER
+            # what the user saw: this pod's log, and what it had not replayed yet of the one before
+            self.before = self.log + (self.before[self.at:] if self.at is not None else array("q"))
         else:
-            kind, self.echo, self.shown = (NEW_RUN if self.pod else FIRST_POD), None, array("q")
+            kind, self.before = (NEW_RUN if self.pod else FIRST_POD), array("q")
         if kind != SAME_POD:
             self.pod, self.submission, self.last, self.shown_at_last = pod, submission, "", 0
+            self.log, self.at, self.aligned, self.unmatched = array("q"), (0 if self.before else None), False, 0
         self.replaying, self.replayed = True, 0
         return kind
 
-    def accept(self, raw: str) -> str | None:
-        """The text to show for a raw log line, or None when it was shown already."""
+    def accept(self, raw: str) -> list[str]:
+        """The texts to show for a raw log line: none when it was shown already or is held back, several
+        when held lines turn out to be new."""
         stamp, _, text = raw.partition(" ")
-        if not self._new_in_stream(stamp) or self._echoed(text):
-            return None
-        self.shown.append(hash(text))
+        if not self._new_in_stream(stamp):
+            return []
+        if self.at is None:
+            return [self._show(text)]
+        if RESUBMITTED.search(text):
+            shown = self.flush()
+            self.log, self.before, self.at, self.resubmitted = array("q"), array("q"), None, True
+            return [*shown, self._show(text)]
+        return self._match(text)
+
+    def flush(self) -> list[str]:
+        """The held lines, to show now: call it when a stream ends."""
+        held, self.held = self.held, []
+        return [self._show(text) for text in held]
+
+    def _show(self, text: str) -> str:
+        self.log.append(hash(text))
         return text
 
     def _new_in_stream(self, stamp: str) -> bool:
@@ -179,15 +211,44 @@ class LogCursor:
         self.replaying = False
         return True
 
-    def _echoed(self, text: str) -> bool:
-        if self.echo is None:
-            return False
-        try:
-            found = self.shown.index(hash(text), self.echo, self.echo_end)
-        except ValueError:
-            return False
-        self.echo = found + 1 if found + 1 < self.echo_end else None
-        return True
+    def _match(self, text: str) -> list[str]:
+        if self.aligned:
+            if self.before[self.at] == hash(text):
+                self.log.append(hash(text))
+                self._advance(1)
+                return []
+            self.aligned = False
+        self.held.append(text)
+        shown, start = [], None
+        while self.held and (start := self._find(self.held)) is None:
+            shown.append(self._show(self.held.pop(0)))
+            self.unmatched += 1
+        if self.held and (len(self.held) >= CONFIRM_LINES or start + len(self.held) == len(self.before)):
+            self.log.extend(hash(t) for t in self.held)
+            self.at, self.aligned, lines, self.held = start, True, len(self.held), []
+            self._advance(lines)
+        if self.unmatched > GIVE_UP_LINES:  # not a replay of what was shown: stop matching
+            shown += self.flush()
+            self.at = None
+        return shown
+
+    def _advance(self, lines: int) -> None:
+        self.at += lines
+        if self.at >= len(self.before):  # the replay caught up: what follows is new
+            self.at, self.aligned = None, False
+
+    def _find(self, texts: list[str]) -> int | None:
+        """The first place at or after `at` where the log shown before holds `texts` in a row."""
+        hashes = [hash(text) for text in texts]
+        start = self.at
+        while True:
+            try:
+                start = self.before.index(hashes[0], start, len(self.before) - len(hashes) + 1)
+            except ValueError:
+                return None
+            if all(self.before[start + i] == h for i, h in enumerate(hashes)):
+                return start
+            start += 1
 
 
 def stamp_key(stamp: str) -> tuple[str, str]:

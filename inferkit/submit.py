@@ -234,9 +234,16 @@ class Follower:
         elif kind == NEW_RUN:
             say(f"RayJob {self.name}: a new submitter Job (pod {name}) runs the driver again; its log follows "
                 "from the start")
-        for raw in self.kube.pod_log(name, SUBMITTER_CONTAINER, follow=follow, since_seconds=since_seconds):
-            text = self.cursor.accept(raw)
-            if text is not None:
+        try:
+            for raw in self.kube.pod_log(name, SUBMITTER_CONTAINER, follow=follow, since_seconds=since_seconds):
+                for text in self.cursor.accept(raw):
+                    _out(text)
+                if self.cursor.resubmitted:
+                    self.cursor.resubmitted = False
+                    say(f"RayJob {self.name}: submitter pod {name} submitted the job again (Ray had lost it); "
+                        "the driver runs again and its log follows from the start")
+        finally:
+            for text in self.cursor.flush():
                 _out(text)
 
     # -- endings ------------------------------------------------------------------------------------
@@ -391,8 +398,7 @@ def logs(connection: Connection, name: str, follow: bool, options: FollowOptions
     cursor = LogCursor()
     cursor.resume(pod["metadata"]["name"])
     for raw in kube.pod_log(pod["metadata"]["name"], SUBMITTER_CONTAINER, follow=False):
-        text = cursor.accept(raw)
-        if text is not None:
+        for text in cursor.accept(raw):
             _out(text)
     return EXIT_OK
 

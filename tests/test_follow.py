@@ -53,9 +53,10 @@ def test_pod_problems_explain_scheduling_images_and_oom():
     ]
 
 
-def _feed(cursor: LogCursor, pod: str, lines: list[str]) -> list[str]:
-    cursor.resume(pod)
-    return [text for raw in lines if (text := cursor.accept(raw)) is not None]
+def _feed(cursor: LogCursor, pod: str, lines: list[str], submission: str = "") -> list[str]:
+    """One stream, as the follower reads it: resume, accept each line, flush at its end."""
+    cursor.resume(pod, submission)
+    return [text for raw in lines for text in cursor.accept(raw)] + cursor.flush()
 
 
 def test_resumed_stream_of_the_same_pod_skips_what_was_shown():
@@ -77,32 +78,78 @@ def test_identical_lines_at_the_same_instant_are_all_shown():
 
 
 def _stamped(*texts: str, second: int = 0) -> list[str]:
-    return [f"2026-01-01T00:00:{second + i:02d}Z {text}" for i, text in enumerate(texts)]
+    return [f"2026-01-01T00:{(second + i) // 60:02d}:{(second + i) % 60:02d}Z {text}" for i, text in enumerate(texts)]
+
+
+SUBMIT_NOTES = ("Job submission server address: http://head:8265", "-" * 20, "Job 'j' submitted successfully",
+                "-" * 20, "")
+TRACEBACK = ("", "Traceback (most recent call last):", "ConnectionError: the dashboard went away")
 
 
 def test_a_takeover_pod_of_the_same_submission_repeats_nothing_and_loses_nothing():
     cursor = LogCursor()
     assert cursor.resume("first", "job-a") == FIRST_POD
-    shown = [cursor.accept(raw) for raw in _stamped("submitted", "x 1", "x 2", "same")]
-    assert shown == ["submitted", "x 1", "x 2", "same"]
+    shown = [t for raw in _stamped(*SUBMIT_NOTES, "x 1", "x 2", "same") for t in cursor.accept(raw)]
+    assert shown == [*SUBMIT_NOTES, "x 1", "x 2", "same"]
     assert cursor.resume("first", "job-a") == SAME_POD
     assert cursor.resume("second", "job-a") == TAKEOVER
     # the retried submitter replays the driver's log without the submit notes, under a later clock, then
-    # goes on; a line it adds and a line the driver repeats after the replay are shown
+    # goes on; a note of its own and a line the driver repeats after the replay are shown
     replay = _stamped("a note", "x 1", "x 2", "same", "same", "x 3", second=30)
-    assert [t for raw in replay if (t := cursor.accept(raw)) is not None] == ["a note", "same", "x 3"]
+    assert [t for raw in replay for t in cursor.accept(raw)] == ["a note", "same", "x 3"]
     # a stream of the takeover pod that resumes with history repeats nothing either
-    assert cursor.resume("second", "job-a") == SAME_POD
-    assert [t for raw in replay if (t := cursor.accept(raw)) is not None] == []
+    assert _feed(cursor, "second", replay, "job-a") == []
+
+
+def test_new_lines_after_a_replay_are_shown_even_when_they_repeat_the_old_pods_last_lines():
+    """The old pod died with a traceback of its own; the driver later prints one too."""
+    cursor = LogCursor()
+    assert _feed(cursor, "first", _stamped(*SUBMIT_NOTES, "d 1", "d 2", "d 3", *TRACEBACK), "job-a")
+    new = ["d 4", "", "Traceback (most recent call last):", "ValueError: bad row"]
+    assert _feed(cursor, "second", _stamped("d 1", "d 2", "d 3", *new, second=30), "job-a") == new
+    # a replay shorter than CONFIRM_LINES followed by something else is a doubt: shown again, not lost
+    cursor = LogCursor()
+    _feed(cursor, "first", _stamped("d 1", "d 2", *TRACEBACK), "job-a")
+    assert _feed(cursor, "second", _stamped("d 1", "d 2", "d 3", second=30), "job-a") == ["d 1", "d 2", "d 3"]
+
+
+def test_a_second_takeover_matches_against_the_log_its_predecessor_showed():
+    cursor = LogCursor()
+    _feed(cursor, "a", _stamped(*SUBMIT_NOTES, "d 1", "d 2"), "job-a")
+    waiting = "Waiting for the dashboard at http://head:8265"
+    assert _feed(cursor, "b", _stamped(waiting, "d 1", "d 2", "d 3", second=20), "job-a") == [waiting, "d 3"]
+    assert _feed(cursor, "c", _stamped(waiting, "d 1", "d 2", "d 3", "d 4", second=40), "job-a") == ["d 4"]
+
+
+def test_a_takeover_that_dies_midway_leaves_the_rest_of_the_replay_to_the_next():
+    cursor = LogCursor()
+    lines = [f"d {i}" for i in range(8)]
+    _feed(cursor, "a", _stamped(*lines), "job-a")
+    assert _feed(cursor, "b", _stamped(*lines[:4], second=20), "job-a") == []
+    assert _feed(cursor, "c", _stamped(*lines, "d 8", second=40), "job-a") == ["d 8"]
+
+
+def test_lines_held_back_while_matching_are_shown_when_the_stream_ends():
+    cursor = LogCursor()
+    _feed(cursor, "a", _stamped("d 1", "d 2", "d 3", "d 4"), "job-a")
+    # two lines that match in a row are not yet a replay: at the end of the stream they are shown
+    assert _feed(cursor, "b", _stamped("d 2", "d 3", second=20), "job-a") == ["d 2", "d 3"]
+
+
+def test_a_takeover_pod_that_submits_the_job_again_starts_a_new_run():
+    cursor = LogCursor()
+    _feed(cursor, "a", _stamped(*SUBMIT_NOTES, "rows/s 97"), "job-a")
+    cursor.resume("b", "job-a")
+    shown = [t for raw in _stamped(*SUBMIT_NOTES, "rows/s 97", second=30) for t in cursor.accept(raw)]
+    assert shown == [*SUBMIT_NOTES, "rows/s 97"] and cursor.resubmitted
 
 
 def test_a_pod_of_a_new_submission_shows_its_log_in_full():
     cursor = LogCursor()
-    cursor.resume("first", "job-a")
-    assert [cursor.accept(raw) for raw in _stamped("line 0", "line 1")] == ["line 0", "line 1"]
+    assert _feed(cursor, "first", _stamped("line 0", "line 1"), "job-a") == ["line 0", "line 1"]
     assert cursor.resume("second", "job-b") == NEW_RUN
     # the retry's clock may even be behind the first pod's
-    assert [cursor.accept(raw) for raw in _stamped("line 0", "line 1")] == ["line 0", "line 1"]
+    assert [t for raw in _stamped("line 0", "line 1") for t in cursor.accept(raw)] == ["line 0", "line 1"]
 
 
 def test_the_submission_is_the_owning_job():

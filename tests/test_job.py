@@ -400,11 +400,33 @@ def test_a_local_publish_that_fails_puts_the_old_output_back_and_keeps_the_run(t
     (staging / "part-00000.parquet").write_text("new")
     output = io.Output(uri=str(out), filesystem=RefusesTheStagedFolder(), path=str(out), staging=str(staging),
                        local=True)
-    with pytest.raises(io.PublishInterrupted, match="read-only file system"):
+    with pytest.raises(io.PublishInterrupted, match="read-only file system.*kept at .*out.inferkit-new and the "
+                                                     "output is as it was"):
         io.publish(output, {"run": "new"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.inferkit-new"]
     assert (out / "part-00000.parquet").read_text() == "old"
     assert (staging / "part-00000.parquet").read_text() == "new" and (staging / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("failure", ["publish", "run"])
+def test_a_failed_publish_keeps_the_staged_run_and_a_failed_run_leaves_nothing(failure, monkeypatch, tiny_models,
+                                                                               text_input, tmp_path):
+    import dataclasses
+
+    from inferkit.chart import default_run_options
+    from inferkit.errors import JobFailed
+    from inferkit.job import io, run
+
+    def fails(*args):
+        raise io.PublishInterrupted("publishing failed") if failure == "publish" else RuntimeError("boom")
+
+    monkeypatch.setattr(run, "_run", fails)
+    options = dataclasses.replace(default_run_options(), model=(tiny_models["embedder"],),
+                                  input=str(text_input[0]), output=str(tmp_path / "out"))
+    with pytest.raises(JobFailed):
+        run.run_job(options)
+    staged = [p.name for p in tmp_path.iterdir() if p.name.startswith("out.inferkit-")]
+    assert len(staged) == (1 if failure == "publish" else 0)
 
 
 def test_files_that_disagree_on_columns_stop_the_run_cleanly(inferkit, ray_local, tiny_models, tmp_path):

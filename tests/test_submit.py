@@ -132,6 +132,16 @@ def test_a_retried_submitter_pod_replays_the_log_and_nothing_is_shown_twice(infe
     assert "submitter pod inferkit-submitter-b took over following the driver" in result.stderr
 
 
+def test_a_retried_submitter_pod_that_submits_again_shows_the_new_run_in_full(inferkit, fake):
+    """Ray lost the job (a head restart without GCS fault tolerance): the retried pod submits it again."""
+    submitted = "2026-11-23 10:00:00,000\tSUCC cli.py:60 -- Job 'inferkit-x' submitted successfully"
+    fake.scenario = _two_submitter_pods([submitted] + LINES[:3], [submitted] + LINES, same_job=True)
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == [submitted] + LINES[:3] + [submitted] + LINES
+    assert "submitter pod inferkit-submitter-b submitted the job again (Ray had lost it)" in result.stderr
+
+
 def test_a_new_submitter_job_shows_the_rerun_drivers_log_in_full(inferkit, fake):
     """A RayJob retry (spec.backoffLimit) makes a new submitter Job that runs the driver again."""
     fake.scenario = _two_submitter_pods(LINES[:3], LINES, same_job=False)

@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from inferkit.console import say
 from inferkit.errors import ConfigError, JobFailed
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -248,37 +249,43 @@ class PublishInterrupted(JobFailed):
 
 def publish(output: Output, report: dict[str, Any]) -> None:
     """Make the staged run the output: all files, then the report, then `_SUCCESS`, at once where the
-    filesystem can rename a folder."""
+    filesystem can rename a folder. A failure keeps the staged run and says where it is."""
     fs = output.filesystem
-    _write_text(fs, posixpath.join(output.staging, REPORT), json.dumps(report, indent=2, default=str) + "\n")
     try:
-        (_swap_folder if output.local else _copy_over)(fs, output)
+        _write_text(fs, posixpath.join(output.staging, REPORT), json.dumps(report, indent=2, default=str) + "\n")
+        leftover = _swap_folder(fs, output) if output.local else _copy_over(fs, output)
     except OSError as e:
-        raise PublishInterrupted(f"publishing the output to {output.uri} failed midway ({e}); the complete run "
-                                 f"is kept at {output.staging} and the output has no {SUCCESS}") from e
+        state = "is as it was" if output.local else f"has no {SUCCESS}"
+        raise PublishInterrupted(f"publishing the output to {output.uri} failed ({' '.join(str(e).split())}); "
+                                 f"the complete run is kept at {output.staging} and the output {state}") from e
+    try:
+        if leftover:
+            fs.delete_dir(leftover)
+    except OSError as e:
+        say(f"warning: the output is published, but {leftover} could not be removed ({e})")
 
 
-def _swap_folder(fs: pafs.FileSystem, output: Output) -> None:
+def _swap_folder(fs: pafs.FileSystem, output: Output) -> str | None:
+    """Rename the staged run into place, the old output aside first; returns what is left to remove."""
     _write_text(fs, posixpath.join(output.staging, SUCCESS), "")
-    old = None
-    if _exists(fs, output.path):
-        old = f"{output.path}.inferkit-old-{uuid.uuid4().hex[:8]}"
-        fs.move(output.path, old)
+    if not _exists(fs, output.path):
+        fs.move(output.staging, output.path)
+        return None
+    old = f"{output.path}.inferkit-old-{uuid.uuid4().hex[:8]}"
+    fs.move(output.path, old)
     try:
         fs.move(output.staging, output.path)
-    except OSError:
-        if old:
-            fs.move(old, output.path)
+    except BaseException:
+        fs.move(old, output.path)
         raise
-    if old:
-        fs.delete_dir(old)
+    return old
 
 
-def _copy_over(fs: pafs.FileSystem, output: Output) -> None:
+def _copy_over(fs: pafs.FileSystem, output: Output) -> str:
     """Object stores cannot rename a folder. Readers wait for `_SUCCESS`: take it away first, copy the
     new files over, remove what the old output had beyond them, and put `_SUCCESS` back last. A failure
     midway leaves no `_SUCCESS` and the staged run in place, never a half-deleted output that looks
-    complete."""
+    complete. Returns the staged run, to remove."""
     marker = posixpath.join(output.path, SUCCESS)
     if _exists(fs, marker):
         fs.delete_file(marker)
@@ -293,7 +300,7 @@ def _copy_over(fs: pafs.FileSystem, output: Output) -> None:
         if info.type == pafs.FileType.File and info.path not in written:
             fs.delete_file(info.path)
     _write_text(fs, marker, "")
-    fs.delete_dir(output.staging)
+    return output.staging
 
 
 def discard(output: Output) -> None:

@@ -92,15 +92,19 @@ async def follow_ray_job(client, job_id: str, address: str) -> str:
     """Follows the log until the job is terminal, reconnecting when the stream drops early; returns the status."""
     printed = [0]
     while True:
+        broke = False
         try:
             await _tail(client, job_id, printed)
         except Exception as e:  # noqa: BLE001 - websocket and HTTP errors alike mean "the stream dropped"
+            broke = True
             say(f"log stream from {address} broke ({_one_line(e)}); reconnecting")
         settle = time.monotonic() + SETTLE_SECONDS
-        while (status := _status(client, job_id, address)) not in TERMINAL and time.monotonic() < settle:
+        while (status := await asyncio.to_thread(_status, client, job_id, address)) not in TERMINAL \
+                and time.monotonic() < settle:
             await asyncio.sleep(0.5)
         if status in TERMINAL:
-            _print_rest(client, job_id, address, printed[0])
+            if broke:
+                _print_rest(client, job_id, address, printed[0])
             return status
         say(f"log stream from {address} ended while Ray job {job_id} is {status}; reconnecting")
 
@@ -119,7 +123,11 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
     try:
         status = asyncio.run(asyncio.wait_for(follow_ray_job(client, job_id, address), timeout))
     except asyncio.TimeoutError:
-        say(f"--timeout reached; Ray job {job_id} is still {_status(client, job_id, address)}. {hint}")
+        try:
+            state = f"is still {_status(client, job_id, address)}"
+        except ApiError:
+            state = "may still run (its dashboard does not answer)"
+        say(f"--timeout reached; Ray job {job_id} {state}. {hint}")
         return EXIT_TIMEOUT
     except KeyboardInterrupt:
         if cancel_on_interrupt:
