@@ -236,7 +236,7 @@ def build_view(cfg: Config, kind: str, default_run: RunOptions) -> dict:
             "submission_mode": job.submission_mode,
             "suspend": job.suspend or bool(cfg.scheduling.kueue_queue),
             "deletion_rules": list(job.deletion_rules),
-            "runtime_env_yaml": yaml.safe_dump(job.runtime_env, sort_keys=False) if job.runtime_env else "",
+            "runtime_env_yaml": to_yaml(job.runtime_env) if job.runtime_env else "",
             # Only K8sJobMode runs a submitter pod; the other modes submit from the operator or the head.
             "submitter": None if job.submission_mode != "K8sJobMode" else {
                 "pod": _pod_view(cfg, dict(head.node_selector), list(head.tolerations), head.affinity, volumes=[]),
@@ -262,8 +262,26 @@ def render_object(cfg: Config, kind: str, default_run: RunOptions, env: jinja2.E
     return yaml.safe_load(text)
 
 
+class _Dumper(yaml.SafeDumper):
+    """PyYAML writes U+0085 (NEL) unescaped into a single-quoted scalar, where a reader folds it into a
+    space; strings with a Unicode line break are written double-quoted, where it is escaped."""
+
+
+def _represent_text(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = '"' if any(c in text for c in "\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _represent_text)
+
+
+def to_yaml(obj: Any) -> str:
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False,
+                     width=10**9)
+
+
 def dump(obj: dict, output_format: str) -> str:
     if output_format == "json":
         return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-    return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=False, width=10**9)
+    return to_yaml(obj)
 

@@ -222,7 +222,8 @@ def test_precision_check_compares_with_true_fp32(tiny_models, tmp_path):
     AutoTokenizer.from_pretrained(tiny_models["classifier"]).save_pretrained(tmp_path / "tied")
 
     schema = pa.schema([("label", pa.string()), ("score", pa.float32()), ("error", pa.string())])
-    batch = pa.table({"text": [f"a good film {i}" for i in range(10)] + [""], "error": pa.nulls(11, pa.string())})
+    texts = [" ".join(tiny.WORDS[i:i + 5]) for i in range(10)]  # ten different inputs
+    batch = pa.table({"text": texts + [""], "error": pa.nulls(11, pa.string())})
     results = {}
     for name, path in (("original", tiny_models["classifier"]), ("tied", str(tmp_path / "tied"))):
         spec = ModelSpec(task="text-classification", models=(path,), ensemble="mean", device="cpu",

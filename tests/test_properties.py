@@ -144,3 +144,11 @@ def test_awkward_strings_round_trip_through_yaml_and_shell(tmp_path):
     out = subprocess.run(["bash", "-c", "printf '%s\\0' " + back["spec"]["entrypoint"][len("inferkit "):]],
                          capture_output=True, check=True).stdout
     assert out.split(b"\0")[:-1] == [a.encode() for a in argv[1:]]
+
+
+def test_a_unicode_line_break_alone_survives_yaml():
+    """Without a newline beside it PyYAML would write NEL into a single-quoted scalar, read back as a space."""
+    for text in ("nel\x85x", "\x85", "ls\u2028ps"):
+        cfg = chart.load_config(flags={"cpu_nodes": "1", "run": {"text_column": text}})
+        back = yaml.safe_load(dump(chart.render_checked(cfg), "yaml"))
+        assert shlex.split(back["spec"]["entrypoint"])[-1] == text
