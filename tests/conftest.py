@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ def inferkit(capsys, monkeypatch):
 
     def run(*args: str) -> Result:
         capsys.readouterr()
+        _point_ray_logs_at(sys.stderr)
         try:
             main(list(args))
             code = 0
@@ -38,6 +40,16 @@ def inferkit(capsys, monkeypatch):
         return Result(code, out.out, out.err)
 
     return run
+
+
+def _point_ray_logs_at(stream) -> None:
+    """Ray's console handlers keep the stderr they were made with; under pytest that is an earlier test's
+    capture, closed by now, and a Ray warning would print a logging traceback instead of the warning."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.split(".")[0] == "ray" and isinstance(logger, logging.Logger):
+            for handler in logger.handlers:
+                if type(handler).__name__ == "PlainRayHandler":
+                    handler.stream = stream
 
 
 @pytest.fixture(scope="session")
