@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from inferkit.errors import EXIT_JOB_FAILED, EXIT_OK
@@ -134,11 +135,12 @@ class LogCursor:
     """What of the driver's log was shown, so that no line is lost and, as far as can be told, none is
     shown twice.
 
-    A resumed stream of the same pod skips lines older than the last shown (by the RFC 3339 timestamp
-    each line carries) and as many of the same instant as were shown. A takeover pod (a new pod of the
+    A resumed stream of the same pod skips, until its first new line, lines older than the last shown
+    (by the RFC 3339 timestamp each line carries) and as many of the same instant as were shown; after
+    that every line is new, even one stamped a little out of order. A takeover pod (a new pod of the
     same submission) replays the log from the start: its lines are matched in order against the log
     shown before it, only ever forward, and held back until CONFIRM_LINES of them match in a row (or
-    the rest of that log does); matched lines are skipped, and from a mismatch on lines are shown until
+    they are exactly the rest of that log); matched lines are skipped, and from a mismatch on lines are shown until
     they match again. Held lines are shown, not dropped, when they stop matching or the stream ends, so
     a doubt costs a repeated line, never a lost one. A takeover pod that submits the job again (Ray lost
     it) is a new run."""
@@ -151,6 +153,7 @@ class LogCursor:
     replayed: int = 0
     log: array = field(default_factory=lambda: array("q"))  # hashes of this pod's lines, shown or matched
     before: array = field(default_factory=lambda: array("q"))  # the log shown before this pod took over
+    places: dict[int, list[int]] = field(default_factory=dict)  # where each line hash stands in `before`
     at: int | None = None  # while this pod replays `before`: where its replay stands
     aligned: bool = False
     held: list[str] = field(default_factory=list)
@@ -169,6 +172,10 @@ class LogCursor:
         else:
             kind, self.before = (NEW_RUN if self.pod else FIRST_POD), array("q")
         if kind != SAME_POD:
+            self.places = {}
+            for place, line in enumerate(self.before):
+                self.places.setdefault(line, []).append(place)
+        if kind != SAME_POD:
             self.pod, self.submission, self.last, self.shown_at_last = pod, submission, "", 0
             self.log, self.at, self.aligned, self.unmatched = array("q"), (0 if self.before else None), False, 0
         self.replaying, self.replayed = True, 0
@@ -184,7 +191,7 @@ class LogCursor:
             return [self._show(text)]
         if RESUBMITTED.search(text):
             shown = self.flush()
-            self.log, self.before, self.at, self.resubmitted = array("q"), array("q"), None, True
+            self.log, self.before, self.places, self.at, self.resubmitted = array("q"), array("q"), {}, None, True
             return [*shown, self._show(text)]
         return self._match(text)
 
@@ -198,17 +205,18 @@ class LogCursor:
         return text
 
     def _new_in_stream(self, stamp: str) -> bool:
-        shown = stamp_key(self.last)
-        if stamp_key(stamp) < shown:
-            return False
-        if stamp_key(stamp) == shown:
-            if self.replaying and self.replayed < self.shown_at_last:
+        key, shown = stamp_key(stamp), stamp_key(self.last)
+        if self.replaying:
+            if key < shown:
+                return False
+            if key == shown and self.replayed < self.shown_at_last:
                 self.replayed += 1
                 return False
-            self.shown_at_last += 1
-        else:
+            self.replaying = False
+        if key > shown:
             self.last, self.shown_at_last = stamp, 1
-        self.replaying = False
+        elif key == shown:
+            self.shown_at_last += 1
         return True
 
     def _match(self, text: str) -> list[str]:
@@ -223,7 +231,8 @@ class LogCursor:
         while self.held and (start := self._find(self.held)) is None:
             shown.append(self._show(self.held.pop(0)))
             self.unmatched += 1
-        if self.held and (len(self.held) >= CONFIRM_LINES or start + len(self.held) == len(self.before)):
+        if self.held and (len(self.held) >= CONFIRM_LINES
+                          or start == self.at and start + len(self.held) == len(self.before)):
             self.log.extend(hash(t) for t in self.held)
             self.at, self.aligned, lines, self.held = start, True, len(self.held), []
             self._advance(lines)
@@ -238,17 +247,23 @@ class LogCursor:
             self.at, self.aligned = None, False
 
     def _find(self, texts: list[str]) -> int | None:
-        """The first place at or after `at` where the log shown before holds `texts` in a row."""
+        """The first place at or after `at` where the log shown before holds `texts` in a row. Only the
+        places of the rarest of the texts are tried, so a common line (an empty one) costs little."""
         hashes = [hash(text) for text in texts]
-        start = self.at
-        while True:
-            try:
-                start = self.before.index(hashes[0], start, len(self.before) - len(hashes) + 1)
-            except ValueError:
+        candidates = []
+        for offset, line in enumerate(hashes):
+            places = self.places.get(line, [])
+            first = bisect_left(places, self.at + offset)
+            candidates.append((len(places) - first, offset, places, first))
+        _, offset, places, first = min(candidates)
+        last_start = len(self.before) - len(hashes)
+        for index in range(first, len(places)):
+            start = places[index] - offset
+            if start > last_start:
                 return None
-            if all(self.before[start + i] == h for i, h in enumerate(hashes)):
+            if all(self.before[start + i] == line for i, line in enumerate(hashes)):
                 return start
-            start += 1
+        return None
 
 
 def stamp_key(stamp: str) -> tuple[str, str]:

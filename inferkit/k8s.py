@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
-from kubernetes.watch.watch import iter_resp_lines
 
 from inferkit.errors import ApiError
 
@@ -297,10 +296,26 @@ class Kube:
                               since_seconds=since_seconds, _preload_content=False,
                               _request_timeout=(10, LOG_READ_TIMEOUT), missing=f"pod {pod} is gone")
         try:
-            yield from iter_resp_lines(response)
+            yield from stream_lines(response.stream(amt=None, decode_content=False))
         finally:
             response.release_conn()
 
     def events_for(self, names: set[str]) -> list[dict]:
         events = self._call("listing events", self.core.list_namespaced_event, self.namespace)
         return [self._raw(e) for e in events.items if (e.involved_object.name or "") in names]
+
+
+def stream_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a byte stream, the last one too when it ends without a newline (the client's own
+    splitter drops it: a driver's last words, printed without a newline, would be lost)."""
+    rest = bytearray()
+    for chunk in chunks:
+        rest += chunk
+        if b"\n" not in chunk:  # a long line in many chunks is not split again at each one
+            continue
+        *lines, tail = rest.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", errors="replace")
+        rest = bytearray(tail)
+    if rest:
+        yield rest.decode("utf-8", errors="replace")

@@ -123,6 +123,7 @@ class Follower:
         self.finished = threading.Event()
         self.log_thread: threading.Thread | None = None
         self.cursor = LogCursor()
+        self.shown = threading.Lock()  # the log thread and an early ending both print what the cursor holds
 
     def run(self) -> int:
         try:
@@ -236,13 +237,18 @@ class Follower:
                 "from the start")
         try:
             for raw in self.kube.pod_log(name, SUBMITTER_CONTAINER, follow=follow, since_seconds=since_seconds):
-                for text in self.cursor.accept(raw):
-                    _out(text)
+                with self.shown:
+                    for text in self.cursor.accept(raw):
+                        _out(text)
                 if self.cursor.resubmitted:
                     self.cursor.resubmitted = False
                     say(f"RayJob {self.name}: submitter pod {name} submitted the job again (Ray had lost it); "
                         "the driver runs again and its log follows from the start")
         finally:
+            self._flush_log()
+
+    def _flush_log(self) -> None:
+        with self.shown:
             for text in self.cursor.flush():
                 _out(text)
 
@@ -252,6 +258,7 @@ class Follower:
         self.finished.set()
         if self.log_thread is not None:
             self.log_thread.join(timeout=wait)
+        self._flush_log()  # lines held back by a stream still open (timeout, Ctrl-C) are shown, not dropped
 
     def _end(self, code: int, summary: str) -> int:
         self._stop_logs(wait=30)

@@ -144,6 +144,22 @@ class FakeKube:
                 self.end_headers()
                 self.wfile.write(data.encode())
 
+            def _open_stream(self, content_type: str) -> None:
+                """A streamed answer as the API server sends it: chunked, so each line arrives when written
+                and a connection cut before the last chunk is an error the client sees."""
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+
+            def _chunk(self, data: str) -> None:
+                raw = data.encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+                self.wfile.flush()
+
+            def _close_stream(self) -> None:
+                self.wfile.write(b"0\r\n\r\n")
+
             def _status(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
                 self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
                                   "reason": reason, "message": message, "details": details or {}})
@@ -261,14 +277,12 @@ class FakeKube:
         name = query.get("fieldSelector", "").removeprefix("metadata.name=")
         since = int(query.get("resourceVersion") or 0)
         deadline = time.monotonic() + float(query.get("timeoutSeconds") or 30)
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.end_headers()
+        h._open_stream("application/json")
         if self.expire_watch_once:
             self.expire_watch_once = False
-            h.wfile.write((json.dumps({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
-                                                                    "message": "too old resource version"}}) + "\n").encode())
-            return
+            h._chunk(json.dumps({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
+                                                              "message": "too old resource version"}}) + "\n")
+            return h._close_stream()
         sent = 0
         while time.monotonic() < deadline:
             with self.lock:
@@ -277,22 +291,20 @@ class FakeKube:
                     self.lock.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
                     continue
             for version, kind, obj in pending:
-                h.wfile.write((json.dumps({"type": kind, "object": obj}) + "\n").encode())
-                h.wfile.flush()
+                h._chunk(json.dumps({"type": kind, "object": obj}) + "\n")
                 since = version
                 sent += 1
                 if self.drop_watch_after is not None and sent >= self.drop_watch_after:
                     self.drop_watch_after = None
                     h.connection.shutdown(2)  # the connection drops mid-watch
                     return
+        h._close_stream()
 
     def _pod_log(self, h, name: str, query: dict):
         if name not in self.pods:
             return h._status(404, "NotFound", f'pods "{name}" not found')
         follow = query.get("follow") in ("true", "True", "1")
-        h.send_response(200)
-        h.send_header("Content-Type", "text/plain")
-        h.end_headers()
+        h._open_stream("text/plain")
         index, sent = 0, 0
         while True:
             with self.lock:
@@ -302,8 +314,7 @@ class FakeKube:
                     self.lock.wait(timeout=0.2)
                     continue
             for line in lines:
-                h.wfile.write((line + "\n").encode())
-                h.wfile.flush()
+                h._chunk(line + "\n")
                 index += 1
                 sent += 1
                 if follow and self.drop_log_after is not None and sent >= self.drop_log_after:
@@ -311,7 +322,7 @@ class FakeKube:
                     h.connection.shutdown(2)  # the log stream drops mid-run
                     return
             if not follow or finished:
-                return
+                return h._close_stream()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,7 +117,9 @@ def test_a_second_takeover_matches_against_the_log_its_predecessor_showed():
     cursor = LogCursor()
     _feed(cursor, "a", _stamped(*SUBMIT_NOTES, "d 1", "d 2"), "job-a")
     waiting = "Waiting for the dashboard at http://head:8265"
-    assert _feed(cursor, "b", _stamped(waiting, "d 1", "d 2", "d 3", second=20), "job-a") == [waiting, "d 3"]
+    # two lines past the submit notes are too few to tell a replay: shown again rather than risk losing them
+    assert _feed(cursor, "b", _stamped(waiting, "d 1", "d 2", "d 3", second=20), "job-a") == [waiting, "d 1", "d 2",
+                                                                                             "d 3"]
     assert _feed(cursor, "c", _stamped(waiting, "d 1", "d 2", "d 3", "d 4", second=40), "job-a") == ["d 4"]
 
 
@@ -127,6 +129,30 @@ def test_a_takeover_that_dies_midway_leaves_the_rest_of_the_replay_to_the_next()
     _feed(cursor, "a", _stamped(*lines), "job-a")
     assert _feed(cursor, "b", _stamped(*lines[:4], second=20), "job-a") == []
     assert _feed(cursor, "c", _stamped(*lines, "d 8", second=40), "job-a") == ["d 8"]
+
+
+def test_a_short_match_far_ahead_in_the_old_log_is_shown_not_skipped():
+    """One or two lines that happen to equal the end of the old pod's log, further on than its replay
+    stands, are too few to tell a replay from new lines."""
+    cursor = LogCursor()
+    _feed(cursor, "a", _stamped("d 1", "d 2", "d 3", *TRACEBACK), "job-a")
+    new = ["d 4", "ConnectionError: the dashboard went away"]
+    assert _feed(cursor, "b", _stamped("d 1", "d 2", "d 3", *new, second=30), "job-a") == new
+    cursor = LogCursor()
+    _feed(cursor, "a", _stamped(*SUBMIT_NOTES), "job-a")  # the notes end with an empty line
+    assert _feed(cursor, "b", _stamped("", "Loading model", second=30), "job-a") == ["", "Loading model"]
+    # a replay that reaches the very end of the old log in step confirms with fewer lines
+    cursor = LogCursor()
+    _feed(cursor, "a", _stamped("d 1", "d 2", "d 3", "d 4"), "job-a")
+    assert _feed(cursor, "b", _stamped("d 1", "d 2", "d 3", "d 4", "d 5", second=30), "job-a") == ["d 5"]
+
+
+def test_a_line_stamped_out_of_order_is_shown_once_streaming_is_past_the_resume_point():
+    """The runtime stamps stdout and stderr lines apart, so a later line can carry an earlier instant."""
+    cursor = LogCursor()
+    lines = ["2026-01-01T00:00:02.000002Z b", "2026-01-01T00:00:02.000001Z a", "2026-01-01T00:00:03Z c"]
+    assert _feed(cursor, "p", lines) == ["b", "a", "c"]
+    assert _feed(cursor, "p", [*lines, "2026-01-01T00:00:04Z d"]) == ["d"]
 
 
 def test_lines_held_back_while_matching_are_shown_when_the_stream_ends():

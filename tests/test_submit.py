@@ -225,6 +225,15 @@ def test_timeout_exits_124_with_a_way_back(inferkit, fake):
     assert "inferkit logs -f inferkit -n default" in result.stderr
 
 
+def test_lines_held_back_in_a_takeover_are_shown_when_the_timeout_ends_following(inferkit, fake):
+    """Two replayed lines are not yet a confirmed replay; the stream stays open, so only the timeout's
+    ending can show them."""
+    fake.scenario = _two_submitter_pods(LINES[:4], LINES[1:3], same_job=True)[:-2]  # the second pod never ends
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--timeout", "6")
+    assert result.code == 124, result.stderr
+    assert result.stdout.splitlines() == LINES[:4] + LINES[1:3]
+
+
 def test_transient_errors_are_retried(inferkit, fake):
     fake.failures = {("POST", "/rayjobs"): [500, 429, 503], ("GET", "/namespaces/default"): [502]}
     fake.scenario = happy_path("inferkit", LINES[:2])
@@ -377,6 +386,17 @@ def test_timestamps_used_for_resume_are_rfc3339():
 
     stamp = now_rfc3339(nanos=True)
     assert _parse_time(stamp).year >= 2024
+
+
+def test_a_pod_log_split_anywhere_keeps_every_line_and_its_unterminated_last_one():
+    from inferkit.k8s import stream_lines
+
+    text = "2026-01-01T00:00:01Z héllo\n2026-01-01T00:00:02Z \n2026-01-01T00:00:03Z last words".encode()
+    expected = ["2026-01-01T00:00:01Z héllo", "2026-01-01T00:00:02Z ", "2026-01-01T00:00:03Z last words"]
+    for cut in range(1, len(text)):
+        assert list(stream_lines([text[:cut], text[cut:]])) == expected
+    assert list(stream_lines(text[i:i + 1] for i in range(len(text)))) == expected
+    assert list(stream_lines([text + b"\n"])) == expected
 
 
 class _DroppingRayJobApi:
