@@ -15,7 +15,7 @@ import click
 
 from inferkit import __version__
 from inferkit.config import RAYCLUSTER, RAYJOB, run_fields, strip_optional
-from inferkit.errors import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_USAGE, InferkitError
+from inferkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, InferkitError
 
 EXIT_CODES = """\b
 Exit codes:
@@ -23,6 +23,7 @@ Exit codes:
   1    the job failed (its reason and message are printed)
   2    bad usage or configuration
   3    pre-flight check or API error (cluster, permissions, CRDs)
+  70   internal error in inferkit (a bug; the job's outcome is unknown)
   124  --timeout reached
   130  interrupted (Ctrl-C)"""
 
@@ -401,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         if _state["verbose"]:
             traceback.print_exc()
         click.echo(f"Error: internal error: {type(e).__name__}: {e} (run with -v for the traceback)", err=True)
-        sys.exit(EXIT_JOB_FAILED)
+        sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -9,6 +9,7 @@ EXIT_OK = 0
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
 EXIT_API = 3
+EXIT_INTERNAL = 70  # a bug in inferkit: neither a job failure nor the user's mistake
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import urllib3
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -33,6 +34,7 @@ INSTALL_OPERATOR = ("install the KubeRay operator: helm repo add kuberay https:/
 # connection never hangs the follower.
 WATCH_READ_MARGIN = 30  # seconds a watch may be silent past its server-side timeout before it counts as dropped
 LOG_READ_TIMEOUT = 300
+REQUEST_TIMEOUT = (10, 60)  # connect, read: a dead connection (a laptop that slept, a dropped VPN) must not hang
 SUBMISSION_ANNOTATION = "inferkit.io/submission"  # one per `inferkit submit`, to recognise our own create
 
 
@@ -65,6 +67,9 @@ class Kube:
             config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
             self.context = current["name"]
             default_namespace = current.get("context", {}).get("namespace") or "default"
+        except (yaml.YAMLError, TypeError, KeyError, AttributeError, ValueError) as e:  # not a kubeconfig
+            raise ApiError(f"cannot read kubeconfig {kubeconfig or '~/.kube/config'}: {type(e).__name__}: "
+                           f"{' '.join(str(e).split())}") from e
         except (ConfigException, OSError) as e:
             if kubeconfig or context:
                 raise ApiError(f"cannot use kubeconfig {kubeconfig or '~/.kube/config'}: {e}") from e
@@ -90,6 +95,7 @@ class Kube:
               missing: str = "not found", conflict: str = "already exists", **kwargs: Any) -> Any:
         """Run one API call. Statuses in `handled` reach the caller as ApiException; `missing` and
         `conflict` say what a 404 or 409 means here."""
+        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
         for attempt in range(ATTEMPTS):
             try:
                 return function(*args, **kwargs)
@@ -140,25 +146,38 @@ class Kube:
     # -- pre-flight ------------------------------------------------------------------------------------
 
     def namespace_exists(self) -> bool:
+        """Whether the namespace exists; assumed when the caller may not read namespaces (a namespaced
+        Role), since the access review and the dry run that follow catch a missing one too."""
         try:
             self._call(f"reading namespace {self.namespace}", self.core.read_namespace, self.namespace,
-                       handled=(404,))
+                       handled=(403, 404))
             return True
         except ApiException as e:
-            if e.status == 404:
-                return False
+            if e.status in (403, 404):
+                return e.status == 403
             raise
 
     def rayjob_crd_versions(self) -> list[str] | None:
-        """Versions the installed RayJob CRD serves, or None when KubeRay is not installed."""
+        """Versions the installed RayJob CRD serves, or None when KubeRay is not installed. CRDs are
+        cluster-scoped and namespaced Roles cannot read them; API discovery, which everyone may read,
+        then tells whether ray.io/v1 serves rayjobs."""
         try:
             crd = self._call("reading the RayJob CRD", self.extensions.read_custom_resource_definition, CRD_NAME,
-                             handled=(404,))
+                             handled=(403, 404))
+            return [v.name for v in crd.spec.versions if v.served]
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            if e.status != 403:
+                raise
+        try:
+            served = self._call("discovering the ray.io/v1 API", self.custom.get_api_resources, "ray.io", "v1",
+                                handled=(404,))
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
-        return [v.name for v in crd.spec.versions if v.served]
+        return ["v1"] if any(r.name == "rayjobs" for r in served.resources) else None
 
     def missing_permissions(self, checks: list[tuple[str, str, str, str]]) -> list[str]:
         """Which (verb, group, resource, subresource) the caller may not do here (SelfSubjectAccessReview)."""
@@ -176,16 +195,18 @@ class Kube:
         return missing
 
     def gpu_pod_slots(self, node_selector: dict[str, str], gpus_per_pod: int) -> int | None:
-        """How many pods of `gpus_per_pod` GPUs fit on the nodes matching the selector, by allocatable
-        nvidia.com/gpu; None when the caller may not list nodes."""
+        """How many pods of `gpus_per_pod` GPUs fit on the schedulable nodes matching the selector, by
+        allocatable nvidia.com/gpu (GPUs in use are not subtracted); None when the caller may not list
+        nodes."""
         try:
-            nodes = self._call("listing nodes", self.core.list_node)
-        except ApiError:
+            nodes = self._call("listing nodes", self.core.list_node, handled=(403,))
+        except ApiException:
             return None
         slots = 0
         for node in nodes.items:
             labels = node.metadata.labels or {}
-            if all(labels.get(k) == v for k, v in node_selector.items()):
+            cordoned = bool(node.spec and node.spec.unschedulable)
+            if not cordoned and all(labels.get(k) == v for k, v in node_selector.items()):
                 allocatable = int((node.status.allocatable or {}).get("nvidia.com/gpu", "0") or 0)
                 slots += allocatable // gpus_per_pod
         return slots

@@ -96,6 +96,9 @@ def preflight(kube: Kube, cfg: Config, obj: dict, *, strict_capacity: bool, need
     slots = kube.gpu_pod_slots(pod.get("nodeSelector") or {}, per_pod)
     selector = ", ".join(f"{k}={v}" for k, v in (pod.get("nodeSelector") or {}).items()) or "any node"
     if slots is None:
+        if strict_capacity:
+            raise ApiError("--strict-capacity: you may not list nodes, so the GPU capacity cannot be checked; ask "
+                           "for a ClusterRole that allows `list nodes`, or drop --strict-capacity")
         say("warning: cannot list nodes to check GPU capacity (forbidden); skipped")
     elif slots < wanted:
         message = (f"only {slots} of the {wanted} GPU pods ({per_pod} x {GPU_RESOURCE} each) fit on the nodes "
@@ -129,7 +132,7 @@ class Follower:
         try:
             return self._follow()
         except KeyboardInterrupt:
-            return self._interrupted()
+            return self.interrupted()
 
     def _follow(self) -> int:
         from inferkit.k8s import WatchInterrupted
@@ -228,7 +231,8 @@ class Follower:
 
     def _show_log(self, pod: dict, follow: bool, since_seconds: int | None = None) -> None:
         name = pod["metadata"]["name"]
-        kind = self.cursor.resume(name, submission_of(pod))
+        with self.shown:
+            kind = self.cursor.resume(name, submission_of(pod))
         if kind == TAKEOVER:
             say(f"RayJob {self.name}: submitter pod {name} took over following the driver; the lines shown "
                 "already are not repeated")
@@ -261,7 +265,10 @@ class Follower:
         self._flush_log()  # lines held back by a stream still open (timeout, Ctrl-C) are shown, not dropped
 
     def _end(self, code: int, summary: str) -> int:
-        self._stop_logs(wait=30)
+        try:
+            self._stop_logs(wait=30)
+        except KeyboardInterrupt:  # the outcome is known; Ctrl-C only cuts the wait for the log's last lines
+            say(f"RayJob {self.name}: stopped waiting for the rest of the driver's log")
         where = f" (dashboard {self.state.dashboard})" if self.state and self.state.dashboard else ""
         say(f"RayJob {self.name}: {summary}{where}")
         return code
@@ -284,7 +291,8 @@ class Follower:
         say(f"--timeout reached; RayJob {self.name} is still {self.state.describe()}. {self._hint()}")
         return EXIT_TIMEOUT
 
-    def _interrupted(self) -> int:
+    def interrupted(self) -> int:
+        """Ctrl-C: stop following (deleting the RayJob first with --cancel-on-interrupt)."""
         self._stop_logs(wait=1)
         if self.options.cancel_on_interrupt:
             deleted = self.kube.delete_rayjob(self.name)
@@ -332,12 +340,17 @@ def submit(connection: Connection, cfg: Config, obj: dict, *, dry_run: bool, det
         kube.delete_rayjob(name)
         _wait_gone(kube, name)
         say(f"deleted the existing RayJob {name}")
-    kube.create_rayjob(obj)
+    follower = Follower(kube, name, follow, stream_logs=cfg.job.submission_mode == "K8sJobMode")
+    try:
+        kube.create_rayjob(obj)
+    except KeyboardInterrupt:
+        say(f"interrupted while creating RayJob {name}; it may have been created")
+        return follower.interrupted()
     say(f"created RayJob {name} in namespace {kube.namespace} (context {kube.context})")
     if detach:
         say(f"detached; follow it: inferkit logs -f {name} -n {kube.namespace}")
         return EXIT_OK
-    return Follower(kube, name, follow, stream_logs=cfg.job.submission_mode == "K8sJobMode").run()
+    return follower.run()
 
 
 def _unnamed(obj: dict) -> dict:

@@ -63,6 +63,7 @@ class FakeKube:
         self.failures: dict[tuple[str, str], list[int]] = {}  # (method, path suffix) -> statuses to answer first
         self.reject_create: tuple[int, dict] | None = None
         self.lose_create_answer = False  # create the first RayJob, then answer 504 as if the reply was lost
+        self.slow_create_answer = 0.0  # seconds between creating a RayJob and answering
         self.drop_watch_after: int | None = None  # close the first watch after this many events
         self.expire_watch_once = False  # answer one watch with 410 Gone
         self.drop_log_after: int | None = None  # close the first followed log stream after this many lines
@@ -206,6 +207,14 @@ class FakeKube:
                                  "spec": {"group": "ray.io", "scope": "Namespaced",
                                           "names": {"kind": "RayJob", "plural": "rayjobs"},
                                           "versions": [{"name": "v1", "served": True, "storage": True}]}})
+        if path == "apis/ray.io/v1":  # API discovery
+            if not self.crd_installed:
+                return h._status(404, "NotFound", "the server could not find the requested resource")
+            return h._send(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "ray.io/v1",
+                                 "resources": [{"name": plural, "singularName": "", "namespaced": True, "kind": kind,
+                                                "verbs": ["create", "delete", "get", "list", "watch"]}
+                                               for plural, kind in (("rayjobs", "RayJob"),
+                                                                    ("rayclusters", "RayCluster"))]})
         if path == "apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
             attrs = body["spec"]["resourceAttributes"]
             resource = attrs["resource"] + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
@@ -251,6 +260,7 @@ class FakeKube:
                 self.rayjobs[job_name] = obj
                 self._bump("ADDED", obj)
             threading.Thread(target=self._play, daemon=True).start()
+            time.sleep(self.slow_create_answer)
             if self.lose_create_answer:
                 self.lose_create_answer = False
                 return h._status(504, "Timeout", "the reply to the create was lost")

@@ -195,6 +195,27 @@ def test_missing_crds_say_how_to_install_the_operator(inferkit, fake):
     assert "helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0" in result.stderr
 
 
+def test_a_namespaced_role_that_cannot_read_crds_or_namespaces_still_submits(inferkit, fake):
+    """CRDs and namespaces are cluster-scoped; API discovery tells whether RayJobs are served."""
+    fake.failures = {("GET", "/customresourcedefinitions/rayjobs.ray.io"): [403], ("GET", "/namespaces/default"): [403]}
+    fake.scenario = happy_path("inferkit", LINES[:2])
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 0, result.stderr
+    assert ("GET", "/apis/ray.io/v1", {}) in fake.requests
+    fake.crd_installed = False
+    fake.failures = {("GET", "/customresourcedefinitions/rayjobs.ray.io"): [403]}
+    missing = submit(inferkit, fake, "--cpu-nodes", "1", "--name", "other")
+    assert missing.code == 3 and "the KubeRay CRDs are not installed in context fake" in missing.stderr
+
+
+def test_a_kubeconfig_that_is_not_one_is_a_clear_error(inferkit, tmp_path):
+    broken = tmp_path / "config"
+    broken.write_text("apiVersion: v1\nclusters: [unclosed\n")
+    result = inferkit("submit", "--kubeconfig", str(broken), "--cpu-nodes", "1")
+    assert result.code == 3 and result.stdout == ""
+    assert result.stderr.startswith(f"Error: cannot read kubeconfig {broken}: ") and len(result.stderr.splitlines()) == 1
+
+
 def test_missing_namespace(inferkit, fake):
     result = submit(inferkit, fake, "--cpu-nodes", "1", "-n", "nope")
     assert result.code == 3 and "namespace nope does not exist" in result.stderr
@@ -310,6 +331,17 @@ def test_gpu_capacity_warns_or_fails(inferkit, fake):
     assert lenient.code == 0 and "warning: only 0 of the 2 GPU pods" in lenient.stderr
 
 
+def test_cordoned_nodes_do_not_count_and_strict_capacity_needs_to_see_nodes(inferkit, fake):
+    gpu_node = {"metadata": {"name": "gpu-1", "labels": {}}, "status": {"allocatable": {"nvidia.com/gpu": "4"}}}
+    fake.nodes = [{**gpu_node, "spec": {"unschedulable": True}}]
+    cordoned = submit(inferkit, fake, "--gpu-nodes", "1", "--strict-capacity")
+    assert cordoned.code == 3 and "only 0 of the 1 GPU pods" in cordoned.stderr
+    fake.nodes = [gpu_node]
+    fake.failures = {("GET", "/api/v1/nodes"): [403]}
+    blind = submit(inferkit, fake, "--gpu-nodes", "1", "--strict-capacity")
+    assert blind.code == 3 and "--strict-capacity: you may not list nodes" in blind.stderr
+
+
 def test_kueue_suspension_is_explained(inferkit, fake):
     fake.scenario = [(0.1, lambda f: f.set_status("inferkit", jobDeploymentStatus="Suspended"))]
     result = submit(inferkit, fake, "--cpu-nodes", "1", "--set", "scheduling.kueueQueue=team-a", "--timeout", "2")
@@ -378,6 +410,25 @@ def test_ctrl_c_stops_following_and_optionally_cancels(fake, cancel):
         assert "interrupted: RayJob inferkit deleted" in stderr and "inferkit" not in fake.rayjobs
     else:
         assert "stopped following; RayJob inferkit keeps running" in stderr and "inferkit" in fake.rayjobs
+    assert "Traceback" not in stderr
+
+
+def test_ctrl_c_while_the_create_is_unanswered_cancels_what_was_created(fake):
+    fake.slow_create_answer = 20
+    fake.scenario = happy_path("inferkit", LINES[:2])[:4]
+    args = [sys.executable, "-m", "inferkit", "submit", "--kubeconfig", str(fake.kubeconfig), "--cpu-nodes", "1",
+            "--cancel-on-interrupt"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while "inferkit" not in fake.rayjobs:
+        assert time.monotonic() < deadline, "the RayJob was never created"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "interrupted while creating RayJob inferkit; it may have been created" in stderr
+    assert "interrupted: RayJob inferkit deleted" in stderr and "inferkit" not in fake.rayjobs
     assert "Traceback" not in stderr
 
 

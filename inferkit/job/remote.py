@@ -113,14 +113,16 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
                   cancel_on_interrupt: bool) -> int:
     client = _client(address)
     job_id = f"inferkit-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    _submit(client, address, entrypoint, runtime_env, job_id)
-    say(f"submitted Ray job {job_id} to {address}: {entrypoint}")
     hint = f"follow it: ray job logs --follow {job_id} --address {address}; stop it: ray job stop {job_id} " \
            f"--address {address}"
-    if detach:
-        say(f"detached; {hint}")
-        return EXIT_OK
+    submitted = False
     try:
+        _submit(client, address, entrypoint, runtime_env, job_id)
+        submitted = True
+        say(f"submitted Ray job {job_id} to {address}: {entrypoint}")
+        if detach:
+            say(f"detached; {hint}")
+            return EXIT_OK
         status = asyncio.run(asyncio.wait_for(follow_ray_job(client, job_id, address), timeout))
     except asyncio.TimeoutError:
         try:
@@ -130,12 +132,7 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
         say(f"--timeout reached; Ray job {job_id} {state}. {hint}")
         return EXIT_TIMEOUT
     except KeyboardInterrupt:
-        if cancel_on_interrupt:
-            client.stop_job(job_id)
-            say(f"interrupted: stopped Ray job {job_id}")
-        else:
-            say(f"interrupted: stopped following; Ray job {job_id} keeps running. {hint}")
-        return EXIT_INTERRUPTED
+        return _interrupted(client, job_id, submitted, cancel_on_interrupt, hint)
     if status == "SUCCEEDED":
         say(f"Ray job {job_id}: the job succeeded")
         return EXIT_OK
@@ -144,3 +141,19 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
     except Exception as e:  # noqa: BLE001 - the failure is reported either way
         message = f"its reason could not be read: {_one_line(e)}"
     raise JobFailed(f"Ray job {job_id} {status}: {message or 'no message'}")
+
+
+def _interrupted(client, job_id: str, submitted: bool, cancel: bool, hint: str) -> int:
+    """Ctrl-C: stop following (and the job, with --cancel-on-interrupt); one interrupted mid-submit may
+    have reached the cluster all the same."""
+    where = "" if submitted else " while submitting it (it may have been submitted)"
+    if not cancel:
+        say(f"interrupted{where}: stopped following; Ray job {job_id} keeps running. {hint}")
+        return EXIT_INTERRUPTED
+    try:
+        stopped = client.stop_job(job_id)
+    except Exception as e:  # noqa: BLE001 - not submitted after all, or the dashboard does not answer
+        say(f"interrupted{where}: could not stop Ray job {job_id}: {_one_line(e)}. {hint}")
+        return EXIT_INTERRUPTED
+    say(f"interrupted: {'stopped' if stopped else 'it had already ended:'} Ray job {job_id}")
+    return EXIT_INTERRUPTED
