@@ -234,6 +234,51 @@ def test_precision_check_compares_with_true_fp32(tiny_models, tmp_path):
     assert results["tied"] == {"agreement": 0.0, "rows": 10}
 
 
+def test_a_first_batch_without_a_comparable_row_keeps_fp32(tiny_models):
+    from inferkit.job.plan import settle_precision
+    from inferkit.job.tasks import ModelSpec, check_precision
+
+    schema = pa.schema([("embedding", pa.list_(pa.float32())), ("error", pa.string())])
+    spec = ModelSpec(task="embedding", models=(tiny_models["embedder"],), ensemble="mean", device="cpu",
+                     precision="bf16", threads=1, batch_size=8, channels_last=False, trust_remote_code=False,
+                     text_column="text", passthrough=(), output_schema=schema)
+    result = check_precision(spec, pa.table({"text": ["", "  "], "error": pa.nulls(2, pa.string())}))
+    assert result["rows"] == 0 and "none of the first 2 rows could be compared" in result["why"]
+    assert settle_precision("bf16", result["agreement"]) == "fp32"
+
+
+def test_hugging_face_image_structs_are_decoded_and_odd_values_are_row_errors(tiny_models):
+    from inferkit.job.tasks import decode_images, processor_shape, read_model_facts
+
+    processor = read_model_facts(tiny_models["resnet"], "image-classification", False).image_processor
+    good = tiny.image_bytes("RGB", "PNG")
+    images = pa.array([{"bytes": good, "path": "a.png"}, {"bytes": b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "path": None}])
+    decoded = decode_images(pa.table({"image": images, "error": pa.nulls(2, pa.string())}), processors=[processor],
+                            shapes=[processor_shape(processor)], image_column="image")
+    errors = decoded.column("error").to_pylist()
+    assert errors[0] is None and errors[1].startswith("cannot decode image")
+    assert decoded.num_rows == 2
+
+
+def test_empty_and_strict_parquet_files_lose_no_row(inferkit, ray_local, tiny_models, tmp_path):
+    """Spark writes required columns and empty files; a later file may lack a column (nulls then)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    strict = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("text", pa.string(), nullable=False),
+                        pa.field("source", pa.string(), nullable=False)])
+    pq.write_table(pa.table({"id": [1, 2], "text": ["good", "bad"], "source": ["x", "y"]}, schema=strict),
+                   folder / "a.parquet")
+    pq.ParquetWriter(folder / "b.parquet", strict).close()  # no row group at all
+    pq.write_table(pa.table({"id": [3], "text": ["fine"]}), folder / "c.parquet")
+    out = tmp_path / "out"
+    result = inferkit("run", "--model", tiny_models["embedder"], "--input", str(folder), "--output", str(out),
+                      "--precision", "fp32")
+    assert result.code == 0, result.stderr
+    frame = _assert_published(out).set_index("id")
+    assert sorted(frame.index) == [1, 2, 3] and frame.error.isna().all()
+    assert pd.isna(frame.loc[3, "source"]) and frame.loc[1, "source"] == "x"
+
+
 def test_existing_output_is_kept_unless_overwrite(inferkit, ray_local, tiny_models, text_input, tmp_path):
     path, _ = text_input
     out = tmp_path / "out"
@@ -446,12 +491,21 @@ def test_files_that_disagree_on_columns_stop_the_run_cleanly(inferkit, ray_local
     assert not out.exists() and not list(tmp_path.glob("out.inferkit-*"))
 
 
+NO_MODEL = "(no --model)"
+
+
 @pytest.mark.parametrize(("make", "args", "message"), [
     (None, ["--input", "/nonexistent/data"], "--input /nonexistent/data: no such file or folder"),
     ("mixed", [], "found images, jsonl; name one with --input-format"),
     ("texts", ["--text-column", "body"], "--text-column 'body': no such column in the input (has: id, text)"),
     ("texts", ["--id-column", "key"], "--id-column 'key': no such column"),
-    ("clash", [], "input column(s) label clash with output columns"),
+    ("clash", ["--task", "text-classification", "--model", "{classifier}"],
+     "input column(s) label clash with output columns"),
+    ("texts", ["--task", "text-classification", NO_MODEL], "--task text-classification needs --model"),
+    ("path-images", ["--task", "image-classification", "--model", "{resnet}"],
+     "--image-column 'image' is string; it must hold the image files' bytes"),
+    ("byte-images", ["--task", "image-classification", "--model", "{embedder}"],
+     "cannot load its image processor, so it cannot classify images"),
     ("texts", ["--task", "image-classification"], "--image-column 'image': no such column"),
     ("images", [], "--task embedding reads text, but --input"),
     ("texts", ["--model", "/nonexistent/model"], "--model /nonexistent/model: cannot load its config"),
@@ -459,6 +513,7 @@ def test_files_that_disagree_on_columns_stop_the_run_cleanly(inferkit, ray_local
     ("texts", ["--batch-size", "0"], "run.batchSize: must be at least 1"),
 ])
 def test_run_rejects_bad_input_before_starting_ray(inferkit, tiny_models, tmp_path, make, args, message):
+    given = args
     folder = tmp_path / "in"
     folder.mkdir()
     if make in ("texts", "mixed", "clash"):
@@ -466,10 +521,14 @@ def test_run_rejects_bad_input_before_starting_ray(inferkit, tiny_models, tmp_pa
         (folder / "t.jsonl").write_text(json.dumps(row) + "\n")
     if make in ("images", "mixed"):
         (folder / "i.png").write_bytes(tiny.image_bytes("RGB", "PNG"))
-    args = [a.format(**tiny_models) for a in args]
+    if make == "path-images":
+        pq.write_table(pa.table({"id": [1], "image": ["i.png"]}), folder / "t.parquet")
+    if make == "byte-images":
+        pq.write_table(pa.table({"id": [1], "image": [tiny.image_bytes("RGB", "PNG")]}), folder / "t.parquet")
+    args = [a.format(**tiny_models) for a in args if a != NO_MODEL]
     if make:
         args = ["--input", str(folder), *args]
-    if "--model" not in args:
+    if "--model" not in args and NO_MODEL not in given:
         args += ["--model", tiny_models["embedder"]]
     result = inferkit("run", *args, "--output", str(tmp_path / "out"))
     assert result.code == 2 and result.stdout == ""

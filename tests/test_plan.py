@@ -52,6 +52,13 @@ def test_two_core_node_never_asks_for_every_cpu():
     assert plan.num_cpus_per_actor + plan.io_task_cpus <= 2
 
 
+def test_a_big_node_beside_a_small_one_keeps_its_own_share_for_reading():
+    plan = make_plan(cluster(cpu_node(2), cpu_node(64)), RESNET50, options())
+    assert plan.num_cpus_per_actor == 1.75  # sized for the small node
+    on_big = plan.actors_max - 1
+    assert 64 - on_big * plan.num_cpus_per_actor >= 64 / 8  # not 0.25 CPU left to feed 36 actors
+
+
 @pytest.mark.parametrize(("cpus", "per_node"), [(8, 1), (16, 2), (32, 4), (64, 7)])
 def test_big_cpu_nodes_split_into_several_actors(cpus, per_node):
     plan = make_plan(cluster(cpu_node(cpus), cpu_node(cpus)), RESNET50, options())

@@ -37,6 +37,10 @@ def test_one_cpu_cluster_completes(ray_cluster, tiny_models, tmp_path):
     plan = report["plan"]
     assert plan["num_cpus_per_actor"] + plan["io_task_cpus"] <= 1 and plan["threads_per_actor"] == 1
     assert report["errors"] == 1
+    # a connected cluster of one node may grow (KubeRay's head before its workers): a local output is
+    # written through the driver, not by workers that may not see it
+    assert report["output"]["write"] == "driver"
+    assert "may not be seen by workers that join later: writing it from the driver" in result.stderr
 
 
 def test_head_without_cpus_and_a_worker_node(ray_cluster, tiny_models, tmp_path):

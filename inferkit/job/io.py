@@ -104,12 +104,13 @@ def discover(uri: str, input_format: str) -> Source:
     for file in chosen:
         if input_format == "parquet":
             try:
-                groups = pq.ParquetFile(filesystem.open_input_file(file)).metadata.num_row_groups
+                units += [(file, g) for g in range(pq.ParquetFile(filesystem.open_input_file(file)).num_row_groups)]
             except (OSError, pa.ArrowInvalid):
-                groups = 1  # unreadable: the read task reports it as an error row
-            units += [(file, g) for g in range(max(groups, 1))]
+                units.append((file, 0))  # unreadable: the read task reports it as an error row
         else:
             units.append((file, -1))
+    if not units:
+        raise ConfigError([f"--input {uri}: its parquet files hold no rows"])
     return Source(uri=uri, filesystem=filesystem, format=input_format, units=tuple(units), skipped=skipped)
 
 
@@ -183,7 +184,10 @@ def sample_schema(source: Source) -> pa.Schema:
                 schema = pa.schema([(n, pa.string()) for n in pa_csv.open_csv(stream).schema.names])
         else:
             schema = _read_table(source.filesystem, source.format, file, row_group).schema
-        return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in schema])
+        # every column may be null in the output (a row of an unreadable unit, a column a later file lacks),
+        # even where the input declared it required, as Spark does
+        return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f.with_nullable(True)
+                          for f in schema])
     except (OSError, pa.ArrowInvalid) as e:
         raise ConfigError([f"--input {source.uri}: cannot read {file} ({' '.join(str(e).split())[:300]})"]) from e
 

@@ -166,7 +166,8 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     if not nodes and not (options.num_cpus_per_actor and options.actors):
         raise ConfigError(["the cluster has no CPU workers yet; for a group that autoscales from zero give "
                            "--num-cpus-per-actor and --actors MIN:MAX (render does)"])
-    # Size actors for the smallest node so that one fits on every node.
+    # Size actors for the node with the fewest usable CPUs, so that one fits on it (and on every node
+    # whose Ray CPU count is no further from its container's than that node's).
     smallest = min(nodes, key=lambda n: n.usable_cpus, default=None)
     usable = smallest.usable_cpus if smallest else options.num_cpus_per_actor + IO_TASK_CPUS
     # Ray schedules by its logical CPU count; when the container really has fewer, ask for the same
@@ -186,7 +187,9 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
         why = f"{usable:g} usable CPUs per node, {io_cpus:g} kept for reading and decoding"
     threads = max(1, math.floor(ray_cpus / scale + 0.5))
     def fitting(node: NodeResources) -> int:
-        return max(0, int((node.cpus - io_ray + 1e-9) // ray_cpus))
+        """Actors on this node, each bigger node keeping its own share for reading and decoding."""
+        kept = max(io_ray, IO_CPU_SHARE * node.cpus)
+        return max(0, int((node.cpus - kept + 1e-9) // ray_cpus))
 
     capacity = sum(fitting(n) for n in nodes)
     decisions.append(Decision("actor resources", f"{ray_cpus:g} CPU, {threads} threads", why))

@@ -32,7 +32,6 @@ from inferkit.job.tasks import (ERROR, ModelFacts, ModelSpec, Predictor, check_p
                                 read_model_facts)
 
 SAMPLE = Path(__file__).parent / "sample" / "texts.jsonl"
-RESULT_COLUMNS = {"label", "score", "embedding", ERROR}
 ROWS_PER_FILE = 50_000
 PRECISION_SAMPLE_ROWS = 64
 
@@ -59,12 +58,23 @@ def _check_columns(options: RunOptions, source: io.Source, schema: pa.Schema) ->
     if payload not in names:
         flag = "--image-column" if options.task == "image-classification" else "--text-column"
         problems.append(f"{flag} {payload!r}: no such column in the input (has: {', '.join(names)})")
+    if options.task == "image-classification" and source.format != "images" and payload in names:
+        kind = schema.field(payload).type
+        if not (_is_binary(kind) or pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0
+                and _is_binary(kind.field("bytes").type)):
+            problems.append(f"--image-column {payload!r} is {kind}; it must hold the image files' bytes (binary, "
+                            "or a struct with a binary `bytes` field as Hugging Face datasets write)")
     if options.id_column and options.id_column not in names:
         problems.append(f"--id-column {options.id_column!r}: no such column in the input (has: {', '.join(names)})")
-    clashes = sorted(RESULT_COLUMNS & set(names) - {payload})
+    results = {ERROR} | ({"embedding"} if options.task == "embedding" else {"label", "score"})
+    clashes = sorted(results & set(names) - {payload})
     if clashes:
         problems.append(f"input column(s) {', '.join(clashes)} clash with output columns; rename them")
     return problems
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
 
 
 def _check_models(options: RunOptions, facts: list[ModelFacts]) -> list[str]:
@@ -99,11 +109,14 @@ def _passthrough(options: RunOptions, source: io.Source, schema: pa.Schema) -> l
 # Ray
 
 
-def _connect(verbose: bool) -> str:
+def _connect(verbose: bool) -> tuple[str, bool]:
+    """Connects to Ray; says where, and whether it is an embedded Ray this process started (one machine,
+    no nodes joining later)."""
     import ray
 
     address = os.environ.get("RAY_ADDRESS")
     level = logging.INFO if verbose else logging.WARNING
+    embedded = False
     if ray.is_initialized():  # a caller (a notebook, a test) already connected
         where = "the connected Ray"
     elif address:
@@ -111,7 +124,7 @@ def _connect(verbose: bool) -> str:
         where = f"the Ray cluster at {address}"
     else:
         ray.init(address="local", include_dashboard=False, logging_level=level)  # never a stray `ray start`
-        where = "an embedded Ray"
+        where, embedded = "an embedded Ray", True
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = sys.stderr.isatty()
     context.print_on_execution_start = verbose
@@ -119,7 +132,7 @@ def _connect(verbose: bool) -> str:
     if not verbose:  # a failing task is reported once, by us, with its root cause; -v shows Ray's traceback
         for name in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    return where
+    return where, embedded
 
 
 def _visible_everywhere(path: str, node_ids: list[str]) -> bool:
@@ -177,14 +190,18 @@ def _settle_precision(prepared: Any, spec: ModelSpec, plan: Plan) -> tuple[Model
     return dataclasses.replace(spec, precision=chosen), {"chosen": chosen, "checked": True, **result}
 
 
-def _write(predictions: Any, output: io.Output, node_ids: list[str], io_cpus: float) -> str:
-    """Write where the workers are when they all see the output; otherwise through the driver."""
-    if not output.local or len(node_ids) == 1 or _probe_shared(output, node_ids):
+def _write(predictions: Any, output: io.Output, node_ids: list[str], io_cpus: float, embedded: bool) -> str:
+    """Write where the workers are when they all see the output: an object store, an embedded Ray's one
+    machine, or a folder every node sees (nodes that join later are assumed to mount what the others
+    do). A cluster of one node may grow (KubeRay's head before its workers start), so its local output
+    is written through the driver."""
+    if not output.local or embedded or (len(node_ids) > 1 and _probe_shared(output, node_ids)):
         predictions.write_parquet(output.staging, filesystem=output.filesystem, min_rows_per_file=ROWS_PER_FILE,
                                   ray_remote_args={"num_cpus": io_cpus})
         return "distributed"
-    say(f"{output.uri} is not shared by all nodes: writing it from the driver (keep it on a volume, or use s3:// "
-         "or gs://, or it vanishes with this machine)")
+    why = "is not shared by all nodes" if len(node_ids) > 1 else "may not be seen by workers that join later"
+    say(f"{output.uri} {why}: writing it from the driver (keep it on a volume, or use s3:// or gs://, or it "
+        "vanishes with this machine)")
     pending: list[pa.Table] = []
     index = 0
     for batch in predictions.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -233,9 +250,11 @@ def run_job(options: RunOptions, verbose: bool = False) -> int:
     source = io.discover(options.input or str(SAMPLE), options.input_format)
     schema = io.sample_schema(source)
     problems = _check_columns(options, source, schema)
-    models = options.model or (demo_model(),)
+    if not options.model and options.task != "embedding":
+        problems.append(f"--task {options.task} needs --model: the bundled demo model only makes embeddings")
     if problems:
         raise ConfigError(problems)
+    models = options.model or (demo_model(),)
     facts = [read_model_facts(m, options.task, options.trust_remote_code) for m in models]
     problems = _check_models(options, facts)
     if problems:
@@ -282,7 +301,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
          facts: list[ModelFacts], passthrough: list[str], output: io.Output) -> int:
     from inferkit.job.resources import read_cluster
 
-    where = _connect(verbose)
+    where, embedded = _connect(verbose)
     cluster = read_cluster()
     plan = make_plan(cluster, profile_models(facts, options.task), options)
     say(f"run {run_id} on {where}: {len(source.units)} input unit(s) of {source.format} from {source.uri}"
@@ -301,7 +320,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     predictions = _predictions(prepared, spec, plan)
     node_ids = [n.node_id for n in cluster.nodes]
     execute_started = time.time()
-    write_mode = _write(predictions, output, node_ids, plan.io_task_cpus)
+    write_mode = _write(predictions, output, node_ids, plan.io_task_cpus, embedded)
     execute_seconds = time.time() - execute_started
     files = io.output_files(output, output.staging)
     rows, errors, unreadable = io.count_rows(output, files)

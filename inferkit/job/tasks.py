@@ -77,18 +77,22 @@ def read_model_facts(model: str, task: str, trust_remote_code: bool) -> ModelFac
     # Actors do not share the driver's working directory: a local folder travels as an absolute path.
     model = os.path.abspath(model) if os.path.isdir(model) else model
 
+    from inferkit.errors import ConfigError
+
     try:
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "cannot use this model"
-        from inferkit.errors import ConfigError
-
         raise ConfigError([f"--model {model}: cannot load its config ({type(e).__name__}: "
                            f"{' '.join(str(e).split())[:300]})"]) from e
     processor = None
     if task == "image-classification":
         from transformers import AutoImageProcessor
 
-        processor = AutoImageProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code)
+        try:
+            processor = AutoImageProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code)
+        except Exception as e:  # noqa: BLE001 - no preprocessor_config.json, or one transformers cannot use
+            raise ConfigError([f"--model {model}: cannot load its image processor, so it cannot classify images "
+                               f"({type(e).__name__}: {' '.join(str(e).split())[:300]})"]) from e
     labels = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
     return ModelFacts(
         model=model,
@@ -155,6 +159,8 @@ def decode_images(batch: pa.Table, *, processors: list, shapes: list[tuple[int, 
     arrays: list[list[np.ndarray]] = [[] for _ in processors]
     for i, blob in enumerate(blobs):
         image = None
+        if isinstance(blob, dict):  # a Hugging Face datasets Image column: {bytes, path}
+            blob = blob.get("bytes")
         if errors[i] is None:
             if not blob:
                 errors[i] = "empty file"
@@ -167,14 +173,19 @@ def decode_images(batch: pa.Table, *, processors: list, shapes: list[tuple[int, 
                     errors[i] = "cannot decode image: not a format PIL recognises"
                 except Image.DecompressionBombError as e:
                     errors[i] = f"image too large to decode safely: {' '.join(str(e).split())[:200]}"
-                except (OSError, ValueError, SyntaxError) as e:
-                    errors[i] = f"cannot decode image: {' '.join(str(e).split())[:200]}"
+                except Exception as e:  # noqa: BLE001 - whatever a decoder raises, it is this row's error
+                    errors[i] = f"cannot decode image: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
         for k, processor in enumerate(processors):
-            if image is None:
-                arrays[k].append(np.zeros(shapes[k], dtype=np.uint8))
-            else:
-                pixels = processor(image, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"][0]
-                arrays[k].append(np.clip(pixels, 0, 255).astype(np.uint8))
+            pixels = None
+            if image is not None:
+                try:
+                    pixels = processor(image, do_rescale=False, do_normalize=False,
+                                       return_tensors="np")["pixel_values"][0]
+                except Exception as e:  # noqa: BLE001 - a size or mode the processor refuses: this row's error
+                    errors[i] = f"cannot preprocess image: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                    image = None
+            arrays[k].append(np.zeros(shapes[k], dtype=np.uint8) if pixels is None
+                             else np.clip(pixels, 0, 255).astype(np.uint8))
     out = batch.drop_columns([c for c in (image_column, ERROR) if c in batch.column_names])
     for k, column in enumerate(arrays):
         stacked = np.stack(column) if column else np.zeros((0, *shapes[k]), dtype=np.uint8)
@@ -401,8 +412,8 @@ class Predictor:
         """Fraction of rows whose `precision` prediction matches this fp32 predictor's: the same top-1
         label, or an embedding with cosine similarity >= 0.99. Leaves the models in `precision`."""
         rows = [i for i, e in enumerate(self._row_errors(batch)) if e is None]
-        if not rows:
-            return 1.0, 0
+        if not rows:  # nothing to compare: unchecked, so not kept
+            return 0.0, 0
         columns = self._columns(batch)
         reference = self._predict(columns, rows)
         self.dtype = {"bf16": self.torch.bfloat16, "fp16": self.torch.float16}[precision]
@@ -436,4 +447,7 @@ def check_precision(spec: ModelSpec, batch: pa.Table) -> dict:
         return {"agreement": 0.0, "rows": 0, "why": f"{torch.cuda.get_device_name(0)} has no bf16"}
     predictor = Predictor(dataclasses.replace(spec, precision="fp32"))
     agreement, rows = predictor.agreement(batch, spec.precision)
+    if not rows:
+        return {"agreement": 0.0, "rows": 0, "why": f"none of the first {batch.num_rows} rows could be compared "
+                                                    "with fp32 (all have errors)"}
     return {"agreement": agreement, "rows": rows}
