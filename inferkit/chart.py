@@ -12,7 +12,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from inferkit.config import RAYJOB, Config, Layer, RunOptions, build_config, build_run_options, flag_layer, set_layer
+from inferkit.config import (RAYJOB, Config, Layer, RunOptions, build_config, build_run_options, flag_layer, load_yaml,
+                             set_layer)
 from inferkit.errors import ConfigError
 from inferkit.render import render_object, template_environment
 from inferkit.validate import kuberay_rules, schema_problems
@@ -33,8 +34,10 @@ def _load_yaml_mapping(path: Path, what: str) -> dict:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([f"{what}: cannot read {path}: {e.strerror or e}"]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{what}: {path} is not UTF-8 text (byte {e.start})"]) from e
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

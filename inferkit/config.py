@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ RAYCLUSTER = "RayCluster"
 # KubeRay derives Service and Pod names from these, hence limits below the 63 of a DNS label.
 MAX_NAME_LENGTH = {RAYJOB: 47, RAYCLUSTER: 53}
 
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
 TASKS = ("embedding", "image-classification", "text-classification")
 
 
@@ -32,11 +35,24 @@ class Quantity(str):
     """A Kubernetes resource quantity such as `500m`, `2`, `16Gi`, kept as the user wrote it."""
 
 
-_QUANTITY = re.compile(r"^([+-]?)(\d+(?:\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
+_QUANTITY = re.compile(r"^([+-]?)(\d+(?:\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
 _SUFFIX = {
-    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+    "": 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
     "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }
+
+
+class _JsonLikeLoader(yaml.SafeLoader):
+    """YAML as a manifest holds it: dates stay text (JSON, and so Kubernetes, has no dates)."""
+
+
+_JsonLikeLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_JsonLikeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_quantity(text: str) -> Decimal:
@@ -50,10 +66,10 @@ def parse_quantity(text: str) -> Decimal:
         value = Decimal(number)
     except InvalidOperation as e:  # pragma: no cover - the regex admits only decimals
         raise ValueError(f"{text!r} is not a Kubernetes quantity") from e
-    if suffix[:1] in ("e", "E"):
-        value *= Decimal(10) ** int(suffix[1:])
-    else:
+    if suffix in _SUFFIX:
         value *= _SUFFIX[suffix]
+    else:  # a decimal exponent: 1e3
+        value *= Decimal(10) ** int(suffix[1:])
     return -value if sign == "-" else value
 
 
@@ -89,7 +105,6 @@ class Head:
     tolerations: tuple[dict, ...]
     affinity: dict
     ray_start_params: dict[str, str]
-    ray_resources: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -330,7 +345,7 @@ def set_layer(assignments: list[str]) -> tuple[Layer, list[str]]:
             value: Any = raw
         else:
             try:
-                value = yaml.safe_load(raw) if raw else ""
+                value = load_yaml(raw) if raw else ""
             except yaml.YAMLError as e:
                 problems.append(f"--set {key}: value is not valid YAML ({_first_line(e)})")
                 continue
@@ -349,15 +364,16 @@ def _first_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
+_RANGE = re.compile(r"^(-?[0-9]+)(?::(-?[0-9]+))?$")  # not int()'s looser "1_0" or " 1"
+
+
 def parse_range(text: str) -> tuple[int, int, bool]:
     """`N` or `MIN:MAX` -> (min, max, whether a range was given); ValueError with the reason."""
-    low, sep, high = text.partition(":")
-    try:
-        lo = int(low)
-        hi = int(high) if sep else lo
-    except ValueError:
-        raise ValueError(f"{text!r} is not N or MIN:MAX with whole numbers") from None
-    return lo, hi, bool(sep)
+    match = _RANGE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not N or MIN:MAX with whole numbers")
+    low, high = match.group(1), match.group(2)
+    return int(low), int(high if high is not None else low), high is not None
 
 
 def parse_node_count(text: str, flag: str) -> tuple[dict, str | None]:
@@ -509,6 +525,10 @@ class _Converter:
             hint = " (quote it)" if tp is str and isinstance(value, (int, float, bool)) else ""
             self.fail(path, f"must be {_type_name(tp)}, not {_describe(value)}{hint}")
             return value
+        if tp is float and not math.isfinite(value):
+            self.fail(path, f"must be a finite number, not {value}")
+        if tp is int and not INT32_MIN <= value <= INT32_MAX:  # every count and duration is an int32 in the CRDs
+            self.fail(path, f"must be between {INT32_MIN} and {INT32_MAX}, not {value}")
         return float(value) if tp is float else value
 
     def _dataclass(self, cls: type, value: Any, path: str) -> Any:
@@ -549,7 +569,7 @@ def _describe(value: Any) -> str:
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # Environment variable names that carry credentials: their values must come from a Secret.
 _SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_KEY)", re.IGNORECASE)
@@ -571,7 +591,7 @@ def check_name(name: str, kind: str) -> list[str]:
 def qualified_name_problem(key: str) -> str | None:
     """Kubernetes label/annotation key rules: optional DNS-subdomain prefix, name <= 63."""
     prefix, slash, name = key.rpartition("/")
-    if slash and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+    if slash and (not prefix or len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
         return "its prefix must be a DNS subdomain (lowercase, dots, at most 253 characters)"
     if not name or len(name) > 63 or not _LABEL_NAME.match(name):
         return "its name must be 1-63 characters of letters, digits, '-', '_' or '.', alphanumeric at both ends"
@@ -684,6 +704,11 @@ def _check_metadata(cfg: Config) -> list[str]:
 
 def _check_env(cfg: Config) -> list[str]:
     problems = []
+    runtime_vars = cfg.job.runtime_env.get("env_vars") if isinstance(cfg.job.runtime_env, dict) else None
+    for name in runtime_vars if isinstance(runtime_vars, dict) else {}:
+        if _SECRET_NAME.search(str(name)):
+            problems.append(f"job.runtimeEnv.env_vars.{name}: a credential must not be inlined in the RayJob; put it "
+                            "in a Secret and reference it from env (valueFrom.secretKeyRef) or use hfTokenSecret")
     for i, var in enumerate(cfg.env):
         if not isinstance(var, dict) or not isinstance(var.get("name"), str):
             problems.append(f"env[{i}]: must be a map with a string `name` (a Kubernetes EnvVar)")
@@ -731,6 +756,19 @@ def check_config(cfg: Config, kind: str, default_run: RunOptions) -> list[str]:
         problems.append("autoscaler.idleTimeoutSeconds: must not be negative")
     problems += _check_metadata(cfg)
     problems += _check_env(cfg)
+    for path, group in (("cpuWorkers", cfg.cpu_workers), ("gpuWorkers", cfg.gpu_workers)):
+        if "num-gpus" in group.ray_start_params:
+            problems.append(f"{path}.rayStartParams.num-gpus: KubeRay takes it from the container's nvidia.com/gpu "
+                            "limit (gpuWorkers.gpusPerNode, --gpus-per-node); do not set it")
+    if cfg.job.submission_mode == "SidecarMode":
+        problems.append("job.submissionMode: SidecarMode makes KubeRay add a submitter sidecar whose requests are "
+                        "below its limits (500m/200Mi vs 1/1Gi), and no field changes them; use K8sJobMode")
+    if kind == RAYJOB and cfg.run.device == "gpu" and not cfg.gpu_workers.enabled:
+        problems.append("run.device: 'gpu' needs GPU workers (--gpu-nodes N)")
+    per_actor = cfg.run.num_gpus_per_actor
+    if cfg.gpu_workers.enabled and per_actor and per_actor > cfg.gpu_workers.gpus_per_node:
+        problems.append(f"run.numGpusPerActor: {per_actor:g} is more than a GPU node has "
+                        f"({cfg.gpu_workers.gpus_per_node}), so no actor could ever start")
     head_cpus = cfg.head.ray_start_params.get("num-cpus")
     if head_cpus not in (None, "0"):
         problems.append(f"head.rayStartParams.num-cpus: the head runs no work, so it stays \"0\" (got {head_cpus!r})")

@@ -26,9 +26,13 @@ def load_crd_schemas(source: str) -> dict[str, dict]:
     for file in files:
         try:
             documents += [d for d in yaml.load_all(file.read_text(encoding="utf-8"), Loader=_Loader) if d]
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise ConfigError([f"--crd-dir: cannot read {file}: {' '.join(str(e).split())}"]) from e
-    schemas = crd_schemas(documents)
+    try:
+        schemas = crd_schemas(documents)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ConfigError([f"--crd-dir {source}: a ray.io CustomResourceDefinition in it is malformed (no "
+                           f"{e} where a CRD has one)"]) from e
     if not schemas:
         raise ConfigError([f"--crd-dir {source}: no ray.io v1 CustomResourceDefinition found"])
     return schemas

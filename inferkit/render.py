@@ -217,7 +217,6 @@ def build_view(cfg: Config, kind: str, default_run: RunOptions) -> dict:
         },
         "head": {
             "ray_start_params": {**head.ray_start_params, "num-cpus": "0"},
-            "ray_resources": dict(head.ray_resources),
             "pod": _pod_view(cfg, dict(head.node_selector), list(head.tolerations), head.affinity),
             "container": _container_view(cfg, "ray-head", cfg.image.cpu, _requests_equal_limits(head.cpu, head.memory),
                                          env, mounts, HEAD_PORTS),

@@ -11,7 +11,8 @@ import difflib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from inferkit.config import MAX_NAME_LENGTH, check_name, label_value_problem, qualified_name_problem
+from inferkit.config import (DNS1123_SUBDOMAIN, MAX_NAME_LENGTH, check_name, label_value_problem,
+                             qualified_name_problem)
 
 RAY_RESOURCE_PARAMS = ("num-cpus", "num-gpus", "memory", "resources")
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -42,10 +43,6 @@ def _cluster_rules(spec: dict, prefix: str) -> list[str]:
         containers = ((group.get("template") or {}).get("spec") or {}).get("containers") or []
         if not containers:
             problems.append(f"{path}.template.spec.containers: group {name} needs at least one container")
-        for key, value in (group.get("labels") or {}).items():
-            problem = qualified_name_problem(key) or label_value_problem(str(value))
-            if problem:
-                problems.append(f"{path}.labels.{key}: {problem}")
         if path.endswith("headGroupSpec"):
             continue
         names.append(name)
@@ -138,6 +135,29 @@ def _job_rules(spec: dict) -> list[str]:
     return problems + _deletion_rules(spec)
 
 
+def _label_rules(node: Any, path: str) -> Iterator[str]:
+    """Every label, node selector and service account name anywhere in the object: the API server
+    rejects a bad label, and a bad node selector value leaves pods that can never be scheduled."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _label_rules(item, f"{path}[{i}]")
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        where = f"{path}.{key}" if path else key
+        if key in ("labels", "nodeSelector") and isinstance(value, dict):
+            for label, text in value.items():
+                problem = qualified_name_problem(str(label)) or label_value_problem(str(text))
+                if problem:
+                    yield f"{where}.{label}: {str(text)!r}: {problem}"
+        elif key == "serviceAccountName" and isinstance(value, str) and (
+                len(value) > 253 or not DNS1123_SUBDOMAIN.match(value)):
+            yield f"{where}: {value!r} is not a DNS subdomain (lowercase letters, digits, '-' and '.')"
+        else:
+            yield from _label_rules(value, where)
+
+
 def kuberay_rules(obj: dict) -> list[str]:
     """KubeRay's admission rules for a RayJob or RayCluster: what the operator would reject."""
     kind = obj.get("kind")
@@ -152,7 +172,7 @@ def kuberay_rules(obj: dict) -> list[str]:
             problems += _cluster_rules(spec["rayClusterSpec"], "spec.rayClusterSpec")
     else:
         problems += _cluster_rules(spec, "spec")
-    return problems
+    return problems + list(_label_rules(obj, ""))
 
 
 # ---------------------------------------------------------------------------------------------

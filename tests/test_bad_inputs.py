@@ -11,6 +11,7 @@ CASES = [
     ("no-workers", [], "no worker nodes"),
     ("negative-gpu-nodes", ["--gpu-nodes", "-1"], "gpuWorkers.replicas: must not be negative"),
     ("gpu-nodes-not-a-number", ["--gpu-nodes", "x"], "--gpu-nodes 'x' is not N or MIN:MAX with whole numbers"),
+    ("gpu-nodes-loose-number", ["--gpu-nodes", "1_0"], "--gpu-nodes '1_0' is not N or MIN:MAX with whole numbers"),
     ("gpu-nodes-range-reversed", ["--gpu-nodes", "8:2"], "need minReplicas <= replicas <= maxReplicas"),
     ("zero-gpus-per-node", ["--gpu-nodes", "1", "--gpus-per-node", "0"], "gpuWorkers.gpusPerNode: must be at least 1"),
     ("empty-image", ["--cpu-nodes", "1", "--image", ""], "image.cpu: must not be empty"),
@@ -43,8 +44,26 @@ CASES = [
     ("suspend-needs-shutdown", ["--cpu-nodes", "1", "--set", "job.shutdownAfterJobFinishes=false",
                                 "--set", "job.ttlSecondsAfterFinished=0", "--set", "job.suspend=true"],
      "can be suspended (Kueue) only with shutdownAfterJobFinishes: true"),
-    ("ray-resources-twice", ["--cpu-nodes", "1", "--set", "cpuWorkers.rayStartParams.num-gpus=1",
-                             "--set", "cpuWorkers.rayResources.GPU=1"], "set in both rayStartParams and resources"),
+    ("ray-resources-twice", ["--cpu-nodes", "1", "--set", "cpuWorkers.rayStartParams.memory=1000",
+                             "--set", "cpuWorkers.rayResources.memory=1000"], "set in both rayStartParams and resources"),
+    ("ray-gpus-by-hand", ["--cpu-nodes", "1", "--set", "cpuWorkers.rayStartParams.num-gpus=1"],
+     "cpuWorkers.rayStartParams.num-gpus: KubeRay takes it from the container's nvidia.com/gpu limit"),
+    ("sidecar-mode", ["--cpu-nodes", "1", "--set", "job.submissionMode=SidecarMode"],
+     "job.submissionMode: SidecarMode makes KubeRay add a submitter sidecar whose requests are below its limits"),
+    ("secret-in-runtime-env", ["--cpu-nodes", "1", "--set", "job.runtimeEnv.env_vars.HF_TOKEN=hf_abc"],
+     "job.runtimeEnv.env_vars.HF_TOKEN: a credential must not be inlined"),
+    ("gpu-device-without-gpus", ["--cpu-nodes", "1", "--device", "gpu"], "run.device: 'gpu' needs GPU workers"),
+    ("actor-bigger-than-a-node", ["--gpu-nodes", "1", "--gpus-per-node", "2", "--num-gpus-per-actor", "3"],
+     "run.numGpusPerActor: 3 is more than a GPU node has (2)"),
+    ("infinite-cpus", ["--cpu-nodes", "1", "--num-cpus-per-actor", "inf"], "must be a finite number, not inf [flags]"),
+    ("int32-overflow", ["--cpu-nodes", "3000000000"],
+     "cpuWorkers.replicas: must be between -2147483648 and 2147483647, not 3000000000"),
+    ("queue-not-a-label", ["--cpu-nodes", "1", "--set", "scheduling.kueueQueue=team queue"],
+     "metadata.labels.kueue.x-k8s.io/queue-name: 'team queue': a label value has at most 63"),
+    ("gpu-type-not-a-label", ["--gpu-nodes", "1", "--gpu-type", "NVIDIA A100 80GB"],
+     "nodeSelector.nvidia.com/gpu.product: 'NVIDIA A100 80GB': a label value"),
+    ("service-account-not-dns", ["--cpu-nodes", "1", "--set", "serviceAccountName=Bad_SA"],
+     "serviceAccountName: 'Bad_SA' is not a DNS subdomain"),
     ("head-must-run-no-work", ["--cpu-nodes", "1", "--set", "head.rayStartParams.num-cpus=2"],
      "the head runs no work"),
     ("ray-start-labels", ["--cpu-nodes", "1", "--set", "cpuWorkers.rayStartParams.labels=a=b"],
@@ -111,7 +130,9 @@ CRD_CASES = [
     ("crd-unknown-field", ["--cpu-nodes", "1", "--set", "head.affinity={nodeAffinty: {}}"],
      "unknown field 'nodeAffinty' (did you mean 'nodeAffinity'?); the API server would silently drop it"),
     ("crd-env-typo", ["--cpu-nodes", "1", "--set", "env=[{name: A, valu: b}]"], "unknown field 'valu'"),
-    ("crd-int32-overflow", ["--cpu-nodes", "3000000000"], "3000000000 is greater than the maximum of 2147483647"),
+    ("crd-int64-overflow", ["--cpu-nodes", "1", "--set",
+                            "cpuWorkers.tolerations=[{key: a, operator: Exists, tolerationSeconds: 99999999999999999999}]"],
+     "tolerationSeconds: 99999999999999999999 is greater than the maximum of 9223372036854775807"),
     ("crd-wrong-toleration-type", ["--cpu-nodes", "1", "--set", "cpuWorkers.tolerations=[{key: 1}]"],
      "1 is not of type 'string'"),
     ("crd-bad-deletion-policy", ["--cpu-nodes", "1", "--set", "job.shutdownAfterJobFinishes=false",
@@ -176,3 +197,14 @@ def test_single_problem_is_one_line(inferkit):
 def test_verbose_shows_traceback(inferkit):
     result = inferkit("-v", "render", "--gpu-nodes", "1", "--gpus-per-node", "0")
     assert result.code == 2 and "Traceback" in result.stderr and result.stdout == ""
+
+
+def test_files_that_are_not_text_or_not_crds_are_clean_errors(inferkit, tmp_path):
+    binary = tmp_path / "values.yaml"
+    binary.write_bytes(b"\xff\xfe")
+    _assert_clean_failure(inferkit("render", "--cpu-nodes", "1", "-f", str(binary)), "is not UTF-8 text (byte 0)")
+    crds = tmp_path / "crds"
+    crds.mkdir()
+    (crds / "rayjob.yaml").write_text("kind: CustomResourceDefinition\nspec: {group: ray.io, versions: [{name: v1}]}\n")
+    _assert_clean_failure(inferkit("render", "--cpu-nodes", "1", "--crd-dir", str(crds)),
+                          "a ray.io CustomResourceDefinition in it is malformed")

@@ -63,7 +63,7 @@ def configurations(draw):
         | {"gangScheduling": draw(st.booleans())},
     }
     if kind == RAYJOB:
-        mode = draw(st.sampled_from(["K8sJobMode", "HTTPMode", "SidecarMode", "InteractiveMode"]))
+        mode = draw(st.sampled_from(["K8sJobMode", "HTTPMode", "InteractiveMode"]))
         values["job"] = {
             "submissionMode": mode,
             "ttlSecondsAfterFinished": draw(st.integers(0, 10**6)),

@@ -216,3 +216,23 @@ def test_crd_dir_from_environment(inferkit, crd_dir, monkeypatch, capsys):
         main(["render", "--cpu-nodes", "1", "--set", "head.affinity={nodeAfinity: {}}"])
     assert exit_info.value.code == 2
     assert "unknown field 'nodeAfinity'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("500m", "0.5"), ("2", "2"), ("1.5Gi", str(3 * 2**29)), ("1Ei", str(2**60)), ("1E", str(10**18)),
+    ("1e3", "1000"), ("2E2", "200"), ("100n", "1E-7"), ("5u", "0.000005"), ("16k", "16000"),
+])
+def test_every_kubernetes_quantity_suffix(text, value):
+    from decimal import Decimal
+
+    from inferkit.config import parse_quantity
+
+    assert parse_quantity(text) == Decimal(value)
+
+
+def test_dates_in_free_form_values_stay_text(inferkit):
+    result = inferkit("render", "--cpu-nodes", "1", "-o", "json",
+                      "--set", "cpuWorkers.tolerations=[{key: since, operator: Equal, value: 2020-01-01}]")
+    assert result.code == 0, result.stderr
+    group = json.loads(result.stdout)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert {"key": "since", "operator": "Equal", "value": "2020-01-01"} in group["template"]["spec"]["tolerations"]
