@@ -202,7 +202,8 @@ class RunOptions:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
         "auto picks bf16 where the hardware has it and the first batch agrees with fp32 on >= 99% of rows.")
     max_error_fraction: float = _help(
-        "Exit non-zero when more than this fraction of rows failed (the output is written either way).")
+        "Exit non-zero when more than this fraction of rows failed, or when an input file could not be read "
+        "at all (its rows are missing); the output is written either way.")
     overwrite: bool = _help("Replace an existing output folder.")
     trust_remote_code: bool = _help("Allow models that ship their own Python code (off: only built-in classes).")
 
