@@ -151,6 +151,8 @@ def render(raycluster: bool, output_format: str, out_dir: str | None, **kwargs: 
     from inferkit import chart
     from inferkit.render import dump
 
+    if out_dir is not None and not out_dir.strip():
+        raise click.BadParameter("must name a folder", param_hint="--out-dir")
     kind = RAYCLUSTER if raycluster else RAYJOB
     cfg, schemas = _load(kwargs, kind)
     obj = chart.render_checked(cfg, kind, schemas)
@@ -160,7 +162,7 @@ def render(raycluster: bool, output_format: str, out_dir: str | None, **kwargs: 
         say("note: no --output: the job runs the bundled demo and its results stay inside the head pod, "
             "which goes away with the cluster; pass --output s3://..., gs://... or a path on a volume")
     text = dump(obj, output_format)
-    if out_dir:
+    if out_dir is not None:
         command = "inferkit " + shlex.join(_state["argv"])
         path = chart.write_manifest(out_dir, obj, text, command, output_format)
         click.echo(f"wrote {path}", err=True)

@@ -140,8 +140,8 @@ class LogCursor:
     that every line is new, even one stamped a little out of order. A takeover pod (a new pod of the
     same submission) replays the log from the start: its lines are matched in order against the log
     shown before it, only ever forward, and held back until CONFIRM_LINES of them match in a row (or
-    they are exactly the rest of that log); matched lines are skipped, and from a mismatch on lines are shown until
-    they match again. Held lines are shown, not dropped, when they stop matching or the stream ends, so
+    they are exactly the rest of that log); matched lines are skipped, and from a mismatch on lines are
+    shown until they match again. Held lines are shown, not dropped, when they stop matching or the stream ends, so
     a doubt costs a repeated line, never a lost one. A takeover pod that submits the job again (Ray lost
     it) is a new run."""
 
@@ -175,7 +175,6 @@ class LogCursor:
             self.places = {}
             for place, line in enumerate(self.before):
                 self.places.setdefault(line, []).append(place)
-        if kind != SAME_POD:
             self.pod, self.submission, self.last, self.shown_at_last = pod, submission, "", 0
             self.log, self.at, self.aligned, self.unmatched = array("q"), (0 if self.before else None), False, 0
         self.replaying, self.replayed = True, 0

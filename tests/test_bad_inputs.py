@@ -12,6 +12,7 @@ CASES = [
     ("negative-gpu-nodes", ["--gpu-nodes", "-1"], "gpuWorkers.replicas: must not be negative"),
     ("gpu-nodes-not-a-number", ["--gpu-nodes", "x"], "--gpu-nodes 'x' is not N or MIN:MAX with whole numbers"),
     ("gpu-nodes-loose-number", ["--gpu-nodes", "1_0"], "--gpu-nodes '1_0' is not N or MIN:MAX with whole numbers"),
+    ("empty-out-dir", ["--cpu-nodes", "1", "--out-dir", ""], "Invalid value for --out-dir: must name a folder"),
     ("gpu-nodes-range-reversed", ["--gpu-nodes", "8:2"], "need minReplicas <= replicas <= maxReplicas"),
     ("zero-gpus-per-node", ["--gpu-nodes", "1", "--gpus-per-node", "0"], "gpuWorkers.gpusPerNode: must be at least 1"),
     ("empty-image", ["--cpu-nodes", "1", "--image", ""], "image.cpu: must not be empty"),

@@ -59,6 +59,11 @@ def test_a_big_node_beside_a_small_one_keeps_its_own_share_for_reading():
     assert 64 - on_big * plan.num_cpus_per_actor >= 64 / 8  # not 0.25 CPU left to feed 36 actors
 
 
+def test_an_actor_asked_to_fill_a_node_but_the_reading_share_still_fits():
+    plan = make_plan(cluster(cpu_node(4)), RESNET50, options(num_cpus_per_actor=3.75))
+    assert (plan.actors_min, plan.actors_max) == (1, 1)
+
+
 @pytest.mark.parametrize(("cpus", "per_node"), [(8, 1), (16, 2), (32, 4), (64, 7)])
 def test_big_cpu_nodes_split_into_several_actors(cpus, per_node):
     plan = make_plan(cluster(cpu_node(cpus), cpu_node(cpus)), RESNET50, options())

@@ -187,8 +187,9 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
         why = f"{usable:g} usable CPUs per node, {io_cpus:g} kept for reading and decoding"
     threads = max(1, math.floor(ray_cpus / scale + 0.5))
     def fitting(node: NodeResources) -> int:
-        """Actors on this node, each bigger node keeping its own share for reading and decoding."""
-        kept = max(io_ray, IO_CPU_SHARE * node.cpus)
+        """Actors on this node; a bigger node keeps for reading and decoding what the sizing node keeps,
+        in proportion to its CPUs."""
+        kept = io_ray * max(1.0, node.cpus / smallest.cpus) if smallest else io_ray
         return max(0, int((node.cpus - kept + 1e-9) // ray_cpus))
 
     capacity = sum(fitting(n) for n in nodes)

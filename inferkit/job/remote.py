@@ -155,5 +155,5 @@ def _interrupted(client, job_id: str, submitted: bool, cancel: bool, hint: str) 
     except Exception as e:  # noqa: BLE001 - not submitted after all, or the dashboard does not answer
         say(f"interrupted{where}: could not stop Ray job {job_id}: {_one_line(e)}. {hint}")
         return EXIT_INTERRUPTED
-    say(f"interrupted: {'stopped' if stopped else 'it had already ended:'} Ray job {job_id}")
+    say(f"interrupted: Ray job {job_id} {'stopped' if stopped else 'had already ended'}")
     return EXIT_INTERRUPTED
