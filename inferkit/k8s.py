@@ -322,7 +322,11 @@ class Kube:
             response.release_conn()
 
     def events_for(self, names: set[str]) -> list[dict]:
-        events = self._call("listing events", self.core.list_namespaced_event, self.namespace)
+        """Events of these objects; none when the caller may not list events (they only explain)."""
+        try:
+            events = self._call("listing events", self.core.list_namespaced_event, self.namespace, handled=(403,))
+        except ApiException:
+            return []
         return [self._raw(e) for e in events.items if (e.involved_object.name or "") in names]
 
 

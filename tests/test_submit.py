@@ -392,6 +392,17 @@ def test_status_list_logs_delete(inferkit, fake):
     assert missing.code == 3 and "no RayJob named inferkit in namespace default" in missing.stderr
 
 
+def test_following_without_leave_to_list_events_still_reaches_the_end(inferkit, fake):
+    """`logs -f` runs no pre-flight; events only explain pending pods, so a 403 on them is no failure."""
+    fake.scenario = happy_path("inferkit", LINES[:3])
+    fake.failures = {("GET", "/events"): [403] * 1000}
+    assert submit(inferkit, fake, "--cpu-nodes", "1", "--detach").code == 0
+    followed = inferkit("logs", "inferkit", "-f", "--kubeconfig", str(fake.kubeconfig))
+    assert followed.code == 0, followed.stderr
+    assert followed.stdout.splitlines() == LINES[:3]
+    assert any(p.endswith("/events") for _, p, _ in fake.requests)
+
+
 @pytest.mark.parametrize("cancel", [False, True])
 def test_ctrl_c_stops_following_and_optionally_cancels(fake, cancel):
     fake.scenario = happy_path("inferkit", LINES[:2])[:4]  # runs forever
