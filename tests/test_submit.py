@@ -403,44 +403,42 @@ def test_following_without_leave_to_list_events_still_reaches_the_end(inferkit, 
     assert any(p.endswith("/events") for _, p, _ in fake.requests)
 
 
-@pytest.mark.parametrize("cancel", [False, True])
-def test_ctrl_c_stops_following_and_optionally_cancels(fake, cancel):
-    fake.scenario = happy_path("inferkit", LINES[:2])[:4]  # runs forever
-    args = [sys.executable, "-m", "inferkit", "submit", "--kubeconfig", str(fake.kubeconfig), "--cpu-nodes", "1"]
-    process = subprocess.Popen(args + (["--cancel-on-interrupt"] if cancel else []), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def _interrupted_submit(fake, ready, *extra: str) -> str:
+    """Runs `inferkit submit` as a user would, presses Ctrl-C once `ready(fake)`, returns its stderr."""
+    args = [sys.executable, "-m", "inferkit", "submit", "--kubeconfig", str(fake.kubeconfig), "--cpu-nodes", "1",
+            *extra]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 30
-    while "inferkit" not in fake.rayjobs or fake.rayjobs["inferkit"].get("status", {}).get("jobStatus") != "RUNNING":
-        assert time.monotonic() < deadline, "the job never started"
+    while not ready(fake):
+        assert time.monotonic() < deadline, "never got ready for Ctrl-C"
         time.sleep(0.1)
     time.sleep(1)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    return stderr
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_ctrl_c_stops_following_and_optionally_cancels(fake, cancel):
+    fake.scenario = happy_path("inferkit", LINES[:2])[:4]  # runs forever
+    stderr = _interrupted_submit(
+        fake, lambda f: (f.rayjobs.get("inferkit") or {}).get("status", {}).get("jobStatus") == "RUNNING",
+        *(["--cancel-on-interrupt"] if cancel else []))
     if cancel:
         assert "interrupted: RayJob inferkit deleted" in stderr and "inferkit" not in fake.rayjobs
     else:
         assert "stopped following; RayJob inferkit keeps running" in stderr and "inferkit" in fake.rayjobs
-    assert "Traceback" not in stderr
 
 
 def test_ctrl_c_while_the_create_is_unanswered_cancels_what_was_created(fake):
     fake.slow_create_answer = 20
     fake.scenario = happy_path("inferkit", LINES[:2])[:4]
-    args = [sys.executable, "-m", "inferkit", "submit", "--kubeconfig", str(fake.kubeconfig), "--cpu-nodes", "1",
-            "--cancel-on-interrupt"]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while "inferkit" not in fake.rayjobs:
-        assert time.monotonic() < deadline, "the RayJob was never created"
-        time.sleep(0.1)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 130, stderr
+    stderr = _interrupted_submit(fake, lambda f: "inferkit" in f.rayjobs, "--cancel-on-interrupt")
     assert "interrupted while creating RayJob inferkit; it may have been created" in stderr
     assert "interrupted: RayJob inferkit deleted" in stderr and "inferkit" not in fake.rayjobs
-    assert "Traceback" not in stderr
 
 
 def test_timestamps_used_for_resume_are_rfc3339():
