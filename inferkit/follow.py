@@ -141,9 +141,9 @@ class LogCursor:
     same submission) replays the log from the start: its lines are matched in order against the log
     shown before it, only ever forward, and held back until CONFIRM_LINES of them match in a row (or
     they are exactly the rest of that log); matched lines are skipped, and from a mismatch on lines are
-    shown until they match again. Held lines are shown, not dropped, when they stop matching or the stream ends, so
-    a doubt costs a repeated line, never a lost one. A takeover pod that submits the job again (Ray lost
-    it) is a new run."""
+    shown until they match again. Held lines are shown, not dropped, when they stop matching or the
+    stream ends, so a doubt costs a repeated line, never a lost one. A takeover pod that submits the job
+    again (Ray lost it) is a new run."""
 
     pod: str = ""
     submission: str = ""

@@ -11,11 +11,11 @@ import difflib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from inferkit.config import (DNS1123_SUBDOMAIN, MAX_NAME_LENGTH, check_name, label_value_problem,
-                             qualified_name_problem)
+from inferkit.config import (DNS1123_SUBDOMAIN, INT32_MAX, INT32_MIN, MAX_NAME_LENGTH, check_name,
+                             label_value_problem, qualified_name_problem)
 
 RAY_RESOURCE_PARAMS = ("num-cpus", "num-gpus", "memory", "resources")
-_INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+_INT_RANGES = {"int32": (INT32_MIN, INT32_MAX), "int64": (-(2**63), 2**63 - 1)}
 
 
 # ---------------------------------------------------------------------------------------------
