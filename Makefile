@@ -1,21 +1,20 @@
-# Shortcuts; each target is one command you can also run by hand.
-.PHONY: test image-cpu image-gpu kind-up kind-image kind-load kind-submit kind-check kind-down kind-e2e bench
-
-VERSION := $(shell python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
+# Shortcuts; each target is one command you can also run by hand. Images are built by scripts/kind.sh,
+# which sets ARCH_SUFFIX and --platform from `uname -m` (Ray's arm64 images end in -aarch64).
+.PHONY: test image-cpu image-gpu kind-up kind-image kind-load kind-submit kind-check kind-down kind-e2e kind-versions bench gpu-check-pack
 
 test:
 	bash .ci/run
 
 image-cpu:
-	docker build -f docker/Dockerfile --build-arg FLAVOR=cpu -t ghcr.io/inferkit/inferkit:$(VERSION)-cpu .
+	scripts/kind.sh image cpu
 
 image-gpu:
-	docker build -f docker/Dockerfile --build-arg FLAVOR=gpu -t ghcr.io/inferkit/inferkit:$(VERSION)-gpu .
+	scripts/kind.sh image gpu
 
 kind-up:
 	scripts/kind.sh up
 kind-image:
-	scripts/kind.sh image
+	scripts/kind.sh image cpu
 kind-load:
 	scripts/kind.sh load
 kind-submit:
@@ -24,9 +23,15 @@ kind-check:
 	scripts/kind.sh check
 kind-down:
 	scripts/kind.sh down
+kind-versions:
+	scripts/kind.sh versions
 # The whole kind path: cluster, operator, image, RayJob, output check (then `make kind-down`).
 kind-e2e:
 	scripts/kind.sh all
 
 bench:
 	.venv/bin/pip install -q -e '.[bench]' && .venv/bin/python benchmarks/bench_inference.py
+
+# The wheels benchmarks/gpu_check.py carries to a GPU machine without network, in parts (BENCHMARKS.md).
+gpu-check-pack:
+	.venv/bin/python benchmarks/gpu_check.py pack

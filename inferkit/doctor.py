@@ -16,7 +16,11 @@ from inferkit.submit import PERMISSIONS, Connection
 
 JOB_PACKAGES = ("ray", "torch", "transformers", "pyarrow", "pillow")
 KIND_TOOLS = ("docker", "kind", "helm", "kubectl")
-INSTALL_JOB = "pip install 'inferkit[job]' torch==2.13.0 (a CUDA build of torch on GPU machines)"
+TORCH_INDEX = "https://download.pytorch.org/whl"
+INSTALL_JOB = f"pip install 'inferkit[job]' torch==2.13.0 (on GPU machines with --extra-index-url {TORCH_INDEX}/cu128)"
+# The oldest NVIDIA driver (Linux) each CUDA major version runs on, through CUDA's minor-version
+# compatibility (CUDA's release notes, "CUDA Toolkit and Corresponding Driver Versions").
+MIN_DRIVER_FOR_CUDA = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,9 @@ def local_findings() -> list[Finding]:
     if gpus and _version("torch"):
         import torch  # only when there are GPUs to ask about: this import is slow
 
-        found.append(Finding("machine", "torch cuda", torch.cuda.is_available(),
-                             f"CUDA {torch.version.cuda}" if torch.cuda.is_available() else
-                             "torch cannot use the GPUs (a CPU-only build?)"))
+        usable = torch.cuda.is_available()
+        problem = None if usable else torch_gpu_problem(torch.__version__, torch.version.cuda, nvidia_driver())
+        found.append(Finding("machine", "torch cuda", usable, f"CUDA {torch.version.cuda}" if usable else problem))
     for tool in KIND_TOOLS:
         path = shutil.which(tool)
         found.append(Finding("tools", tool, path is not None, path or "not on PATH"))
@@ -74,6 +78,36 @@ def local_findings() -> list[Finding]:
             answer = None
         found.append(Finding("tools", "docker engine", answer is not None, answer or "no Docker engine answers"))
     return found
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver version nvidia-smi reports, None when it cannot say."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.split()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+def _numbers(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def torch_gpu_problem(torch_version: str, torch_cuda: str | None, driver: str | None) -> str:
+    """Why a torch that sees no GPU on a machine with GPUs cannot use them, and what to install."""
+    if torch_cuda is None:
+        return (f"torch {torch_version} is a CPU-only build: pip install torch=={torch_version.split('+')[0]} "
+                f"--index-url {TORCH_INDEX}/cu128 (CUDA 12.8, driver R525 or newer)")
+    cuda_major = _numbers(torch_cuda)[0]
+    needed = MIN_DRIVER_FOR_CUDA.get(cuda_major)
+    if driver and needed and _numbers(driver) < _numbers(needed):
+        return (f"torch {torch_version} is built for CUDA {torch_cuda}, which needs an NVIDIA driver "
+                f"{needed} or newer; this machine has {driver}: install torch for CUDA 12.8 "
+                f"(--index-url {TORCH_INDEX}/cu128) or upgrade the driver")
+    return (f"torch {torch_version} (CUDA {torch_cuda}) finds no usable GPU with driver {driver or 'unknown'}: "
+            "check CUDA_VISIBLE_DEVICES and that the container was given the GPU (nvidia.com/gpu limits)")
 
 
 def cluster_findings(connection: Connection) -> list[Finding]:

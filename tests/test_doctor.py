@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 
+import pytest
 from fake_kube import FakeKube
 
 
@@ -38,3 +40,41 @@ def test_doctor_reads_the_cluster(inferkit, tmp_path):
     assert "quay.io/kuberay/operator:v1.7.0" in result.stdout
     assert ("gpu-a: 2 GPU {'cloud.google.com/gke-accelerator': 'nvidia-l4'} taints ['nvidia.com/gpu:NoSchedule']"
             in result.stdout)
+
+
+def test_torch_gpu_problem_names_the_cause():
+    from inferkit.doctor import torch_gpu_problem
+
+    cpu_only = torch_gpu_problem("2.13.0+cpu", None, "570.86.10")
+    assert "CPU-only build" in cpu_only and "pip install torch==2.13.0 --index-url" in cpu_only
+    assert cpu_only.endswith("/whl/cu128 (CUDA 12.8, driver R525 or newer)")
+    old_driver = torch_gpu_problem("2.13.0", "13.0", "535.183.01")
+    assert "CUDA 13.0, which needs an NVIDIA driver 580.65.06 or newer; this machine has 535.183.01" in old_driver
+    # a driver new enough (numerically, not as text: 1000 > 580) leaves the container's GPU access as the cause
+    for driver in ("580.65.06", "1000.1.1"):
+        assert "CUDA_VISIBLE_DEVICES" in torch_gpu_problem("2.13.0", "13.0", driver)
+    assert "CUDA_VISIBLE_DEVICES" in torch_gpu_problem("2.13.0+cu128", "12.8", "535.183.01")
+
+
+def test_doctor_on_a_gpu_node_says_why_torch_cannot_use_it(inferkit, tmp_path, monkeypatch):
+    """A machine whose nvidia-smi shows a GPU and an old driver, with this checkout's torch."""
+    import torch
+
+    from inferkit.doctor import torch_gpu_problem
+
+    smi = tmp_path / "nvidia-smi"  # the real probes run it: a GPU, and an old driver
+    smi.write_text('#!/bin/sh\ncase "$*" in *driver_version*) echo 535.183.01;; '
+                   '*) echo "NVIDIA L4, 23034, 8.9";; esac\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    result = inferkit("doctor", "-o", "json")
+    assert result.code == 0, result.stderr
+    findings = {f["what"]: f for f in json.loads(result.stdout)}
+    assert findings["gpus"]["ok"] and findings["gpus"]["detail"] == "NVIDIA L4 (22 GiB, bf16)"
+    if torch.cuda.is_available():
+        pytest.skip("this machine's torch really sees a GPU")
+    # here torch is a CPU-only build or PyPI's CUDA 13 build, which that driver cannot run
+    assert findings["torch cuda"] == {"area": "machine", "what": "torch cuda", "ok": False,
+                                      "detail": torch_gpu_problem(torch.__version__, torch.version.cuda, "535.183.01")}
+    assert ("CPU-only build" in findings["torch cuda"]["detail"]) is (torch.version.cuda is None)
