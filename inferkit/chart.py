@@ -14,9 +14,10 @@ import yaml
 
 from inferkit.config import (RAYJOB, Config, Layer, RunOptions, build_config, build_run_options, flag_layer, load_yaml,
                              set_layer)
+from inferkit.console import say
 from inferkit.errors import ConfigError
 from inferkit.render import render_object, template_environment
-from inferkit.validate import kuberay_rules, schema_problems
+from inferkit.validate import kuberay_rules, kuberay_warnings, schema_problems
 
 
 @cache
@@ -106,6 +107,8 @@ def render_checked(cfg: Config, kind: str = RAYJOB, schemas: dict[str, dict] | N
         problems += schema_problems(obj, schemas)
     if problems:
         raise ConfigError(problems)
+    for warning in kuberay_warnings(obj):
+        say(f"warning: {warning}")
     return obj
 
 

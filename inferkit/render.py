@@ -92,25 +92,38 @@ def _requests_equal_limits(cpu: str, memory: str, gpus: int = 0) -> dict:
     return {"requests": dict(limits), "limits": limits}
 
 
+JOB_LABEL = "inferkit.dev/job"
+
+
 def _common_labels(cfg: Config) -> dict[str, str]:
+    """inferkit's identity on every object and pod. Not `app.kubernetes.io/name`: KubeRay sets it to
+    `kuberay` on each pod, and the RayJob's `<rayjob>-head-svc` selects on that value (see
+    ray-operator/controllers/ray/common/job.go, BuildHeadServiceForRayJob, and common/service.go,
+    HeadServiceLabels); overriding it leaves that Service without endpoints."""
     return {
-        "app.kubernetes.io/name": "inferkit",
+        "app.kubernetes.io/part-of": "inferkit",
         "app.kubernetes.io/instance": cfg.name,
         "app.kubernetes.io/managed-by": "inferkit",
         "app.kubernetes.io/version": __version__,
+        JOB_LABEL: cfg.name,
         **cfg.labels,
     }
 
 
 def _scheduling_labels(cfg: Config) -> dict[str, str]:
+    """Queue labels the batch scheduler plugins read from the RayJob/RayCluster. KubeRay 1.7 picks the
+    batch scheduler for the whole operator (`--batch-scheduler`) and reads no per-job scheduler label
+    (ray-operator/controllers/ray/batchscheduler/schedulermanager.go). YuniKorn groups one job's pods
+    into one gang by `yunikorn.apache.org/app-id`, which the operator copies from the RayCluster (whose
+    labels come from the RayJob) to every pod (batchscheduler/yunikorn/yunikorn_scheduler.go)."""
     sched = cfg.scheduling
     labels = {}
     if sched.kueue_queue:
         labels["kueue.x-k8s.io/queue-name"] = sched.kueue_queue
     if sched.volcano_queue:
-        labels |= {"ray.io/scheduler-name": "volcano", "volcano.sh/queue-name": sched.volcano_queue}
+        labels["volcano.sh/queue-name"] = sched.volcano_queue
     if sched.yunikorn_queue:
-        labels |= {"ray.io/scheduler-name": "yunikorn", "yunikorn.apache.org/queue": sched.yunikorn_queue}
+        labels |= {"yunikorn.apache.org/queue": sched.yunikorn_queue, "yunikorn.apache.org/app-id": cfg.name}
     if sched.gang_scheduling:
         labels["ray.io/gang-scheduling-enabled"] = "true"
     return labels

@@ -11,10 +11,18 @@ import difflib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import yaml
+
 from inferkit.config import (DNS1123_SUBDOMAIN, INT32_MAX, INT32_MIN, MAX_NAME_LENGTH, check_name,
                              label_value_problem, qualified_name_problem)
 
 RAY_RESOURCE_PARAMS = ("num-cpus", "num-gpus", "memory", "resources")
+DELETION_ORDER = ("DeleteWorkers", "DeleteCluster", "DeleteSelf")
+FT_ANNOTATION = "ray.io/ft-enabled"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+SHELL_EXPANDED = "$`"
+# Labels KubeRay puts on every Ray pod and selects the RayJob's head Service by (common/service.go).
+KUBERAY_POD_LABELS = {"app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
 _INT_RANGES = {"int32": (INT32_MIN, INT32_MAX), "int64": (-(2**63), 2**63 - 1)}
 
 
@@ -28,7 +36,7 @@ def _groups(cluster_spec: dict, prefix: str) -> Iterator[tuple[str, str, dict]]:
         yield group.get("groupName", f"#{i}"), f"{prefix}.workerGroupSpecs[{i}]", group
 
 
-def _cluster_rules(spec: dict, prefix: str) -> list[str]:
+def _cluster_rules(spec: dict, prefix: str, annotations: dict) -> list[str]:
     problems = []
     names = []
     autoscaling = bool(spec.get("enableInTreeAutoscaling"))
@@ -46,8 +54,12 @@ def _cluster_rules(spec: dict, prefix: str) -> list[str]:
         if path.endswith("headGroupSpec"):
             continue
         names.append(name)
+        if not autoscaling and ("minReplicas" not in group or "maxReplicas" not in group):
+            problems.append(f"{path}: set both minReplicas and maxReplicas when autoscaling is off")
         low, high, replicas = group.get("minReplicas", 0), group.get("maxReplicas", 2**31 - 1), group.get("replicas", 0)
-        if not low <= high:
+        if low < 0 or high < 0:
+            problems.append(f"{path}: minReplicas and maxReplicas must not be negative")
+        elif not low <= high:
             problems.append(f"{path}: minReplicas {low} is above maxReplicas {high}")
         elif not autoscaling and not low <= replicas <= high:
             problems.append(f"{path}: replicas {replicas} is outside [{low}, {high}]")
@@ -60,6 +72,28 @@ def _cluster_rules(spec: dict, prefix: str) -> list[str]:
     v2 = [e for e in head_env if e.get("name") == "RAY_enable_autoscaler_v2" and e.get("value") in ("1", "true")]
     if v2 and not autoscaling:
         problems.append(f"{prefix}: RAY_enable_autoscaler_v2 is set but enableInTreeAutoscaling is false")
+    idle = (spec.get("autoscalerOptions") or {}).get("idleTimeoutSeconds")
+    if isinstance(idle, int) and idle < 0:
+        problems.append(f"{prefix}.autoscalerOptions.idleTimeoutSeconds: must not be negative")
+    return problems + _redis_rules(spec, prefix, annotations)
+
+
+def _redis_rules(spec: dict, prefix: str, annotations: dict) -> list[str]:
+    """Redis settings in the head's env and rayStartParams that KubeRay refuses (ValidateRayClusterSpec):
+    a Redis user name always (GcsFaultToleranceOptions carries it), a Redis address without GCS fault
+    tolerance (the `ray.io/ft-enabled: "true"` annotation; inferkit renders no gcsFaultToleranceOptions)."""
+    head = spec.get("headGroupSpec") or {}
+    env = {e.get("name") for e in _first_container(head).get("env") or [] if isinstance(e, dict)}
+    params = head.get("rayStartParams") or {}
+    where = f"{prefix}.headGroupSpec"
+    problems = []
+    if "REDIS_USERNAME" in env or params.get("redis-username"):
+        problems.append(f"{where}: KubeRay refuses a Redis user name in env (REDIS_USERNAME) or rayStartParams "
+                        "(redis-username); it belongs in gcsFaultToleranceOptions.redisUsername")
+    ft = str((annotations or {}).get(FT_ANNOTATION, "")).lower() == "true" or spec.get("gcsFaultToleranceOptions")
+    if "RAY_REDIS_ADDRESS" in env and not ft:
+        problems.append(f"{where}: env RAY_REDIS_ADDRESS turns on GCS fault tolerance, which KubeRay refuses "
+                        f"unless it is enabled (annotation {FT_ANNOTATION}: \"true\" or gcsFaultToleranceOptions)")
     return problems
 
 
@@ -87,6 +121,7 @@ def _deletion_rules(spec: dict) -> list[str]:
         problems.append("spec.deletionStrategy.deletionRules: set job.shutdownAfterJobFinishes to false to use "
                         "deletion rules (KubeRay treats them as mutually exclusive)")
     seen = set()
+    ttls: dict[tuple, dict[str, tuple[int, int]]] = {}
     autoscaling = (spec.get("rayClusterSpec") or {}).get("enableInTreeAutoscaling")
     for i, rule in enumerate(rules):
         path = f"spec.deletionStrategy.deletionRules[{i}]"
@@ -105,10 +140,31 @@ def _deletion_rules(spec: dict) -> list[str]:
         seen.add(key)
         if rule.get("policy") == "DeleteWorkers" and autoscaling:
             problems.append(f"{path}: DeleteWorkers does not work with autoscaling")
+        elif isinstance(ttl, int) and not isinstance(ttl, bool):
+            ttls.setdefault(key[:2], {}).setdefault(rule.get("policy"), (i, ttl))
+    return problems + _ttl_order(ttls)
+
+
+def _ttl_order(ttls: dict[tuple, dict[str, tuple[int, int]]]) -> list[str]:
+    """Per condition, the TTLs must not fall along DeleteWorkers <= DeleteCluster <= DeleteSelf: a
+    later step cannot come before an earlier one (validateTTLConsistency in utils/validation.go)."""
+    problems = []
+    for condition, policies in ttls.items():
+        previous = None
+        for policy in DELETION_ORDER:
+            if policy not in policies:
+                continue
+            index, ttl = policies[policy]
+            if previous is not None and ttl < previous[2]:
+                problems.append(f"spec.deletionStrategy.deletionRules[{index}].condition.ttlSeconds: {policy} on "
+                                f"{condition[0] or condition[1]} after {ttl} s comes before {previous[0]} after "
+                                f"{previous[2]} s (rule {previous[1]}); KubeRay needs DeleteWorkers <= DeleteCluster "
+                                "<= DeleteSelf")
+            previous = (policy, index, ttl)
     return problems
 
 
-def _job_rules(spec: dict) -> list[str]:
+def _job_rules(spec: dict, metadata: dict) -> list[str]:
     problems = []
     shutdown = bool(spec.get("shutdownAfterJobFinishes"))
     if spec.get("suspend") and not shutdown:
@@ -123,16 +179,74 @@ def _job_rules(spec: dict) -> list[str]:
         problems.append("spec.activeDeadlineSeconds: must be greater than 0")
     if spec.get("backoffLimit") is not None and spec["backoffLimit"] < 0:
         problems.append("spec.backoffLimit: must not be negative")
+    if spec.get("preRunningDeadlineSeconds") is not None and spec["preRunningDeadlineSeconds"] <= 0:
+        problems.append("spec.preRunningDeadlineSeconds: must be greater than 0")
     mode = spec.get("submissionMode", "K8sJobMode")
-    if mode == "InteractiveMode" and (spec.get("backoffLimit") or 0) > 0:
-        problems.append("spec.backoffLimit: retries do not work with InteractiveMode")
+    if mode == "InteractiveMode":
+        # rayjob_controller.go: an InteractiveMode RayJob stays `Waiting` until someone submits the job
+        # by hand and sets spec.jobId; the entrypoint is never run.
+        problems.append("spec.submissionMode: InteractiveMode never runs the entrypoint (KubeRay waits until you "
+                        "submit a job by hand and set spec.jobId, for notebooks); inferkit submits batch jobs, so "
+                        "set job.submissionMode to K8sJobMode or HTTPMode")
+        if (spec.get("backoffLimit") or 0) > 0:
+            problems.append("spec.backoffLimit: retries do not work with InteractiveMode")
     if mode == "SidecarMode" and ("submitterPodTemplate" in spec or "submitterConfig" in spec):
         problems.append("spec.submitterPodTemplate: SidecarMode takes no submitter pod template or config")
     if mode != "InteractiveMode" and not str(spec.get("entrypoint", "")).strip():
         problems.append("spec.entrypoint: must not be empty")
     if spec.get("rayClusterSpec") is None and not spec.get("clusterSelector"):
         problems.append("spec: needs rayClusterSpec or clusterSelector")
+    cluster = spec.get("rayClusterSpec") or {}
+    if (metadata.get("labels") or {}).get(KUEUE_QUEUE_LABEL) and cluster.get("enableInTreeAutoscaling"):
+        # Kueue's RayJob webhook refuses a managed job with autoscaling (it admits a fixed size).
+        problems.append(f"metadata.labels.{KUEUE_QUEUE_LABEL}: Kueue refuses a RayJob with autoscaling "
+                        "(enableInTreeAutoscaling); give the worker groups a fixed size (--gpu-nodes N, not MIN:MAX)")
+    if mode == "K8sJobMode":
+        problems += _runtime_env_shell_rules(spec.get("runtimeEnvYAML") or "")
+    problems += _head_service_rules(cluster)
     return problems + _deletion_rules(spec)
+
+
+def _runtime_env_shell_rules(text: str) -> list[str]:
+    """In K8sJobMode the submitter runs `ray job submit ... --runtime-env-json "<JSON>"` under `bash -ce`
+    (common/job.go, BuildJobSubmitCommand, quotes the JSON with Go's strconv.Quote), so `$` and backticks
+    in it are expanded by the shell: the job would get other values than the ones written. Quotes and
+    backslashes arrive unchanged."""
+    try:
+        runtime_env = yaml.safe_load(text) if text else None
+    except yaml.YAMLError as e:
+        return [f"spec.runtimeEnvYAML: not valid YAML ({e})"]
+    problems = []
+    for path, item in _strings(runtime_env, "job.runtimeEnv"):
+        bad = "".join(sorted({c for c in item if c in SHELL_EXPANDED}))
+        if bad:
+            problems.append(f"{path}: {item!r} holds {' and '.join(repr(c) for c in bad)}, which the K8sJobMode "
+                            "submitter's shell would expand (KubeRay passes runtimeEnv through `bash -c`); remove "
+                            "them or use submissionMode HTTPMode")
+    return problems
+
+
+def _strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every key and string value in a YAML tree, with its path."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield f"{path} (key)", str(key)
+            yield from _strings(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _strings(item, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def _head_service_rules(cluster: dict) -> list[str]:
+    """The RayJob's own `<rayjob>-head-svc` selects the head by KubeRay's default pod labels, whatever the
+    template says (common/job.go, BuildHeadServiceForRayJob with no label overrides); a template label that
+    overrides one leaves that Service without endpoints."""
+    labels = (((cluster.get("headGroupSpec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+    return [f"spec.rayClusterSpec.headGroupSpec.template.metadata.labels.{key}: {labels[key]!r} overrides KubeRay's "
+            f"{value!r}, which the RayJob's <name>-head-svc selects on (it would have no endpoints); use another key"
+            for key, value in KUBERAY_POD_LABELS.items() if key in labels and labels[key] != value]
 
 
 def _label_rules(node: Any, path: str) -> Iterator[str]:
@@ -166,13 +280,40 @@ def kuberay_rules(obj: dict) -> list[str]:
     name = (obj.get("metadata") or {}).get("name", "")
     problems = [f"metadata.{p}" for p in check_name(name, kind)]
     spec = obj.get("spec") or {}
+    metadata = obj.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
     if kind == "RayJob":
-        problems += _job_rules(spec)
+        problems += _job_rules(spec, metadata)
         if spec.get("rayClusterSpec") is not None:
-            problems += _cluster_rules(spec["rayClusterSpec"], "spec.rayClusterSpec")
+            problems += _cluster_rules(spec["rayClusterSpec"], "spec.rayClusterSpec", annotations)
     else:
-        problems += _cluster_rules(spec, "spec")
+        problems += _cluster_rules(spec, "spec", annotations)
     return problems + list(_label_rules(obj, ""))
+
+
+def kuberay_warnings(obj: dict) -> list[str]:
+    """What the operator accepts but a user rarely wants: deletion rules (with shutdown off) that leave a
+    finished job's RayCluster, GPUs included, running until the RayJob is deleted. The operator deletes only
+    on a matching rule (rayjob_controller.go, handleDeletionRules); a DeadlineExceeded failure keeps jobStatus
+    as it was, so only a jobDeploymentStatus Failed rule covers every failure."""
+    spec = obj.get("spec") or {}
+    rules = (spec.get("deletionStrategy") or {}).get("deletionRules") if obj.get("kind") == "RayJob" else None
+    if not rules or spec.get("shutdownAfterJobFinishes") or not isinstance(rules, list):
+        return []
+    removing = [(r.get("condition") or {}) for r in rules
+                if isinstance(r, dict) and r.get("policy") in ("DeleteCluster", "DeleteSelf")]
+    conditions = {("jobStatus", c.get("jobStatus")) for c in removing} | {
+        ("jobDeploymentStatus", c.get("jobDeploymentStatus")) for c in removing}
+    warnings = []
+    if not conditions & {("jobStatus", "SUCCEEDED"), ("jobDeploymentStatus", "Complete")}:
+        warnings.append("job.deletionRules: no DeleteCluster or DeleteSelf rule covers a job that succeeds "
+                        "(jobStatus SUCCEEDED or jobDeploymentStatus Complete), and shutdownAfterJobFinishes is off: "
+                        "the RayCluster and its GPUs stay until the RayJob is deleted")
+    if ("jobDeploymentStatus", "Failed") not in conditions:
+        warnings.append("job.deletionRules: no DeleteCluster or DeleteSelf rule covers jobDeploymentStatus Failed "
+                        "(a jobStatus FAILED rule misses DeadlineExceeded and submission failures): a failed job's "
+                        "RayCluster stays until the RayJob is deleted")
+    return warnings
 
 
 # ---------------------------------------------------------------------------------------------

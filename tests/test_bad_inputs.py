@@ -125,6 +125,25 @@ CASES = [
     ("values-file-nul", ["--cpu-nodes", "1", "-f", "{nul}"], "run.output: contains a NUL character"),
     ("missing-crd-dir", ["--cpu-nodes", "1", "--crd-dir", "/nonexistent/crds"], "--crd-dir /nonexistent/crds: no such"),
     ("crd-dir-without-crds", ["--cpu-nodes", "1", "--crd-dir", "{a_list}"], "no ray.io v1 CustomResourceDefinition"),
+    # What the KubeRay v1.7.0 operator (utils/validation.go, rayjob_controller.go) or Kueue would refuse or
+    # never finish, refused at render time.
+    ("interactive-mode", ["--cpu-nodes", "1", "--set", "job.submissionMode=InteractiveMode"],
+     "spec.submissionMode: InteractiveMode never runs the entrypoint"),
+    ("deletion-ttls-out-of-order", ["--cpu-nodes", "1", "--set", "job.shutdownAfterJobFinishes=false",
+                                    "--set", "job.ttlSecondsAfterFinished=0", "--set",
+                                    "job.deletionRules=[{condition: {jobStatus: FAILED, ttlSeconds: 600}, policy: "
+                                    "DeleteCluster}, {condition: {jobStatus: FAILED, ttlSeconds: 60}, policy: DeleteSelf}]"],
+     "deletionRules[1].condition.ttlSeconds: DeleteSelf on FAILED after 60 s comes before DeleteCluster after 600 s"),
+    ("redis-username-in-env", ["--cpu-nodes", "1", "--set", "env=[{name: REDIS_USERNAME, value: ray}]"],
+     "KubeRay refuses a Redis user name in env (REDIS_USERNAME)"),
+    ("redis-address-without-gcs-ft", ["--cpu-nodes", "1", "--set", "env=[{name: RAY_REDIS_ADDRESS, value: r:6379}]"],
+     "env RAY_REDIS_ADDRESS turns on GCS fault tolerance, which KubeRay refuses unless it is enabled"),
+    ("kueue-with-autoscaling", ["--gpu-nodes", "1:4", "--set", "scheduling.kueueQueue=team-a"],
+     "Kueue refuses a RayJob with autoscaling"),
+    ("runtime-env-expanded-by-the-shell", ["--cpu-nodes", "1", "--set", "job.runtimeEnv.env_vars.DIR=$HOME/x"],
+     "job.runtimeEnv.env_vars.DIR: '$HOME/x' holds '$', which the K8sJobMode submitter's shell would expand"),
+    ("label-hides-the-head-from-its-service", ["--cpu-nodes", "1", "--set", "labels.app\\.kubernetes\\.io/name=x"],
+     "labels.app.kubernetes.io/name: 'x' overrides KubeRay's 'kuberay'"),
 ]
 
 CRD_CASES = [

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -161,10 +164,89 @@ def test_queue_and_gang_labels(inferkit):
     volcano = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--set", "scheduling.volcanoQueue=q",
                                       "--set", "scheduling.gangScheduling=true").stdout)
     labels = volcano["metadata"]["labels"]
-    assert labels["ray.io/scheduler-name"] == "volcano" and labels["volcano.sh/queue-name"] == "q"
-    assert labels["ray.io/gang-scheduling-enabled"] == "true"
-    yunikorn = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--set", "scheduling.yunikornQueue=root.ml").stdout)
-    assert yunikorn["metadata"]["labels"]["yunikorn.apache.org/queue"] == "root.ml"
+    assert labels["volcano.sh/queue-name"] == "q" and labels["ray.io/gang-scheduling-enabled"] == "true"
+    yunikorn = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--name", "nightly",
+                                       "--set", "scheduling.yunikornQueue=root.ml").stdout)
+    labels = yunikorn["metadata"]["labels"]
+    assert labels["yunikorn.apache.org/queue"] == "root.ml"
+    # YuniKorn gangs one job's pods by app id, copied from the RayCluster (whose labels are the RayJob's)
+    assert labels["yunikorn.apache.org/app-id"] == "nightly"
+    # KubeRay 1.7 takes the scheduler from the operator's --batch-scheduler; it reads no per-job label
+    for obj in (kueue, volcano, yunikorn):
+        assert "ray.io/scheduler-name" not in obj["metadata"]["labels"]
+
+
+def _kuberay_pod_labels(cluster: str, node_type: str, template_labels: dict) -> dict:
+    """The labels the operator gives a Ray pod (common/pod.go, labelPod): its own, then the template's
+    on top, except the three it never lets a template change."""
+    labels = {"ray.io/is-ray-node": "yes", "ray.io/cluster": cluster, "ray.io/node-type": node_type,
+              "ray.io/identifier": f"{cluster}-{node_type}", "app.kubernetes.io/name": "kuberay",
+              "app.kubernetes.io/created-by": "kuberay-operator"}
+    kept = ("ray.io/node-type", "ray.io/group", "ray.io/cluster")
+    return labels | {k: v for k, v in template_labels.items() if k not in kept}
+
+
+@pytest.mark.parametrize("shape", sorted(s for s in SHAPES if s != "eks-raycluster"))
+def test_the_rayjobs_head_service_selects_the_head_pod(shape, inferkit):
+    """`<rayjob>-head-svc` selects KubeRay's default head labels (common/job.go, BuildHeadServiceForRayJob;
+    common/service.go, HeadServiceLabels): the head pod must still carry them, or the Service has no
+    endpoints and `kubectl port-forward svc/<rayjob>-head-svc` fails."""
+    obj = yaml.safe_load(inferkit("render", *SHAPES[shape]).stdout)
+    cluster = obj["metadata"]["name"] + "-abcde"
+    selector = {"ray.io/cluster": cluster, "ray.io/node-type": "head", "ray.io/identifier": f"{cluster}-head",
+                "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+    template = obj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    head = _kuberay_pod_labels(cluster, "head", template)
+    assert selector.items() <= head.items()
+    assert template["app.kubernetes.io/part-of"] == "inferkit" and template["inferkit.dev/job"] == obj["metadata"]["name"]
+
+
+def _submitter_shell(runtime_env_json: str) -> str:
+    """What `--runtime-env-json` receives in the K8sJobMode submitter: the operator quotes the JSON with
+    Go's strconv.Quote (common/job.go, BuildJobSubmitCommand; for printable ASCII the same escapes as
+    json.dumps) and runs the command line under `bash -c`."""
+    quoted = json.dumps(runtime_env_json)
+    return subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, text=True, check=True,
+                          env={"HOME": "/home/ray", "PATH": os.environ["PATH"]}).stdout
+
+
+def test_runtime_env_reaches_the_job_unchanged_or_is_refused(inferkit):
+    quoted = 'say "hi" \\ done'
+    obj = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--set",
+                                  f"job.runtimeEnv.env_vars.GREETING={quoted}").stdout)
+    runtime_env = yaml.safe_load(obj["spec"]["runtimeEnvYAML"])
+    assert runtime_env == {"env_vars": {"GREETING": 'say "hi" \\ done'}}
+    assert json.loads(_submitter_shell(json.dumps(runtime_env))) == runtime_env  # quotes and backslashes arrive
+    expanded = {"env_vars": {"GREETING": "$HOME `echo x` \"q\""}}
+    assert json.loads(_submitter_shell(json.dumps(expanded))) != expanded  # what the refusal below prevents
+    refused = inferkit("render", "--cpu-nodes", "1", "--set", "job.runtimeEnv.env_vars.GREETING=$HOME `echo x` \"q\"")
+    assert refused.code == 2 and refused.stdout == ""
+    assert "job.runtimeEnv.env_vars.GREETING: '$HOME `echo x` \"q\"' holds '$' and '`'" in refused.stderr
+    http = inferkit("render", "--cpu-nodes", "1", "--set", "job.submissionMode=HTTPMode",
+                    "--set", "job.runtimeEnv.env_vars.GREETING=$HOME")  # sent as JSON over HTTP: no shell
+    assert http.code == 0, http.stderr
+
+
+def _deletion_values(rules: str) -> list[str]:
+    return ["--cpu-nodes", "1", "--set", "job.shutdownAfterJobFinishes=false", "--set", "job.ttlSecondsAfterFinished=0",
+            "--set", f"job.deletionRules={rules}"]
+
+
+def test_deletion_rules_that_keep_a_finished_cluster_warn(inferkit):
+    failed_only = inferkit("render", *_deletion_values("[{condition: {jobStatus: FAILED, ttlSeconds: 600}, "
+                                                       "policy: DeleteCluster}]"))
+    assert failed_only.code == 0 and failed_only.stdout.startswith("apiVersion: ray.io/v1")
+    assert "warning: job.deletionRules: no DeleteCluster or DeleteSelf rule covers a job that succeeds" in \
+        failed_only.stderr
+    assert "covers jobDeploymentStatus Failed (a jobStatus FAILED rule misses DeadlineExceeded" in failed_only.stderr
+
+
+def test_the_documented_deletion_rules_example_removes_every_finished_cluster(inferkit):
+    values = (Path(__file__).parents[1] / "charts" / "inferkit" / "values.yaml").read_text()
+    example = re.search(r"^ *# (\[\{condition.*\}\])\.$", values, re.MULTILINE).group(1)
+    result = inferkit("render", *_deletion_values(example))
+    assert result.code == 0, result.stderr
+    assert "warning" not in result.stderr
 
 
 def test_layers_override_in_order(inferkit, tmp_path):
