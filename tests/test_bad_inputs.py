@@ -8,7 +8,7 @@ LONG_47 = "a" * 47
 
 # (id, arguments, text the error must contain). Values files are written by the test from VALUES.
 CASES = [
-    ("no-workers", [], "no worker nodes"),
+    ("no-workers", ["--cpu-nodes", "0"], "no worker nodes"),
     ("negative-gpu-nodes", ["--gpu-nodes", "-1"], "gpuWorkers.replicas: must not be negative"),
     ("gpu-nodes-not-a-number", ["--gpu-nodes", "x"], "--gpu-nodes 'x' is not N or MIN:MAX with whole numbers"),
     ("gpu-nodes-loose-number", ["--gpu-nodes", "1_0"], "--gpu-nodes '1_0' is not N or MIN:MAX with whole numbers"),
@@ -53,10 +53,10 @@ CASES = [
      "job.submissionMode: SidecarMode makes KubeRay add a submitter sidecar whose requests are below its limits"),
     ("secret-in-runtime-env", ["--cpu-nodes", "1", "--set", "job.runtimeEnv.env_vars.HF_TOKEN=hf_abc"],
      "job.runtimeEnv.env_vars.HF_TOKEN: a credential must not be inlined"),
-    ("gpu-device-without-gpus", ["--cpu-nodes", "1", "--device", "gpu"], "run.device: 'gpu' needs GPU workers"),
+    ("gpu-device-without-gpus", ["--cpu-nodes", "1", "--device", "gpu"], "--device: 'gpu' needs GPU workers"),
     ("actor-bigger-than-a-node", ["--gpu-nodes", "1", "--gpus-per-node", "2", "--num-gpus-per-actor", "3"],
-     "run.numGpusPerActor: 3 is more than a GPU node has (2)"),
-    ("infinite-cpus", ["--cpu-nodes", "1", "--num-cpus-per-actor", "inf"], "must be a finite number, not inf [flags]"),
+     "--num-gpus-per-actor: 3 is more than a GPU node has (2)"),
+    ("infinite-cpus", ["--cpu-nodes", "1", "--num-cpus-per-actor", "inf"], "--num-cpus-per-actor: must be a finite number, not inf"),
     ("int32-overflow", ["--cpu-nodes", "3000000000"],
      "cpuWorkers.replicas: must be between -2147483648 and 2147483647, not 3000000000"),
     ("queue-not-a-label", ["--cpu-nodes", "1", "--set", "scheduling.kueueQueue=team queue"],
@@ -105,12 +105,12 @@ CASES = [
     ("unknown-preset", ["--preset", "nope"], "--preset 'nope': no such preset (have: eks-gpu, gke-gpu, kind)"),
     ("input-without-output", ["--cpu-nodes", "1", "--input", "s3://bucket/in"], "run.output: required with --input"),
     ("output-inside-pod", ["--cpu-nodes", "1", "--output", "/tmp/out"], "would vanish with them"),
-    ("zero-batch", ["--cpu-nodes", "1", "--batch-size", "0"], "run.batchSize: must be at least 1"),
-    ("actors-reversed", ["--cpu-nodes", "1", "--actors", "3:1"], "run.actors: '3:1': need 1 <= MIN <= MAX"),
-    ("actors-garbage", ["--cpu-nodes", "1", "--actors", "many"], "run.actors: 'many' is not N or MIN:MAX"),
-    ("error-fraction-above-one", ["--cpu-nodes", "1", "--max-error-fraction", "2"], "run.maxErrorFraction"),
-    ("zero-cpus-per-actor", ["--cpu-nodes", "1", "--num-cpus-per-actor", "0"], "run.numCpusPerActor"),
-    ("empty-model", ["--cpu-nodes", "1", "--model", " "], "run.model[0]: is empty"),
+    ("zero-batch", ["--cpu-nodes", "1", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    ("actors-reversed", ["--cpu-nodes", "1", "--actors", "3:1"], "--actors: '3:1': need 1 <= MIN <= MAX"),
+    ("actors-garbage", ["--cpu-nodes", "1", "--actors", "many"], "--actors: 'many' is not N or MIN:MAX"),
+    ("error-fraction-above-one", ["--cpu-nodes", "1", "--max-error-fraction", "2"], "--max-error-fraction: must be between 0 and 1"),
+    ("zero-cpus-per-actor", ["--cpu-nodes", "1", "--num-cpus-per-actor", "0"], "--num-cpus-per-actor: must be greater than 0"),
+    ("empty-model", ["--cpu-nodes", "1", "--model", " "], "--model: is empty"),
     ("bad-task", ["--cpu-nodes", "1", "--task", "translation"], "Invalid value for '--task'"),
     ("job-args-on-raycluster", ["--cpu-nodes", "1", "--raycluster", "--task", "image-classification"],
      "job arguments need a RayJob"),
@@ -204,7 +204,7 @@ def test_crd_schema_rejects(inferkit, crd_dir, args, message):
 def test_all_problems_are_reported_together(inferkit, tmp_path):
     result = inferkit("render", "--gpu-nodes", "-1", "--name", "X", "--set", "nosuch=1", "--batch-size", "0")
     _assert_clean_failure(result, "4 problems:")
-    for part in ("gpuWorkers.replicas", "name: 'X'", "nosuch: unknown key", "run.batchSize"):
+    for part in ("gpuWorkers.replicas", "name: 'X'", "nosuch: unknown key", "--batch-size: must be at least 1"):
         assert part in result.stderr
 
 

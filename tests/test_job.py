@@ -510,7 +510,7 @@ NO_MODEL = "(no --model)"
     ("images", [], "--task embedding reads text, but --input"),
     ("texts", ["--model", "/nonexistent/model"], "--model /nonexistent/model: cannot load its config"),
     ("texts", ["--model", "{embedder}", "--model", "{embedder}"], "ensembles need a classification task"),
-    ("texts", ["--batch-size", "0"], "run.batchSize: must be at least 1"),
+    ("texts", ["--batch-size", "0"], "--batch-size: must be at least 1"),
 ])
 def test_run_rejects_bad_input_before_starting_ray(inferkit, tiny_models, tmp_path, make, args, message):
     given = args

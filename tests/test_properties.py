@@ -106,7 +106,7 @@ def test_free_text_round_trips_or_is_rejected(inp, out, models, id_column, text_
     except ConfigError as e:
         # Rejected: only for a reason a string really has, and said about the job's arguments.
         assert any(free_text_problem(s) for s in strings) or any(not m.strip() for m in models)
-        assert all(p.startswith("run.") for p in e.problems), e.problems
+        assert all(p.startswith("--") for p in e.problems), e.problems
         return
     text = dump(obj, output_format)
     back = json.loads(text) if output_format == "json" else yaml.safe_load(text)

@@ -52,10 +52,11 @@ class Converter:
         self.problems: list[str] = []
 
     def fail(self, path: str, message: str) -> None:
-        source = self._source(path)
+        source = self.source(path)
         self.problems.append(f"{path}: {message}" + (f" [{source}]" if source else ""))
 
-    def _source(self, path: str) -> str:
+    def source(self, path: str) -> str:
+        """The layer that set the value at `path` (or the map holding it); "" when none did."""
         path = re.sub(r"\[\d+\]", "", path)  # a list item comes from where its list was set
         while path:
             if path in self.origin:
@@ -125,7 +126,7 @@ class Converter:
         for key in value:
             if key not in known:
                 where = f"{path}.{key}" if path else str(key)
-                self.problems.append(unknown_key(str(key), path, list(known), self._source(where) or "values"))
+                self.problems.append(unknown_key(str(key), path, list(known), self.source(where) or "values"))
         kwargs = {}
         for f in dataclasses.fields(cls):
             key = camel(f.name)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_args, get_origin
 
@@ -11,7 +13,12 @@ import yaml
 
 from inferkit.config.convert import is_optional, strip_optional, unknown_key
 from inferkit.config.encoding import Quantity, load_yaml, parse_range
-from inferkit.config.schema import Config, camel, field_types
+from inferkit.config.schema import Config, RunOptions, camel, field_types, run_flag
+
+
+# Source names of the first and the last layer.
+DEFAULTS = "defaults"
+FLAGS = "flags"
 
 
 @dataclass(frozen=True)
@@ -171,4 +178,21 @@ def flag_layer(
     run_values = {camel(k): v for k, v in (run or {}).items() if v is not None}
     if run_values:
         values["run"] = run_values
-    return Layer("flags", {k: v for k, v in values.items() if v != {}}), problems
+    return Layer(FLAGS, {k: v for k, v in values.items() if v != {}}), problems
+
+
+_INDEX = re.compile(r"\[\d+\]$")
+
+
+def name_flags(problems: list[str], source: Callable[[str], str]) -> list[str]:
+    """A problem with a job argument the command line set names the flag the user typed
+    (`--batch-size: ...`, not `run.batchSize: ...`); values files and `--set` keep the key path."""
+    flags = {f"run.{camel(f.name)}": run_flag(f.name) for f in dataclasses.fields(RunOptions)}
+    named = []
+    for problem in problems:
+        path, sep, message = problem.partition(": ")
+        key = _INDEX.sub("", path)
+        if sep and key in flags and source(key) == FLAGS:
+            problem = f"{flags[key]}: {message.removesuffix(f' [{FLAGS}]')}"
+        named.append(problem)
+    return named

@@ -188,6 +188,11 @@ def camel(name: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
+def run_flag(name: str) -> str:
+    """The command-line flag of a RunOptions field: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
 def field_types(cls: type) -> dict[str, Any]:
     hints = get_type_hints(cls)
     return {camel(f.name): hints[f.name] for f in dataclasses.fields(cls)}
