@@ -61,7 +61,7 @@ def _run_option(name: str, tp: Any, help_text: str, default: Any):
         return click.option(flag, name, type=click.Choice(get_args(base)), default=None, help=help_text)
     kind = {int: click.INT, float: click.FLOAT}.get(base, click.STRING)
     return click.option(flag, name, type=kind, default=None, help=help_text,
-                        metavar="MIN:MAX" if name == "actors" else None)
+                        metavar="N|MIN:MAX" if name == "actors" else None)
 
 
 def run_options(func):
@@ -118,6 +118,25 @@ def cluster_options(func):
     return run_options(func)
 
 
+class SectionedCommand(click.Command):
+    """Help lists the command's own flags first, then the cluster's shape, then the job's arguments."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        job = {name for name, _tp, _help in run_fields()}
+        cluster = {*_FLAG_NAMES, "preset", "values_files", "sets", "crd_dir"}
+        sections: dict[str, list] = {"Options": [], "Cluster options": [], "Job options (those of `inferkit run`)": []}
+        titles = list(sections)
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record:
+                sections[titles[2] if param.name in job else titles[1] if param.name in cluster else titles[0]].append(
+                    record)
+        for title, records in sections.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
 def _load(kwargs: dict, kind: str):
     """Config and (optional) CRD schemas from a command's cluster options."""
     from inferkit import chart
@@ -139,7 +158,7 @@ def _load(kwargs: dict, kind: str):
 # Commands
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @cluster_options
 @click.option("--raycluster", is_flag=True, help="Render a standalone RayCluster instead of a RayJob.")
 @click.option("-o", "--format", "output_format", type=click.Choice(["yaml", "json"]), default="yaml",
@@ -170,7 +189,7 @@ def render(raycluster: bool, output_format: str, out_dir: str | None, **kwargs: 
         click.echo(text, nl=False)
 
 
-@cli.command()
+@cli.command(short_help="Run batch inference on the Ray in RAY_ADDRESS or an embedded Ray.")
 @run_options
 def run(**kwargs: Any) -> int:
     """Run batch inference: on the Ray cluster in RAY_ADDRESS, or on an embedded Ray.
@@ -231,7 +250,7 @@ def _connection(kubeconfig: str | None, context: str | None, namespace: str | No
     return Connection(kubeconfig=kubeconfig, context=context, namespace=namespace or None)
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @cluster_options
 @_options(CONNECTION_OPTIONS + FOLLOW_OPTIONS)
 @click.option("--ray-address", default=None, metavar="URL",
@@ -311,7 +330,7 @@ DATA_FORMAT = click.option("-o", "--format", "output_format", type=click.Choice(
                            help="Print data as YAML or JSON instead of a table.")
 
 
-@cli.command()
+@cli.command(short_help="A RayJob's state, reason, message, cluster, dashboard URL and times.")
 @click.argument("name")
 @_kube_command
 @DATA_FORMAT
@@ -367,7 +386,7 @@ def delete(name: str, kubeconfig: str | None, context: str | None, namespace: st
     return delete_rayjob(_connection(kubeconfig, context, namespace), name)
 
 
-@cli.command()
+@cli.command(short_help="What this machine and kube context offer; what each workflow needs.")
 @_kube_command
 @click.option("-o", "--format", "output_format", type=click.Choice(["json"]), default=None,
               help="Print the findings as JSON.")

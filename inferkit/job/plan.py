@@ -215,7 +215,9 @@ def _precision(options: RunOptions, hardware_bf16: bool, device: str) -> tuple[s
     if options.precision != "auto":
         return options.precision, False, "asked for"
     if hardware_bf16:
-        return "bf16", True, f"{device} has bf16; kept if top-1 agrees with fp32 on >= 99% of the first batch"
+        agrees = (f"an embedding's cosine similarity to fp32's is >= {AGREEMENT_THRESHOLD:g}" if options.task == "embedding"
+                  else "the top-1 label agrees with fp32")
+        return "bf16", True, f"{device} has bf16; kept if {agrees} on >= {AGREEMENT_THRESHOLD:.0%} of the first batch"
     return "fp32", False, f"{device} has no native bf16"
 
 
