@@ -17,6 +17,25 @@ CONTAINER_PROBLEMS = IMAGE_PROBLEMS | {"CreateContainerConfigError", "CreateCont
                                        "RunContainerError"}
 EVENT_PROBLEMS = {"FailedScheduling", "FailedMount", "FailedAttachVolume", "FailedCreatePodSandBox", "Failed",
                   "BackOff", "FailedCreate"}
+# Warnings that explain pods that never exist: the operator records them on the RayCluster when it cannot
+# create a pod (ray-operator/controllers/ray/raycluster_controller.go: createHeadPod, createWorkerPod,
+# reconcileAutoscalerServiceAccount), the Job controller on the submitter Job (FailedCreate).
+OBJECT_PROBLEMS = {
+    "RayCluster": {"FailedToCreateHeadPod", "FailedToCreateWorkerPod", "AutoscalerServiceAccountNotFound"},
+    "Job": {"FailedCreate"},
+}
+# What the API server's refusal means and what fixes it, by a telling part of its message.
+_MISSING_ACCOUNT = "the ServiceAccount does not exist: create it or fix serviceAccountName"
+REFUSAL_HINTS = (  # (lowercase part of the message, hint)
+    ("exceeded quota", "a ResourceQuota of the namespace is used up: free or raise the quota, or ask for fewer or "
+                       "smaller pods"),
+    ("no priorityclass", "the PriorityClass does not exist: create it or fix priorityClassName"),
+    ("service account", _MISSING_ACCOUNT),
+    ("serviceaccount", _MISSING_ACCOUNT),
+    ("violates podsecurity", "the namespace's Pod Security level refuses the pod: relax the namespace's "
+                             "pod-security.kubernetes.io/enforce label or tighten the pod's securityContext"),
+)
+DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 
 @dataclass(frozen=True)
@@ -31,18 +50,25 @@ class JobState:
     end: str = ""
     suspended: bool = False
     queue: str = ""
+    mode: str = "K8sJobMode"
+    job_id: str = ""
+    cluster_kept_for: int | None = None  # seconds a failed job's RayCluster outlives its end; None: until deleted
 
     @classmethod
     def of(cls, obj: dict) -> JobState:
         status = obj.get("status") or {}
+        spec = obj.get("spec") or {}
         labels = (obj.get("metadata") or {}).get("labels") or {}
+        job = status.get("jobStatus") or ""
         return cls(
-            deployment=status.get("jobDeploymentStatus") or "", job=status.get("jobStatus") or "",
+            deployment=status.get("jobDeploymentStatus") or "", job=job,
             reason=status.get("reason") or "", message=status.get("message") or "",
             cluster=status.get("rayClusterName") or "", dashboard=status.get("dashboardURL") or "",
             start=status.get("startTime") or "", end=status.get("endTime") or "",
-            suspended=bool((obj.get("spec") or {}).get("suspend")),
+            suspended=bool(spec.get("suspend")),
             queue=labels.get("kueue.x-k8s.io/queue-name", ""),
+            mode=spec.get("submissionMode") or "K8sJobMode", job_id=status.get("jobId") or "",
+            cluster_kept_for=failed_cluster_lifetime(spec, job),
         )
 
     def describe(self) -> str:
@@ -77,9 +103,43 @@ def outcome(state: JobState) -> Outcome | None:
         return None
     if state.deployment == "Complete" and state.job == "SUCCEEDED":
         return Outcome(EXIT_OK, "the job succeeded")
+    if state.deployment == "ValidationFailed":
+        # The operator refused the spec before creating anything, and sets no startTime or endTime
+        # (rayjob_controller.go: ValidationFailed is not a terminal state it stamps).
+        return Outcome(EXIT_JOB_FAILED, f"the operator refused the RayJob, so nothing ran: {state.message or '-'}; "
+                                        "the RayJob stays until you delete it or submit again with --replace")
     detail = ": ".join(p for p in (state.reason, state.message) if p) or "no reason given"
-    return Outcome(EXIT_JOB_FAILED, f"the job {'failed' if state.job != 'STOPPED' else 'was stopped'} "
-                                    f"(deployment {state.deployment}, job {state.job or '-'}): {detail}")
+    summary = (f"the job {'failed' if state.job != 'STOPPED' else 'was stopped'} "
+               f"(deployment {state.deployment}, job {state.job or '-'}): {detail}")
+    if state.reason == DEADLINE_EXCEEDED:
+        summary += "; " + _after_deadline(state)
+    return Outcome(EXIT_JOB_FAILED, summary)
+
+
+def _after_deadline(state: JobState) -> str:
+    """On DeadlineExceeded the operator only marks the RayJob Failed; it does not stop the Ray job
+    (rayjob_controller.go, checkActiveDeadlineAndUpdateStatusIfNeeded), so the driver runs on until the
+    RayCluster is deleted."""
+    kept = ("until the RayJob is deleted (shutdownAfterJobFinishes is off and no deletion rule removes the "
+            "cluster)" if state.cluster_kept_for is None
+            else f"for up to {state.cluster_kept_for} s more, until the RayCluster is deleted")
+    return f"KubeRay does not stop the Ray job at the deadline: the cluster and the driver may still run {kept}"
+
+
+def failed_cluster_lifetime(spec: dict, job_status: str) -> int | None:
+    """Seconds after a failed deployment's end until the operator deletes its RayCluster, or None when it
+    keeps it: shutdownAfterJobFinishes with ttlSecondsAfterFinished, or the first deletion rule that
+    matches (DeleteCluster or DeleteSelf; rayjob_controller.go, handleDeletionRules)."""
+    rules = (spec.get("deletionStrategy") or {}).get("deletionRules") or []
+    if rules:
+        ttls = [(r.get("condition") or {}).get("ttlSeconds", 0) for r in rules
+                if isinstance(r, dict) and r.get("policy") in ("DeleteCluster", "DeleteSelf")
+                and ((r.get("condition") or {}).get("jobDeploymentStatus") == "Failed"
+                     or (job_status and (r.get("condition") or {}).get("jobStatus") == job_status))]
+        return min(ttls, default=None)
+    if spec.get("shutdownAfterJobFinishes"):
+        return int(spec.get("ttlSecondsAfterFinished") or 0)
+    return None
 
 
 def _condition(pod: dict, kind: str) -> dict:
@@ -108,9 +168,27 @@ def pod_problems(pods: list[dict], events: list[dict]) -> list[str]:
                 problems.append(f"pod {name}, container {container.get('name')}: OOMKilled (give it more memory)")
     names = {(p.get("metadata") or {}).get("name") for p in pods}
     for event in events:
-        involved = (event.get("involvedObject") or {}).get("name")
-        if event.get("type") == "Warning" and event.get("reason") in EVENT_PROBLEMS and involved in names:
-            problems.append(f"pod {involved}: {event.get('reason')}: {event.get('message', '').strip()}")
+        involved = event.get("involvedObject") or {}
+        if (event.get("type") == "Warning" and event.get("reason") in EVENT_PROBLEMS
+                and involved.get("kind", "Pod") == "Pod" and involved.get("name") in names):
+            problems.append(f"pod {involved.get('name')}: {event.get('reason')}: {event.get('message', '').strip()}")
+    return problems
+
+
+def creation_problems(events: list[dict], cluster: str, job: str) -> list[str]:
+    """Why pods were never created: the operator's Warning events on the RayCluster and the Job
+    controller's on the submitter Job, each with what will likely fix it."""
+    problems = []
+    for event in events:
+        involved = event.get("involvedObject") or {}
+        kind, name = involved.get("kind"), involved.get("name")
+        if (event.get("type") != "Warning" or event.get("reason") not in OBJECT_PROBLEMS.get(kind, ())
+                or name != (cluster if kind == "RayCluster" else job)):
+            continue
+        message = " ".join(str(event.get("message") or "").split())
+        hint = next((h for part, h in REFUSAL_HINTS if part in message.lower()), "")
+        what = "RayCluster" if kind == "RayCluster" else "submitter Job"
+        problems.append(f"{what} {name}: {event['reason']}: {message}" + (f" ({hint})" if hint else ""))
     return problems
 
 
@@ -118,6 +196,7 @@ FIRST_POD, SAME_POD, TAKEOVER, NEW_RUN = "first pod", "same pod", "takeover", "n
 CONFIRM_LINES = 3  # lines of a takeover pod that must match in a row before they count as its replay
 GIVE_UP_LINES = 1000  # new lines after which a takeover pod's log is no longer matched against the old
 RESUBMITTED = re.compile(r"Job '[^']+' submitted successfully")  # `ray job submit`: the driver runs again
+AGAIN, LATE = "again", "late"  # a takeover pod submitted the job: Ray lost it, or the pods before never submitted
 
 
 def submission_of(pod: dict) -> str:
@@ -143,7 +222,8 @@ class LogCursor:
     they are exactly the rest of that log); matched lines are skipped, and from a mismatch on lines are
     shown until they match again. Held lines are shown, not dropped, when they stop matching or the
     stream ends, so a doubt costs a repeated line, never a lost one. A takeover pod that submits the job
-    again (Ray lost it) is a new run."""
+    is a new run: a submission again when an earlier pod had submitted it (Ray lost it), else the first
+    (the pods before it ended before submitting)."""
 
     pod: str = ""
     submission: str = ""
@@ -158,7 +238,8 @@ class LogCursor:
     aligned: bool = False
     held: list[str] = field(default_factory=list)
     unmatched: int = 0
-    resubmitted: bool = False  # set when a takeover pod submitted the job again; the caller resets it
+    submitted: bool = False  # a line of this submission said the job was submitted
+    resubmitted: str = ""  # set by a takeover pod's submission: AGAIN (Ray lost the job) or LATE; the caller resets it
 
     def resume(self, pod: str, submission: str = "") -> str:
         """Call before each (re)opened stream, after `flush`: FIRST_POD, SAME_POD, TAKEOVER (a new pod of
@@ -171,6 +252,8 @@ class LogCursor:
             self.before = self.log + (self.before[self.at:] if self.at is not None else array("q"))
         else:
             kind, self.before = (NEW_RUN if self.pod else FIRST_POD), array("q")
+        if kind in (FIRST_POD, NEW_RUN):
+            self.submitted = False
         if kind != SAME_POD:
             self.places = {}
             for place, line in enumerate(self.before):
@@ -190,7 +273,8 @@ class LogCursor:
             return [self._show(text)]
         if RESUBMITTED.search(text):
             shown = self.flush()
-            self.log, self.before, self.places, self.at, self.resubmitted = array("q"), array("q"), {}, None, True
+            self.resubmitted = AGAIN if self.submitted else LATE
+            self.log, self.before, self.places, self.at = array("q"), array("q"), {}, None
             return [*shown, self._show(text)]
         return self._match(text)
 
@@ -201,6 +285,7 @@ class LogCursor:
 
     def _show(self, text: str) -> str:
         self.log.append(hash(text))
+        self.submitted = self.submitted or bool(RESUBMITTED.search(text))
         return text
 
     def _new_in_stream(self, stamp: str) -> bool:
@@ -269,3 +354,30 @@ def stamp_key(stamp: str) -> tuple[str, str]:
     """An RFC 3339 timestamp as a key that sorts in time order even when fractions differ in length."""
     seconds, _, fraction = stamp.rstrip("Z").partition(".")
     return seconds, fraction.ljust(9, "0")
+
+
+@dataclass
+class DashboardLog:
+    """An HTTPMode driver log, read whole from the dashboard each time (Ray's job REST API has no offset):
+    the complete lines not shown yet; a line still being written waits for its newline or the end. A new
+    Ray job (a RayJob retry) or a shorter log starts over."""
+
+    job_id: str = ""
+    text: str = ""
+    shown: int = 0  # characters of `text` shown, always up to a newline
+
+    def accept(self, job_id: str, text: str) -> list[str]:
+        if job_id != self.job_id or len(text) < self.shown:
+            self.job_id, self.shown = job_id, 0
+        self.text = text
+        end = text.rfind("\n", self.shown) + 1
+        if end <= self.shown:
+            return []
+        lines = text[self.shown:end - 1].split("\n")
+        self.shown = end
+        return lines
+
+    def flush(self) -> list[str]:
+        """The last line, when the log ends without a newline."""
+        rest, self.shown = self.text[self.shown:], len(self.text)
+        return [rest] if rest else []

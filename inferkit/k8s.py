@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from urllib.parse import quote
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -36,6 +37,11 @@ WATCH_READ_MARGIN = 30  # seconds a watch may be silent past its server-side tim
 LOG_READ_TIMEOUT = 300
 REQUEST_TIMEOUT = (10, 60)  # connect, read: a dead connection (a laptop that slept, a dropped VPN) must not hang
 SUBMISSION_ANNOTATION = "inferkit.io/submission"  # one per `inferkit submit`, to recognise our own create
+
+
+class LogRefused(ApiError):
+    """The driver log may not be read through the service proxy (RBAC on services/proxy, or the
+    dashboard's own authentication): retrying will not help."""
 
 
 class WatchInterrupted(Exception):
@@ -320,6 +326,35 @@ class Kube:
             yield from stream_lines(response.stream(amt=None, decode_content=False))
         finally:
             response.release_conn()
+
+    def dashboard_job_log(self, service: str, job_id: str) -> str | None:
+        """The whole driver log of a Ray job from the head's dashboard, reached through the API server's
+        service proxy (`GET /api/jobs/<id>/logs` of Ray's job REST API answers `{"logs": "..."}`); None
+        while the dashboard does not know the job or the Service has no head yet (404). This is how the
+        log of an HTTPMode RayJob is read: the operator submits through the dashboard, no pod runs
+        `ray job submit`."""
+        ns, svc, job = (quote(part, safe="") for part in (self.namespace, service, job_id))
+        path = f"/api/v1/namespaces/{ns}/services/{svc}:dashboard/proxy/api/jobs/{job}/logs"
+        try:
+            data = self._call(f"reading the driver log of Ray job {job_id}", self._get, path, handled=(401, 403, 404))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise LogRefused(f"the API server or the dashboard refused to show the driver log of Ray job {job_id} "
+                             f"through service {service} ({e.status}: {_message(e)[0]})") from e
+        try:
+            return str(json.loads(data)["logs"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ApiError(f"the dashboard behind service {service} answered no job log ({type(e).__name__})") from e
+
+    def _get(self, path: str, _request_timeout: Any = REQUEST_TIMEOUT) -> bytes:
+        """A GET of an already encoded API path (the client's own methods encode `/` in a proxy path)."""
+        request = self.api.param_serialize("GET", path, auth_settings=["BearerToken"])
+        response = self.api.call_api(*request, _request_timeout=_request_timeout)
+        response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return response.data
 
     def events_for(self, names: set[str]) -> list[dict]:
         """Events of these objects; none when the caller may not list events (they only explain)."""

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from inferkit.config import Config
 from inferkit.console import say
 from inferkit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, ApiError
-from inferkit.follow import (NEW_RUN, TAKEOVER, JobState, LogCursor, outcome, pod_problems, state_change,
-                             submission_of)
+from inferkit.follow import (AGAIN, NEW_RUN, TAKEOVER, DashboardLog, JobState, LogCursor, creation_problems,
+                             outcome, pod_problems, state_change, submission_of)
 from inferkit.render import GPU_RESOURCE, dump
 
 if TYPE_CHECKING:
@@ -24,11 +24,15 @@ if TYPE_CHECKING:
 SUBMITTER_CONTAINER = "ray-job-submitter"
 PERMISSIONS = [
     ("create", "ray.io", "rayjobs", ""), ("get", "ray.io", "rayjobs", ""), ("watch", "ray.io", "rayjobs", ""),
-    ("list", "", "pods", ""), ("get", "", "pods", "log"), ("list", "", "events", ""),
+    ("list", "", "pods", ""), ("list", "", "events", ""),
 ]
+# Where the driver's log is read from: the submitter pod's log, or (HTTPMode) the dashboard through the
+# API server's service proxy.
+LOG_PERMISSIONS = {"K8sJobMode": ("get", "", "pods", "log"), "HTTPMode": ("get", "", "services", "proxy")}
 DELETE = ("delete", "ray.io", "rayjobs", "")
 POLL_SECONDS = 2.0  # how often pods are looked at while the RayJob is watched
 LOG_MARGIN_SECONDS = 300  # extra history asked for when a log stream resumes (clock skew); the cursor dedupes
+DASHBOARD_POLL_SECONDS = 2.0  # how often an HTTPMode driver log is read again from the dashboard
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ def preflight(kube: Kube, cfg: Config, obj: dict, *, strict_capacity: bool, need
     if "v1" not in versions:
         raise ApiError(f"the installed KubeRay serves RayJob {', '.join(versions)}, not v1; upgrade the operator "
                        "to 1.7.0")
-    missing = kube.missing_permissions(PERMISSIONS + ([DELETE] if needs_delete else []))
+    log_access = [LOG_PERMISSIONS[cfg.job.submission_mode]] if cfg.job.submission_mode in LOG_PERMISSIONS else []
+    missing = kube.missing_permissions(PERMISSIONS + log_access + ([DELETE] if needs_delete else []))
     if missing:
         raise ApiError(f"you may not {', '.join(missing)} in namespace {namespace}; ask for a Role that "
                        "allows them")
@@ -102,8 +107,8 @@ def preflight(kube: Kube, cfg: Config, obj: dict, *, strict_capacity: bool, need
         say("warning: cannot list nodes to check GPU capacity (forbidden); skipped")
     elif slots < wanted:
         message = (f"only {slots} of the {wanted} GPU pods ({per_pod} x {GPU_RESOURCE} each) fit on the nodes "
-                   f"that match ({selector}) by allocatable {GPU_RESOURCE}; the rest stay Pending unless a node "
-                   "autoscaler adds GPU nodes")
+                   f"that match ({selector}) by allocatable {GPU_RESOURCE}; KubeRay starts the job only once every "
+                   "pod of the cluster is Running and Ready, so it waits until a node autoscaler adds GPU nodes")
         if strict_capacity:
             raise ApiError(message + " (--strict-capacity)")
         say(f"warning: {message}")
@@ -116,11 +121,10 @@ def preflight(kube: Kube, cfg: Config, obj: dict, *, strict_capacity: bool, need
 class Follower:
     """Follows one RayJob to its end: state on stderr, driver log on stdout."""
 
-    def __init__(self, kube: Kube, name: str, options: FollowOptions, stream_logs: bool = True):
+    def __init__(self, kube: Kube, name: str, options: FollowOptions):
         self.kube = kube
         self.name = name
         self.options = options
-        self.stream_logs = stream_logs
         self.state: JobState | None = None
         self.problems_shown: set[str] = set()
         self.finished = threading.Event()
@@ -162,7 +166,7 @@ class Follower:
                 obj = self._get()  # the watch dropped or expired: list again and watch from there
                 version = obj["metadata"].get("resourceVersion")
                 self._update(obj)
-            self._show_pod_problems()
+            self._show_problems()
 
     def _get(self) -> dict:
         obj = self.kube.get_rayjob(self.name)
@@ -183,23 +187,61 @@ class Follower:
             pods += self.kube.list_pods(f"ray.io/cluster={self.state.cluster}")
         return pods
 
-    def _show_pod_problems(self) -> None:
+    def _show_problems(self) -> None:
+        """Why pods wait, and why pods that never came were not created (the RayCluster's and the
+        submitter Job's Warning events), each once."""
         pods = self._pods()
         waiting = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running", "Failed")]
-        if not waiting:
-            return
-        events = self.kube.events_for({p["metadata"]["name"] for p in waiting})
-        for problem in pod_problems(waiting, events):
+        cluster = self.state.cluster if self.state else ""
+        events = self.kube.events_for({p["metadata"]["name"] for p in waiting} | {self.name} | {cluster} - {""})
+        for problem in pod_problems(waiting, events) + creation_problems(events, cluster, self.name):
             if problem not in self.problems_shown:
                 self.problems_shown.add(problem)
                 say(problem)
 
-    # -- the driver's log (the submitter pod's log in K8sJobMode) -----------------------------------
+    # -- the driver's log: the submitter pod's log (K8sJobMode) or the dashboard's (HTTPMode) --------------
 
     def _start_logs(self) -> None:
-        if self.stream_logs:
-            self.log_thread = threading.Thread(target=self._log_loop, name="inferkit-logs", daemon=True)
-            self.log_thread.start()
+        loop = {"K8sJobMode": self._log_loop, "HTTPMode": self._dashboard_log_loop}.get(self.state.mode)
+        if loop is None:
+            say(f"RayJob {self.name} runs in {self.state.mode}; inferkit shows the driver's log of K8sJobMode and "
+                "HTTPMode jobs only")
+            return
+        self.log_thread = threading.Thread(target=loop, name="inferkit-logs", daemon=True)
+        self.log_thread.start()
+
+    def _dashboard_log_loop(self) -> None:
+        """HTTPMode: the operator submits through the dashboard and no pod runs the driver's client, so the
+        log is read, whole, from the dashboard's job API through the API server's service proxy, and what
+        is new is shown. A proxy the caller may not use ends the reading, saying where the log is."""
+        from inferkit.k8s import LogRefused
+
+        log = DashboardLog()
+        while True:
+            ended = self.finished.wait(DASHBOARD_POLL_SECONDS)
+            state = self.state
+            if state.job_id and state.cluster and state.dashboard:
+                try:
+                    text = self.kube.dashboard_job_log(head_service(state.cluster), state.job_id)
+                except LogRefused as e:
+                    say(f"RayJob {self.name}: {e}; in HTTPMode the driver's log is on the head: kubectl port-forward "
+                        f"-n {self.kube.namespace} svc/{head_service(state.cluster)} 8265, then ray job logs "
+                        f"--address http://127.0.0.1:8265 -f {state.job_id}")
+                    return
+                except Exception:  # noqa: BLE001 - a dropped read is read again, never fatal
+                    text = None
+                if text is not None:
+                    with self.shown:
+                        if log.job_id and log.job_id != state.job_id:
+                            say(f"RayJob {self.name}: a new Ray job {state.job_id} runs the driver again; its log "
+                                "follows from the start")
+                        for line in log.accept(state.job_id, text):
+                            _out(line)
+            if ended:
+                with self.shown:
+                    for line in log.flush():
+                        _out(line)
+                return
 
     def _log_loop(self) -> None:
         streamed: set[str] = set()
@@ -245,9 +287,12 @@ class Follower:
                     for text in self.cursor.accept(raw):
                         _out(text)
                 if self.cursor.resubmitted:
-                    self.cursor.resubmitted = False
-                    say(f"RayJob {self.name}: submitter pod {name} submitted the job again (Ray had lost it); "
-                        "the driver runs again and its log follows from the start")
+                    again = self.cursor.resubmitted == AGAIN
+                    self.cursor.resubmitted = ""
+                    say(f"RayJob {self.name}: submitter pod {name} submitted the job again (Ray had lost it); the "
+                        "driver runs again and its log follows from the start" if again else
+                        f"RayJob {self.name}: submitter pod {name} submitted the job (the pod before it ended "
+                        "before submitting); the driver's log follows")
         finally:
             self._flush_log()
 
@@ -302,6 +347,11 @@ class Follower:
         return EXIT_INTERRUPTED
 
 
+def head_service(cluster: str) -> str:
+    """The RayCluster's head Service (common/service.go: `<cluster>-head-svc`, inferkit sets no other name)."""
+    return f"{cluster}-head-svc"
+
+
 def submitter_pod(kube: Kube, name: str) -> dict | None:
     """The newest submitter pod with a log (K8sJobMode: the Job named like the RayJob runs it)."""
     pods = [p for p in kube.list_pods(f"job-name={name}")
@@ -340,7 +390,7 @@ def submit(connection: Connection, cfg: Config, obj: dict, *, dry_run: bool, det
         kube.delete_rayjob(name)
         _wait_gone(kube, name)
         say(f"deleted the existing RayJob {name}")
-    follower = Follower(kube, name, follow, stream_logs=cfg.job.submission_mode == "K8sJobMode")
+    follower = Follower(kube, name, follow)
     try:
         kube.create_rayjob(obj)
     except KeyboardInterrupt:
@@ -408,10 +458,22 @@ def list_jobs(connection: Connection, output_format: str | None) -> int:
 
 def logs(connection: Connection, name: str, follow: bool, options: FollowOptions) -> int:
     kube = connection.open()
-    if kube.get_rayjob(name) is None:
+    obj = kube.get_rayjob(name)
+    if obj is None:
         raise ApiError(f"no RayJob named {name} in namespace {kube.namespace}")
     if follow:
         return Follower(kube, name, options).run()
+    state = JobState.of(obj)
+    if state.mode == "HTTPMode":
+        text = kube.dashboard_job_log(head_service(state.cluster), state.job_id) if state.job_id and state.cluster \
+            else None
+        if text is None:
+            raise ApiError(f"RayJob {name} (HTTPMode) has no driver log on its dashboard yet (it may still be "
+                           "starting)")
+        log = DashboardLog()
+        for line in log.accept(state.job_id, text) + log.flush():
+            _out(line)
+        return EXIT_OK
     pod = submitter_pod(kube, name)
     if pod is None:
         raise ApiError(f"RayJob {name} has no submitter pod with a log yet (it may still be starting)")

@@ -1,10 +1,13 @@
 """An in-process HTTP server that speaks the Kubernetes API paths inferkit's client uses, driven by
 scripted scenarios. The real `kubernetes` client talks to it through a generated kubeconfig.
 
-It keeps RayJobs, pods, pod logs and events; after a RayJob is created it plays the scenario's steps
-(each after a short delay), and serves watches and followed logs as the state moves. Knobs inject
-the failures users meet: denied permissions, missing CRDs, conflicts, 422s, transient 5xx/429,
-watches and log streams that drop mid-run.
+It keeps RayJobs, pods, pod logs, events and dashboard job logs, each in its namespace; after a RayJob
+is created it plays the scenario's steps (each after a short delay), and serves watches and followed
+logs as the state moves. Pod logs honour `container` (a pod's container must be named when it has
+several) and `sinceSeconds` (measured on the node's clock, which may be skewed); an HTTPMode driver
+log is served by the head's dashboard through the service proxy. Knobs inject the failures users
+meet: denied permissions, missing CRDs, conflicts, 422s, transient 5xx/429, watches and log streams
+that drop mid-run.
 """
 
 from __future__ import annotations
@@ -14,22 +17,23 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 Step = tuple[float, Callable[["FakeKube"], None]]
 
 
-def now_rfc3339(nanos: bool = False) -> str:
-    stamp = datetime.now(timezone.utc)
+def now_rfc3339(nanos: bool = False, at: datetime | None = None) -> str:
+    stamp = at or datetime.now(timezone.utc)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S") + (f".{stamp.microsecond:06d}{time.perf_counter_ns() % 1000:03d}Z"
                                                   if nanos else "Z")
 
 
 def pod(name: str, labels: dict, phase: str = "Pending", *, unschedulable: str | None = None,
-        waiting: tuple[str, str] | None = None, container: str = "ray-worker", job_uid: str | None = None) -> dict:
+        waiting: tuple[str, str] | None = None, container: str = "ray-worker", job_uid: str | None = None,
+        namespace: str = "default") -> dict:
     conditions = [{"type": "PodScheduled", "status": "False" if unschedulable else "True",
                    "reason": "Unschedulable" if unschedulable else None, "message": unschedulable}]
     state = {"waiting": {"reason": waiting[0], "message": waiting[1]}} if waiting else (
@@ -37,7 +41,7 @@ def pod(name: str, labels: dict, phase: str = "Pending", *, unschedulable: str |
     statuses = [] if unschedulable else [{"name": container, "image": "img", "imageID": "", "ready": phase == "Running",
                                            "restartCount": 0, "state": state}]
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": labels, "creationTimestamp": now_rfc3339(),
+            "metadata": {"name": name, "namespace": namespace, "labels": labels, "creationTimestamp": now_rfc3339(),
                          "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": labels["job-name"],
                                               "uid": job_uid}] if job_uid else []},
             "spec": {"containers": [{"name": container, "image": "img"}]},
@@ -67,6 +71,8 @@ class FakeKube:
         self.drop_watch_after: int | None = None  # close the first watch after this many events
         self.expire_watch_once = False  # answer one watch with 410 Gone
         self.drop_log_after: int | None = None  # close the first followed log stream after this many lines
+        self.node_clock_skew = 0.0  # seconds the nodes' clock (log timestamps, sinceSeconds) runs ahead
+        self.dashboard_logs: dict[tuple[str, str, str], str] = {}  # (namespace, head service, Ray job id) -> log
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -108,18 +114,30 @@ class FakeKube:
             self.pods[name]["status"].update(changes)
             self.lock.notify_all()
 
+    def node_now(self) -> datetime:
+        return datetime.now(timezone.utc) + timedelta(seconds=self.node_clock_skew)
+
     def log(self, pod_name: str, *lines: str) -> None:
+        """Lines written by the pod's (only or first) container, stamped by the node's clock."""
         with self.lock:
             for line in lines:
-                self.logs[pod_name].append(f"{now_rfc3339(nanos=True)} {line}")
+                self.logs[pod_name].append(f"{now_rfc3339(nanos=True, at=self.node_now())} {line}")
             self.lock.notify_all()
 
-    def event(self, pod_name: str, reason: str, message: str) -> None:
+    def dashboard_log(self, service: str, job_id: str, text: str, namespace: str = "default") -> None:
+        """The driver writes `text` into its log on the head (HTTPMode: read through the dashboard)."""
+        with self.lock:
+            key = (namespace, service, job_id)
+            self.dashboard_logs[key] = self.dashboard_logs.get(key, "") + text
+
+    def event(self, name: str, reason: str, message: str, kind: str = "Pod", namespace: str = "default") -> None:
+        """A Warning event about an object, as the kubelet, the scheduler, the Job controller or the KubeRay
+        operator records it (the operator's events.k8s.io events read back as core/v1 ones)."""
         with self.lock:
             self.events.append({"apiVersion": "v1", "kind": "Event",
-                                "metadata": {"name": f"{pod_name}.{len(self.events)}", "namespace": "default"},
-                                "involvedObject": {"kind": "Pod", "name": pod_name}, "reason": reason,
-                                "message": message, "type": "Warning"})
+                                "metadata": {"name": f"{name}.{len(self.events)}", "namespace": namespace},
+                                "involvedObject": {"kind": kind, "name": name, "namespace": namespace},
+                                "reason": reason, "message": message, "type": "Warning"})
 
     def _play(self) -> None:
         for delay, step in self.scenario:
@@ -175,7 +193,7 @@ class FakeKube:
                     if m == method and url.path.endswith(suffix) and codes:
                         code = codes.pop(0)
                         return self._status(code, "Injected", f"injected {code}")
-                parts = url.path.strip("/").split("/")
+                parts = [unquote(p) for p in url.path.strip("/").split("/")]
                 try:
                     return fake._dispatch(self, method, parts, query, body)
                 except (BrokenPipeError, ConnectionResetError):
@@ -226,24 +244,46 @@ class FakeKube:
         if path == "api/v1/nodes":
             return h._send(200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": self.nodes})
         if len(parts) >= 6 and parts[:2] == ["apis", "ray.io"] and parts[5] == "rayjobs":
-            return self._rayjobs(h, method, parts[6] if len(parts) > 6 else None, query, body)
+            return self._rayjobs(h, method, parts[4], parts[6] if len(parts) > 6 else None, query, body)
         if len(parts) == 5 and parts[4] == "pods":
             return h._send(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {},
-                                 "items": self._select(query.get("labelSelector", ""))})
+                                 "items": self._select(parts[3], query.get("labelSelector", ""))})
         if len(parts) == 7 and parts[4] == "pods" and parts[6] == "log":
-            return self._pod_log(h, parts[5], query)
+            return self._pod_log(h, parts[3], parts[5], query)
         if len(parts) == 5 and parts[4] == "events":
-            return h._send(200, {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": self.events})
+            with self.lock:
+                items = [copy.deepcopy(e) for e in self.events if e["metadata"]["namespace"] == parts[3]]
+            return h._send(200, {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items})
+        if len(parts) > 7 and parts[4] == "services" and parts[6] == "proxy":
+            return self._service_proxy(h, parts[3], parts[5], "/".join(parts[7:]))
         return h._status(404, "NotFound", f"no route for {method} /{path}")
 
-    def _select(self, selector: str) -> list[dict]:
+    def _service_proxy(self, h, namespace: str, service: str, path: str):
+        """The API server's service proxy in front of a head's dashboard: only Ray's job log route."""
+        if ("get", "services/proxy") in self.denied:
+            return h._status(403, "Forbidden", f'services "{service}" is forbidden: User "tester" cannot get '
+                                               f'resource "services/proxy" in the namespace "{namespace}"')
+        name, _, port = service.partition(":")
+        parts = path.split("/")
+        if port != "dashboard" or len(parts) != 4 or parts[:2] != ["api", "jobs"] or parts[3] != "logs":
+            return h._status(404, "NotFound", f"no route for {path} on {service}")
+        with self.lock:
+            text = self.dashboard_logs.get((namespace, name, parts[2]))
+        if text is None:  # the dashboard's own answer for a job it does not know
+            return h._send(404, f"Job {parts[2]} does not exist", content_type="text/plain")
+        return h._send(200, {"logs": text})
+
+    def _select(self, namespace: str, selector: str) -> list[dict]:
         wanted = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)
         with self.lock:
-            return [copy.deepcopy(p) for p in self.pods.values()
-                    if all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())]
+            return [copy.deepcopy(p) for p in self.pods.values() if p["metadata"]["namespace"] == namespace
+                    and all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())]
 
-    def _rayjobs(self, h, method: str, name: str | None, query: dict, body: dict):
+    def _rayjobs(self, h, method: str, namespace: str, name: str | None, query: dict, body: dict):
         if method == "POST":
+            if body["metadata"].get("namespace", namespace) != namespace:
+                return h._status(400, "BadRequest", "the namespace of the provided object does not match the "
+                                                     "namespace sent on the request")
             if self.reject_create and query.get("dryRun") == "All":
                 code, status = self.reject_create
                 return h._send(code, status)
@@ -254,6 +294,7 @@ class FakeKube:
                 if query.get("dryRun") == "All":
                     return h._send(201, body)
                 obj = copy.deepcopy(body)
+                obj["metadata"]["namespace"] = namespace
                 obj["metadata"]["uid"] = f"uid-{self.version}"
                 obj["metadata"]["creationTimestamp"] = now_rfc3339()
                 obj["status"] = {}
@@ -267,23 +308,29 @@ class FakeKube:
             return h._send(201, obj)
         if method == "DELETE":
             with self.lock:
-                obj = self.rayjobs.pop(name, None)
+                obj = self._rayjob_in(namespace, name)
                 if obj is None:
                     return h._status(404, "NotFound", f'rayjobs.ray.io "{name}" not found')
-                self._bump("DELETED", obj)
+                self._bump("DELETED", self.rayjobs.pop(name))
             return h._send(200, {"kind": "Status", "status": "Success"})
         if name:
             with self.lock:
-                obj = copy.deepcopy(self.rayjobs.get(name))
+                obj = copy.deepcopy(self._rayjob_in(namespace, name))
             return h._send(200, obj) if obj else h._status(404, "NotFound", f'rayjobs.ray.io "{name}" not found')
         if query.get("watch") in ("true", "True", "1"):
-            return self._watch(h, query)
+            return self._watch(h, namespace, query)
         with self.lock:
-            items = [copy.deepcopy(o) for o in self.rayjobs.values()]
+            items = [copy.deepcopy(o) for o in self.rayjobs.values()
+                     if o["metadata"].get("namespace", "default") == namespace]
         return h._send(200, {"apiVersion": "ray.io/v1", "kind": "RayJobList",
                              "metadata": {"resourceVersion": str(self.version)}, "items": items})
 
-    def _watch(self, h, query: dict):
+    def _rayjob_in(self, namespace: str, name: str) -> dict | None:
+        """The RayJob of that name in that namespace (RayJobs are kept by name: tests use unique names)."""
+        obj = self.rayjobs.get(name)
+        return obj if obj is not None and obj["metadata"].get("namespace", "default") == namespace else None
+
+    def _watch(self, h, namespace: str, query: dict):
         name = query.get("fieldSelector", "").removeprefix("metadata.name=")
         since = int(query.get("resourceVersion") or 0)
         deadline = time.monotonic() + float(query.get("timeoutSeconds") or 30)
@@ -296,7 +343,8 @@ class FakeKube:
         sent = 0
         while time.monotonic() < deadline:
             with self.lock:
-                pending = [(v, t, o) for v, t, o in self.history if v > since and o["metadata"]["name"] == name]
+                pending = [(v, t, o) for v, t, o in self.history if v > since and o["metadata"]["name"] == name
+                           and o["metadata"].get("namespace", "default") == namespace]
                 if not pending:
                     self.lock.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
                     continue
@@ -310,22 +358,32 @@ class FakeKube:
                     return
         h._close_stream()
 
-    def _pod_log(self, h, name: str, query: dict):
-        if name not in self.pods:
+    def _pod_log(self, h, namespace: str, name: str, query: dict):
+        if name not in self.pods or self.pods[name]["metadata"]["namespace"] != namespace:
             return h._status(404, "NotFound", f'pods "{name}" not found')
+        containers = [c["name"] for c in self.pods[name]["spec"]["containers"]]
+        container = query.get("container")
+        if container is None and len(containers) > 1:
+            return h._status(400, "BadRequest", f"a container name must be specified for pod {name}, choose one "
+                                                f"of: {containers}")
+        if container is not None and container not in containers:
+            return h._status(400, "BadRequest", f"container {container} is not valid for pod {name}")
         follow = query.get("follow") in ("true", "True", "1")
+        # The kubelet keeps the lines stamped within sinceSeconds of its own clock.
+        since = query.get("sinceSeconds")
+        cutoff = stamp_of(self.node_now() - timedelta(seconds=int(since))) if since else ""
         h._open_stream("text/plain")
         index, sent = 0, 0
         while True:
             with self.lock:
-                lines = self.logs[name][index:]
+                lines = [line for line in self.logs[name][index:] if line.partition(" ")[0] >= cutoff]
+                index = len(self.logs[name])
                 finished = self.pods[name]["status"]["phase"] in ("Succeeded", "Failed")
                 if not lines and follow and not finished:
                     self.lock.wait(timeout=0.2)
                     continue
             for line in lines:
                 h._chunk(line + "\n")
-                index += 1
                 sent += 1
                 if follow and self.drop_log_after is not None and sent >= self.drop_log_after:
                     self.drop_log_after = None
@@ -333,6 +391,11 @@ class FakeKube:
                     return
             if not follow or finished:
                 return h._close_stream()
+
+
+def stamp_of(moment: datetime) -> str:
+    """The RFC 3339 nanosecond stamp `log` writes, for comparing stamps as text."""
+    return now_rfc3339(nanos=True, at=moment)[:26] + "000Z"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,21 +407,22 @@ def cluster_labels(name: str) -> dict:
 
 
 def happy_path(name: str, lines: list[str], *, final: tuple[str, str, str, str] = ("Complete", "SUCCEEDED", "", ""),
-               pending: list[Step] | None = None) -> list[Step]:
+               pending: list[Step] | None = None, namespace: str = "default") -> list[Step]:
     """Initializing -> (pending steps) -> Running with a submitter pod logging `lines` -> final state."""
     cluster = f"{name}-raycluster"
     submitter = f"{name}-submitter"
     steps: list[Step] = [
         (0.1, lambda f: f.set_status(name, jobDeploymentStatus="Initializing", rayClusterName=cluster,
-                                     startTime=now_rfc3339())),
+                                     jobId=f"{name}-job", startTime=now_rfc3339())),
         (0.1, lambda f: f.add_pod(pod(f"{cluster}-head", {"ray.io/cluster": cluster, "ray.io/node-type": "head"},
-                                      "Running", container="ray-head"))),
+                                      "Running", container="ray-head", namespace=namespace))),
     ]
     steps += pending or []
     steps += [
         (0.1, lambda f: f.set_status(name, jobDeploymentStatus="Running", jobStatus="RUNNING",
                                      dashboardURL=f"{cluster}-head-svc:8265")),
-        (0.1, lambda f: f.add_pod(pod(submitter, {"job-name": name}, "Running", container="ray-job-submitter"))),
+        (0.1, lambda f: f.add_pod(pod(submitter, {"job-name": name}, "Running", container="ray-job-submitter",
+                                      namespace=namespace))),
     ]
     for line in lines:
         steps.append((0.05, lambda f, line=line: f.log(submitter, line)))
@@ -369,3 +433,35 @@ def happy_path(name: str, lines: list[str], *, final: tuple[str, str, str, str] 
                                      message=message, endTime=now_rfc3339())),
     ]
     return steps
+
+
+def http_mode_path(name: str, chunks: list[str], *, final: tuple[str, str] = ("Complete", "SUCCEEDED"),
+                   namespace: str = "default") -> list[Step]:
+    """HTTPMode as the operator runs it (rayjob_controller.go): no submitter Job or pod; once the cluster is
+    ready the operator submits through the dashboard, and the driver writes `chunks` (text, not whole
+    lines) into the job's log on the head, which only the dashboard serves."""
+    cluster = f"{name}-raycluster"
+    service, job_id = f"{cluster}-head-svc", f"{name}-job"
+    steps: list[Step] = [
+        (0.1, lambda f: f.set_status(name, jobDeploymentStatus="Initializing", rayClusterName=cluster, jobId=job_id,
+                                     startTime=now_rfc3339())),
+        (0.1, lambda f: f.add_pod(pod(f"{cluster}-head", {"ray.io/cluster": cluster, "ray.io/node-type": "head"},
+                                      "Running", container="ray-head", namespace=namespace))),
+        (0.1, lambda f: f.set_status(name, jobDeploymentStatus="Running", jobStatus="PENDING",
+                                     dashboardURL=f"{service}.{namespace}.svc.cluster.local:8265")),
+        (0.3, lambda f: f.set_status(name, jobStatus="RUNNING")),
+    ]
+    for chunk in chunks:
+        steps.append((0.3, lambda f, chunk=chunk: f.dashboard_log(service, job_id, chunk, namespace)))
+    deployment, job = final
+    steps.append((0.3, lambda f: f.set_status(name, jobDeploymentStatus=deployment, jobStatus=job,
+                                              endTime=now_rfc3339())))
+    return steps
+
+
+def validation_failed(name: str, message: str) -> list[Step]:
+    """The operator refuses the spec before it creates anything: ValidationFailed, with no startTime,
+    endTime, cluster name or job id (rayjob_controller.go sets only the deployment status, reason and
+    message, and stamps endTime only on Complete or Failed)."""
+    return [(0.2, lambda f: f.set_status(name, jobDeploymentStatus="ValidationFailed", reason="ValidationFailed",
+                                         message=message))]

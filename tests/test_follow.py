@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from inferkit.follow import (FIRST_POD, NEW_RUN, SAME_POD, TAKEOVER, JobState, LogCursor, outcome, pod_problems,
-                             stamp_key, state_change, submission_of)
+from inferkit.follow import (AGAIN, FIRST_POD, LATE, NEW_RUN, SAME_POD, TAKEOVER, DashboardLog, JobState, LogCursor,
+                             creation_problems, failed_cluster_lifetime, outcome, pod_problems, stamp_key,
+                             state_change, submission_of)
 
 
 @pytest.mark.parametrize(("deployment", "job", "code"), [
@@ -20,9 +21,9 @@ def test_outcome_exit_codes(deployment, job, code):
 
 
 def test_failed_outcome_names_reason_and_message():
-    result = outcome(JobState(deployment="Failed", job="FAILED", reason="DeadlineExceeded",
-                              message="activeDeadlineSeconds reached"))
-    assert result.summary.endswith("DeadlineExceeded: activeDeadlineSeconds reached")
+    result = outcome(JobState(deployment="Failed", job="FAILED", reason="AppFailed",
+                              message="Job entrypoint command failed with exit code 1"))
+    assert result.summary.endswith("AppFailed: Job entrypoint command failed with exit code 1")
 
 
 def test_state_change_only_on_a_new_phase():
@@ -167,7 +168,18 @@ def test_a_takeover_pod_that_submits_the_job_again_starts_a_new_run():
     _feed(cursor, "a", _stamped(*SUBMIT_NOTES, "rows/s 97"), "job-a")
     cursor.resume("b", "job-a")
     shown = [t for raw in _stamped(*SUBMIT_NOTES, "rows/s 97", second=30) for t in cursor.accept(raw)]
-    assert shown == [*SUBMIT_NOTES, "rows/s 97"] and cursor.resubmitted
+    assert shown == [*SUBMIT_NOTES, "rows/s 97"] and cursor.resubmitted == AGAIN
+
+
+def test_a_takeover_pod_that_submits_first_is_no_resubmission():
+    """The first submitter pod failed while it waited for the dashboard: the job was never submitted,
+    so the next pod's submission is the first, not Ray losing the job."""
+    waiting = "Waiting for Ray Dashboard GCS to become healthy at http://head:8265 ..."
+    cursor = LogCursor()
+    _feed(cursor, "a", _stamped(waiting, waiting), "job-a")
+    cursor.resume("b", "job-a")
+    shown = [t for raw in _stamped(waiting, *SUBMIT_NOTES, "rows/s 97", second=30) for t in cursor.accept(raw)]
+    assert shown[-6:] == [*SUBMIT_NOTES, "rows/s 97"] and cursor.resubmitted == LATE
 
 
 def test_a_pod_of_a_new_submission_shows_its_log_in_full():
@@ -189,3 +201,92 @@ def test_timestamps_with_short_fractions_sort_in_time_order():
     assert stamp_key("2026-01-01T00:00:00.1Z") < stamp_key("2026-01-01T00:00:00.12Z")
     assert stamp_key("2026-01-01T00:00:00Z") < stamp_key("2026-01-01T00:00:00.000000001Z")
     assert stamp_key("2026-01-01T00:00:00.5Z") == stamp_key("2026-01-01T00:00:00.500000000Z")
+
+
+def test_why_pods_were_never_created_comes_from_the_rayclusters_and_the_jobs_events():
+    def event(kind, name, reason, message, type_="Warning"):
+        return {"type": type_, "reason": reason, "message": message, "involvedObject": {"kind": kind, "name": name}}
+
+    quota = ('Failed to create worker Pod for the cluster ml/c, pods "c-gpu-workers-x" is forbidden: exceeded quota: '
+             'gpus, requested: requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: '
+             'requests.nvidia.com/gpu=4')
+    events = [
+        event("RayCluster", "c", "FailedToCreateWorkerPod", quota),
+        event("RayCluster", "c", "FailedToCreateHeadPod", 'Failed to create head Pod ml/c-head, pods "c-head" is '
+              'forbidden: no PriorityClass with name batch-high was found'),
+        event("RayCluster", "c", "AutoscalerServiceAccountNotFound", "Failed to reconcile RayCluster ml/c. ... "
+              "ServiceAccount c is not found. Please create one."),
+        event("Job", "j", "FailedCreate", 'Error creating: pods "j-x" is forbidden: error looking up service account '
+              'ml/runner: serviceaccount "runner" not found'),
+        event("Job", "j", "FailedCreate", 'Error creating: pods "j-y" is forbidden: violates PodSecurity '
+              '"restricted:latest": runAsNonRoot != true'),
+        event("RayCluster", "other", "FailedToCreateWorkerPod", quota),  # another cluster
+        event("RayJob", "j", "FailedCreate", "not the Job"),  # the RayJob shares the Job's name
+        event("RayCluster", "c", "CreatedWorkerPod", "Created worker Pod ml/c-x", "Normal"),
+    ]
+    assert creation_problems(events, "c", "j") == [
+        f"RayCluster c: FailedToCreateWorkerPod: {quota} (a ResourceQuota of the namespace is used up: free or raise "
+        "the quota, or ask for fewer or smaller pods)",
+        'RayCluster c: FailedToCreateHeadPod: Failed to create head Pod ml/c-head, pods "c-head" is forbidden: no '
+        "PriorityClass with name batch-high was found (the PriorityClass does not exist: create it or fix "
+        "priorityClassName)",
+        "RayCluster c: AutoscalerServiceAccountNotFound: Failed to reconcile RayCluster ml/c. ... ServiceAccount c is "
+        "not found. Please create one. (the ServiceAccount does not exist: create it or fix serviceAccountName)",
+        'submitter Job j: FailedCreate: Error creating: pods "j-x" is forbidden: error looking up service account '
+        'ml/runner: serviceaccount "runner" not found (the ServiceAccount does not exist: create it or fix '
+        "serviceAccountName)",
+        'submitter Job j: FailedCreate: Error creating: pods "j-y" is forbidden: violates PodSecurity '
+        '"restricted:latest": runAsNonRoot != true (the namespace\'s Pod Security level refuses the pod: relax the '
+        "namespace's pod-security.kubernetes.io/enforce label or tighten the pod's securityContext)",
+    ]
+    # pod events name pods only: a Job's FailedCreate is not blamed on a pod of the same name
+    assert pod_problems([{"metadata": {"name": "j"}, "status": {}}], events) == []
+
+
+def _rayjob(spec: dict, **status) -> dict:
+    return {"metadata": {"name": "j"}, "spec": spec, "status": status}
+
+
+def test_deadline_exceeded_says_the_cluster_and_driver_may_still_run_and_for_how_long():
+    deadline = {"jobDeploymentStatus": "Failed", "jobStatus": "RUNNING", "reason": "DeadlineExceeded",
+                "message": "The RayJob has passed the activeDeadlineSeconds."}
+    shutdown = outcome(JobState.of(_rayjob({"shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": 600},
+                                           **deadline)))
+    assert shutdown.code == 1
+    assert shutdown.summary.endswith("KubeRay does not stop the Ray job at the deadline: the cluster and the driver "
+                                     "may still run for up to 600 s more, until the RayCluster is deleted")
+    kept = outcome(JobState.of(_rayjob({"shutdownAfterJobFinishes": False}, **deadline)))
+    assert kept.summary.endswith("may still run until the RayJob is deleted (shutdownAfterJobFinishes is off and no "
+                                 "deletion rule removes the cluster)")
+    app_failed = outcome(JobState(deployment="Failed", job="FAILED", reason="AppFailed"))
+    assert "KubeRay does not stop" not in app_failed.summary
+
+
+@pytest.mark.parametrize(("rules", "job", "lifetime"), [
+    ([{"condition": {"jobDeploymentStatus": "Failed", "ttlSeconds": 60}, "policy": "DeleteCluster"},
+      {"condition": {"jobDeploymentStatus": "Failed", "ttlSeconds": 90}, "policy": "DeleteSelf"}], "RUNNING", 60),
+    ([{"condition": {"jobStatus": "FAILED", "ttlSeconds": 60}, "policy": "DeleteCluster"}], "RUNNING", None),
+    ([{"condition": {"jobStatus": "RUNNING", "ttlSeconds": 5}, "policy": "DeleteSelf"}], "RUNNING", 5),
+    ([{"condition": {"jobDeploymentStatus": "Failed", "ttlSeconds": 5}, "policy": "DeleteWorkers"}], "RUNNING", None),
+])
+def test_a_failed_clusters_lifetime_follows_the_matching_deletion_rule(rules, job, lifetime):
+    spec = {"shutdownAfterJobFinishes": False, "deletionStrategy": {"deletionRules": rules}}
+    assert failed_cluster_lifetime(spec, job) == lifetime
+
+
+def test_validation_failed_says_nothing_ran():
+    result = outcome(JobState.of(_rayjob({}, jobDeploymentStatus="ValidationFailed", reason="ValidationFailed",
+                                          message="The RayJob spec is invalid: x")))
+    assert result.code == 1
+    assert result.summary == ("the operator refused the RayJob, so nothing ran: The RayJob spec is invalid: x; the "
+                              "RayJob stays until you delete it or submit again with --replace")
+
+
+def test_a_dashboard_log_read_whole_each_time_shows_each_line_once():
+    log = DashboardLog()
+    assert log.accept("j1", "") == []
+    assert log.accept("j1", "a\nb") == ["a"]  # b is still being written
+    assert log.accept("j1", "a\nb and more\n\nc") == ["b and more", ""]
+    assert log.accept("j1", "a\nb and more\n\nc") == []
+    assert log.flush() == ["c"] and log.flush() == []
+    assert log.accept("j2", "x\n") == ["x"]  # a retry's new Ray job: from the start

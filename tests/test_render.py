@@ -198,7 +198,8 @@ def test_the_rayjobs_head_service_selects_the_head_pod(shape, inferkit):
     template = obj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"]
     head = _kuberay_pod_labels(cluster, "head", template)
     assert selector.items() <= head.items()
-    assert template["app.kubernetes.io/part-of"] == "inferkit" and template["inferkit.dev/job"] == obj["metadata"]["name"]
+    assert template["app.kubernetes.io/part-of"] == "inferkit"
+    assert template["inferkit.dev/job"] == obj["metadata"]["name"]
 
 
 def _submitter_shell(runtime_env_json: str) -> str:

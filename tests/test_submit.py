@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from fake_kube import FakeKube, cluster_labels, happy_path, now_rfc3339, pod
+from fake_kube import FakeKube, cluster_labels, happy_path, http_mode_path, now_rfc3339, pod, validation_failed
 
 LINES = [f"driver line {i}: rows={i * 10}" for i in range(12)]
 
@@ -278,10 +278,10 @@ def test_a_namesake_created_meanwhile_is_still_a_conflict(inferkit, fake):
 
     original = fake._rayjobs
 
-    def racing(h, method, name, query, body):
+    def racing(h, method, namespace, name, query, body):
         if method == "POST" and query.get("dryRun") != "All" and "inferkit" not in fake.rayjobs:
             someone_else_creates(fake)
-        return original(h, method, name, query, body)
+        return original(h, method, namespace, name, query, body)
 
     fake._rayjobs = racing
     result = submit(inferkit, fake, "--cpu-nodes", "1")
@@ -329,6 +329,9 @@ def test_gpu_capacity_warns_or_fails(inferkit, fake):
     fake.scenario = happy_path("inferkit", LINES[:1])
     lenient = submit(inferkit, fake, "--gpu-nodes", "2")
     assert lenient.code == 0 and "warning: only 0 of the 2 GPU pods" in lenient.stderr
+    # the cluster is Ready only with every pod Running and Ready; the job waits for it, it does not start smaller
+    assert ("KubeRay starts the job only once every pod of the cluster is Running and Ready, so it waits until a "
+            "node autoscaler adds GPU nodes") in lenient.stderr
 
 
 def test_cordoned_nodes_do_not_count_and_strict_capacity_needs_to_see_nodes(inferkit, fake):
@@ -562,3 +565,122 @@ def test_ray_job_submission_waits_for_the_job_agent_then_gives_up_clearly(monkey
     with pytest.raises(ApiError, match="refused the job: .*entrypoint is invalid"):
         remote._submit(_StartingRayJobApi(refusals=1, message="entrypoint is invalid"), "http://ray:8265",
                        "inferkit run", {}, "job-3")
+
+
+# ---------------------------------------------------------------------------------------------
+# As the KubeRay v1.7.0 operator behaves (issue 9)
+
+
+def test_pods_that_are_never_created_are_explained_once_with_the_fix(inferkit, fake):
+    """The operator records a Warning on the RayCluster when it cannot create a pod; the Job controller
+    records FailedCreate on the submitter Job. No pod exists to explain anything."""
+    quota = ('Failed to create worker Pod for the cluster default/inferkit-raycluster, pods '
+             '"inferkit-raycluster-cpu-workers-x" is forbidden: exceeded quota: cpu-quota, requested: '
+             'requests.cpu=8, used: requests.cpu=16, limited: requests.cpu=16')
+    account = ('Error creating: pods "inferkit-x" is forbidden: error looking up service account default/runner: '
+               'serviceaccount "runner" not found')
+
+    def refusals(f):
+        for _ in range(3):  # the operator and the Job controller retry; the events repeat
+            f.event("inferkit-raycluster", "FailedToCreateWorkerPod", quota, kind="RayCluster")
+            f.event("inferkit", "FailedCreate", account, kind="Job")
+
+    fake.scenario = happy_path("inferkit", [])[:2] + [(0.1, refusals)]
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--timeout", "4")
+    assert result.code == 124, result.stderr
+    assert result.stderr.count(f"RayCluster inferkit-raycluster: FailedToCreateWorkerPod: {quota} (a ResourceQuota "
+                               "of the namespace is used up") == 1
+    assert result.stderr.count(f"submitter Job inferkit: FailedCreate: {account} (the ServiceAccount does not "
+                               "exist: create it or fix serviceAccountName)") == 1
+
+
+def test_http_mode_streams_the_driver_log_from_the_dashboard_in_another_namespace(inferkit, fake):
+    """HTTPMode has no submitter pod: the log comes from the head's dashboard through the service proxy."""
+    text = "".join(f"{line}\n" for line in LINES)
+    chunks = [text[:7], text[7:100], text[100:-5], text[-5:-1]]  # the last line ends without a newline
+    fake.scenario = http_mode_path("inferkit", chunks, namespace="ml")
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "-n", "ml", "--set", "job.submissionMode=HTTPMode")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == LINES
+    assert "created RayJob inferkit in namespace ml" in result.stderr and "the job succeeded" in result.stderr
+    assert fake.rayjobs["inferkit"]["metadata"]["namespace"] == "ml"
+    proxied = [p for _, p, _ in fake.requests if "/proxy/" in p]
+    assert proxied and all(p == "/api/v1/namespaces/ml/services/inferkit-raycluster-head-svc:dashboard/proxy/api/"
+                           "jobs/inferkit-job/logs" for p in proxied)
+    again = inferkit("logs", "inferkit", "-n", "ml", "--kubeconfig", str(fake.kubeconfig))
+    assert again.code == 0 and again.stdout.splitlines() == LINES
+
+
+def test_http_mode_without_the_service_proxy_says_where_the_log_is(inferkit, fake):
+    fake.scenario = http_mode_path("inferkit", ["line 1\n"])
+    assert submit(inferkit, fake, "--cpu-nodes", "1", "--set", "job.submissionMode=HTTPMode", "--detach").code == 0
+    fake.denied = {("get", "services/proxy")}
+    refused = submit(inferkit, fake, "--cpu-nodes", "1", "--set", "job.submissionMode=HTTPMode", "--name", "other")
+    assert refused.code == 3 and "you may not get services/proxy in namespace default" in refused.stderr
+    followed = inferkit("logs", "-f", "inferkit", "--kubeconfig", str(fake.kubeconfig))
+    assert followed.code == 0, followed.stderr
+    assert followed.stdout == ""
+    assert ("in HTTPMode the driver's log is on the head: kubectl port-forward -n default "
+            "svc/inferkit-raycluster-head-svc 8265, then ray job logs --address http://127.0.0.1:8265 -f "
+            "inferkit-job") in followed.stderr
+    assert followed.stderr.count("refused to show the driver log") == 1
+
+
+def test_deadline_exceeded_says_the_driver_may_still_run(inferkit, fake):
+    fake.scenario = happy_path("inferkit", LINES[:2], final=(
+        "Failed", "RUNNING", "DeadlineExceeded", "The RayJob has passed the activeDeadlineSeconds."))
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--set", "job.activeDeadlineSeconds=60")
+    assert result.code == 1
+    assert ("DeadlineExceeded: The RayJob has passed the activeDeadlineSeconds.; KubeRay does not stop the Ray job at "
+            "the deadline: the cluster and the driver may still run for up to 300 s more, until the RayCluster is "
+            "deleted") in result.stderr
+
+
+def test_a_second_submitter_pod_that_submits_first_is_not_a_resubmission(inferkit, fake):
+    waiting = "Waiting for Ray Dashboard GCS to become healthy at http://inferkit-raycluster-head-svc:8265 ..."
+    submitted = "Job 'inferkit-job' submitted successfully"
+    fake.scenario = _two_submitter_pods([waiting, waiting], [waiting, submitted] + LINES, same_job=True)
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == [waiting] * 3 + [submitted] + LINES
+    assert ("submitter pod inferkit-submitter-b submitted the job (the pod before it ended before submitting)"
+            in result.stderr)
+    assert "Ray had lost it" not in result.stderr
+
+
+def test_validation_failed_has_no_end_and_says_nothing_ran(inferkit, fake):
+    message = "The RayJob spec is invalid: worker group cpu-workers has negative minReplicas -1"
+    fake.scenario = validation_failed("inferkit", message)
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 1
+    assert f"the operator refused the RayJob, so nothing ran: {message}; the RayJob stays" in result.stderr
+    status = inferkit("status", "inferkit", "--kubeconfig", str(fake.kubeconfig))
+    assert "endTime              -" in status.stdout and "startTime            -" in status.stdout
+
+
+def test_a_job_in_another_namespace_is_followed_there_and_a_resumed_log_loses_no_line(inferkit, fake):
+    """The nodes' clock runs a minute ahead of this machine's: a resumed log stream can only ask for
+    enough history (sinceSeconds, measured on the node) with a margin. The stream drops, and the pod's log
+    cannot be read for a few seconds while the driver goes on writing."""
+    fake.node_clock_skew = 60
+    fake.drop_log_after = 3
+    fake.add_pod(pod("inferkit-submitter", {"job-name": "inferkit"}, "Running", container="ray-job-submitter"))
+    fake.log("inferkit-submitter", "a line of a namesake in namespace default")
+    steps = happy_path("inferkit", [], namespace="ml")
+    submitter = "inferkit-submitter-ml"
+    with_sidecar = pod(submitter, {"job-name": "inferkit"}, "Running", container="ray-job-submitter", namespace="ml")
+    with_sidecar["spec"]["containers"].append({"name": "istio-proxy", "image": "proxy"})  # the log must name one
+    fake.scenario = steps[:3] + [
+        (0.1, lambda f: f.add_pod(with_sidecar)),
+        (0.1, lambda f: f.log(submitter, *LINES[:3])),  # the stream drops after these
+        (0.2, lambda f: f.failures.update({("GET", f"/pods/{submitter}/log"): [500] * 10})),
+        (0.0, lambda f: f.log(submitter, *LINES[3:8])),
+        (3.5, lambda f: f.log(submitter, *LINES[8:])),
+        (0.5, lambda f: f.set_pod(submitter, phase="Succeeded")),
+        (0.1, lambda f: f.set_status("inferkit", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")),
+    ]
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "-n", "ml")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == LINES
+    logs = [q for _, p, q in fake.requests if p.endswith(f"/pods/{submitter}/log")]
+    assert any(q.get("sinceSeconds") for q in logs) and all(q["container"] == "ray-job-submitter" for q in logs)
