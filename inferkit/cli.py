@@ -191,7 +191,9 @@ def render(raycluster: bool, output_format: str, out_dir: str | None, **kwargs: 
 
 @cli.command(short_help="Run batch inference on the Ray in RAY_ADDRESS or an embedded Ray.")
 @run_options
-def run(**kwargs: Any) -> int:
+@click.option("--dry-run", is_flag=True, help="List the input, read the models' configs and the cluster (or this "
+              "machine), print the plan; load no weights, write nothing.")
+def run(dry_run: bool, **kwargs: Any) -> int:
     """Run batch inference: on the Ray cluster in RAY_ADDRESS, or on an embedded Ray.
 
     With no --input it runs the bundled sample on the bundled model, offline.
@@ -201,7 +203,7 @@ def run(**kwargs: Any) -> int:
     options = chart.load_run_options(_run_flags(kwargs))
     from inferkit.job.run import run_job
 
-    return run_job(options, verbose=_state["verbose"])
+    return run_job(options, verbose=_state["verbose"], dry_run=dry_run)
 
 
 class Duration(click.ParamType):

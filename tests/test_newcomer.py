@@ -3,6 +3,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import yaml
 
 from inferkit import chart
@@ -74,3 +82,174 @@ def test_the_precision_line_says_cosine_for_embeddings():
 
     assert "cosine similarity" in why("embedding") and "top-1" not in why("embedding")
     assert "top-1 label" in why("text-classification")
+
+
+# ---------------------------------------------------------------------------------------------
+# `inferkit run`: mistakes caught before Ray starts, and a plan without running
+
+
+def _texts(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "t.jsonl").write_text("".join(json.dumps({"id": i, "text": f"text {i}"}) + "\n" for i in range(5)))
+    return folder
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if the run gets as far as connecting to (or starting) Ray."""
+    from inferkit.job import run
+
+    def connect(verbose: bool):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(run, "_connect", connect)
+
+
+@pytest.mark.parametrize(("task", "model", "said"), [
+    ("text-classification", "vit", "a 'vit' model cannot do --task text-classification"),
+    ("embedding", "resnet", "a 'resnet' model cannot do --task embedding"),
+])
+def test_a_model_wrong_for_the_task_is_refused_before_ray(inferkit, tiny_models, tmp_path, no_ray, task, model, said):
+    result = inferkit("run", "--task", task, "--model", tiny_models[model], "--input", str(_texts(tmp_path / "in")),
+                      "--output", str(tmp_path / "out"))
+    line = _one_line_error(result, "--model")
+    assert said in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("inp", "out", "said"), [
+    ("in", "in/out", "is inside the input"),
+    ("in", "in", "is the input"),
+    ("in", "{tmp}/in/./deeper/out", "is inside the input"),  # relative input, absolute output
+    ("in/t.jsonl", "in", "holds the input"),
+    ("link", "in/out", "is inside the input"),  # a symlink to the input folder
+])
+def test_an_output_inside_the_input_or_around_it_is_refused(inferkit, tmp_path, monkeypatch, no_ray, inp, out, said):
+    monkeypatch.chdir(tmp_path)
+    _texts(tmp_path / "in")
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    line = _one_line_error(inferkit("run", "--input", inp, "--output", out.format(tmp=tmp_path)), "--output")
+    assert said in line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_nested_object_store_paths_are_refused_at_render(inferkit):
+    result = inferkit("render", "--input", "s3://bucket/data", "--output", "s3://bucket/data/out")
+    _one_line_error(result, "--output: 's3://bucket/data/out' is inside the input 's3://bucket/data'")
+    sibling = inferkit("render", "--input", "s3://bucket/data", "--output", "s3://bucket/data-out")
+    assert sibling.code == 0, sibling.stderr
+
+
+def _inferkit(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env or {})
+    return subprocess.run([sys.executable, "-m", "inferkit", *args], cwd=cwd, env=environment, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_device_gpu_on_a_machine_without_one_is_refused_before_ray(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    done = _inferkit("run", "--device", "gpu", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    line = done.stderr.strip()
+    assert line.startswith("Error: --device gpu: this machine has no GPU") and "\n" not in line and len(line) < 300
+    assert not list(tmp_path.iterdir())  # no output folder, no Ray session files here
+
+
+def test_dry_run_prints_the_plan_and_loads_and_writes_nothing(tmp_path, tiny_models):
+    # A model folder without weights: a run would fail to load it, the plan needs only its config.
+    config_only = tmp_path / "model"
+    config_only.mkdir()
+    for name in os.listdir(tiny_models["classifier"]):
+        if not name.endswith((".safetensors", ".bin")):
+            shutil.copy(os.path.join(tiny_models["classifier"], name), config_only)
+    inp = _texts(tmp_path / "in")
+    work = tmp_path / "work"
+    work.mkdir()
+    done = _inferkit("run", "--dry-run", "--task", "text-classification", "--model", str(config_only), "--input",
+                     str(inp), "--output", str(tmp_path / "out"), cwd=work)
+    assert done.returncode == 0, done.stderr
+    for expected in (f"input:  {inp} (1 unit(s) of jsonl)", "schema: id int64, text string",
+                     f"model:  {config_only}", f"output: {tmp_path / 'out'} (not written: dry run)",
+                     "this machine (an embedded Ray would start here)", "actor pool", "batch size"):
+        assert expected in done.stdout, done.stdout
+    assert not (tmp_path / "out").exists() and not list(work.iterdir())
+    demo = _inferkit("run", "--dry-run", cwd=work)
+    assert demo.returncode == 0 and "model:  the bundled all-MiniLM-L6-v2 (/" in demo.stdout, demo.stderr
+    assert not list(work.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole run as a user sees it: quiet, in rows, naming its model
+
+
+def _fresh_env(tmp_path: Path) -> dict:
+    """A fresh process: no cluster address, its own home (Ray keeps its token there), offline demo weights."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {"HOME": str(home), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_clean_run_prints_nothing_alarming_and_names_its_model(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    done = _inferkit("run", cwd=work, env=_fresh_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    for noise in ("WARNING", "core_worker", "Progress bars", "Traceback"):
+        assert noise not in done.stderr, done.stderr
+    start = next(line for line in done.stderr.splitlines() if " run " in line and "model" in line)
+    assert "model the bundled all-MiniLM-L6-v2 (/" in start and "from /" in start
+    out = Path(done.stdout.strip().removeprefix("output: "))
+    report = json.loads((out / "_inferkit_report.json").read_text())
+    assert report["models"][0].startswith("/") and report["models"][0].endswith("model")
+    assert report["input"]["uri"].startswith("/") and report["output"]["uri"] == str(out)
+
+
+def _run_in_a_terminal(args: list[str], cwd: Path, env: dict) -> tuple[int, str]:
+    """`inferkit run` with a pseudo-terminal as stdout and stderr, as in an interactive shell."""
+    import pty
+
+    leader, follower = pty.openpty()
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | env
+    process = subprocess.Popen([sys.executable, "-m", "inferkit", "run", *args], cwd=cwd, env=environment,
+                               stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: every copy of the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return process.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_terminal_shows_progress_in_rows_and_the_error_kinds(tmp_path, tiny_models):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [("" if i % 50 == 0 else f"the movie was good {i}") for i in range(300)]  # 6 empty texts
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": list(range(300)), "text": texts}), tmp_path / "in" / "t.parquet")
+    code, screen = _run_in_a_terminal(["--model", tiny_models["embedder"], "--input", str(tmp_path / "in"),
+                                       "--output", str(tmp_path / "out"), "--max-error-fraction", "0.5",
+                                       "--batch-size", "16"], tmp_path, _fresh_env(tmp_path))
+    assert code == 0, screen
+    shown = screen.replace("\r\x1b[K", "\n").splitlines()
+    progress = [i for i, line in enumerate(shown) if line.startswith(("0 / 300 rows", "16 / 300 rows"))
+                or " / 300 rows, " in line]
+    assert progress and shown[progress[-1]].startswith("300 / 300 rows, "), screen
+    assert "rows/s" in shown[progress[0]]
+    precision = [i for i, line in enumerate(shown) if " precision: " in line]
+    assert all(i < progress[0] for i in precision)  # the precision check's sample showed no progress
+    for ray_bar in ("Running Dataset", "MapBatches(", "Progress bars", "WARNING"):
+        assert ray_bar not in screen, screen
+    assert any(line.endswith("errors by kind: 6 empty text") for line in shown), screen

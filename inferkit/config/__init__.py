@@ -14,7 +14,8 @@ import dataclasses
 from typing import Any, get_type_hints
 
 from inferkit.config.checks import (DNS1123_SUBDOMAIN, check_config, check_name, check_run, free_text_problem,
-                                    is_remote_uri, label_value_problem, parse_actor_bounds, qualified_name_problem)
+                                    is_remote_uri, label_value_problem, nesting_problem, parse_actor_bounds,
+                                    qualified_name_problem)
 from inferkit.config.convert import Converter, strip_optional
 from inferkit.config.encoding import Quantity, load_yaml, parse_quantity, parse_range
 from inferkit.config.layers import (DEFAULTS, FLAGS, Layer, flag_layer, merge_layers, name_flags, parse_node_count,
@@ -29,7 +30,7 @@ __all__ = [
     "Config", "GpuWorkers", "Head", "Image", "Job", "Layer", "ModelCache", "Quantity", "RunOptions", "Scheduling",
     "SecretKey", "Submitter", "Workers", "build_config", "build_run_options", "camel", "check_config", "check_name",
     "check_run", "flag_layer", "free_text_problem", "is_remote_uri", "label_value_problem", "load_yaml",
-    "merge_layers", "parse_actor_bounds", "parse_node_count", "parse_quantity", "parse_range",
+    "merge_layers", "nesting_problem", "parse_actor_bounds", "parse_node_count", "parse_quantity", "parse_range",
     "qualified_name_problem", "run_fields", "run_flag", "set_layer", "strip_optional",
 ]
 

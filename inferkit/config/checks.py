@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 from decimal import Decimal
 
@@ -64,6 +65,32 @@ def is_remote_uri(path: str) -> bool:
     return bool(_REMOTE_URI.match(path))
 
 
+def _path_parts(path: str) -> tuple[str, tuple[str, ...]]:
+    """(scheme, or "/" or "." for absolute or relative local paths; the path's parts, normalised)."""
+    scheme, sep, rest = path.partition("://")
+    if sep and is_remote_uri(path):
+        return scheme.lower(), tuple(p for p in rest.split("/") if p)
+    normal = posixpath.normpath(path)
+    return ("/" if normal.startswith("/") else "."), tuple(p for p in normal.split("/") if p not in ("", "."))
+
+
+def nesting_problem(input_path: str, output_path: str) -> str | None:
+    """An output inside the input would be read as input by the next run on it (or fail it); an input
+    inside the output is replaced with it. Paths compare as written: callers resolve local ones first."""
+    if not input_path or not output_path:
+        return None
+    (in_root, inner), (out_root, outer) = _path_parts(input_path), _path_parts(output_path)
+    if in_root != out_root:
+        return None
+    if outer[:len(inner)] == inner:
+        where = "is the input" if outer == inner else f"is inside the input {input_path!r}"
+        return f"{output_path!r} {where}; a later run on that input would read it: write it elsewhere"
+    if inner[:len(outer)] == outer:
+        return f"{output_path!r} holds the input {input_path!r}, which writing the output would replace: " \
+               "write it elsewhere"
+    return None
+
+
 def parse_actor_bounds(text: str) -> tuple[int, int]:
     """`N` or `MIN:MAX` actors -> (min, max), raising ValueError with the reason."""
     lo, hi, _ = parse_range(text)
@@ -98,6 +125,9 @@ def check_run(run: RunOptions) -> list[str]:
         problems.append(f"run.maxErrorFraction: must be between 0 and 1, not {run.max_error_fraction}")
     if run.device == "cpu" and run.num_gpus_per_actor:
         problems.append("run.numGpusPerActor: conflicts with device 'cpu'")
+    nesting = nesting_problem(run.input, run.output)
+    if nesting:
+        problems.append(f"run.output: {nesting}")
     return problems
 
 

@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import os
 import re
-import sys
 import time
 import uuid
 from importlib import metadata
@@ -22,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from inferkit import __version__
-from inferkit.config import RunOptions
+from inferkit.config import RunOptions, is_remote_uri, nesting_problem
 from inferkit.console import say
 from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed
-from inferkit.job import io
+from inferkit.job import io, terminal
 from inferkit.job.plan import Plan, make_plan, settle_precision
 from inferkit.job.tasks import (ERROR, ModelFacts, ModelSpec, Predictor, check_precision, decode_images, demo_model,
                                 normalization_of, processor_shape, processor_size, profile_models,
@@ -78,13 +77,64 @@ def _is_binary(kind: pa.DataType) -> bool:
 
 
 def _check_models(options: RunOptions, facts: list[ModelFacts]) -> list[str]:
-    problems = []
+    problems = [problem for f in facts if (problem := _architecture_problem(options, f))]
     if len(facts) > 1 and options.task == "embedding":
         problems.append("--model given more than once: ensembles need a classification task")
     if len(facts) > 1 and options.ensemble == "mean":
         if len({tuple(sorted(f.id2label.items())) for f in facts}) > 1:
             problems.append("--ensemble mean needs models with the same labels; use max-confidence")
     return problems
+
+
+def _architecture_problem(options: RunOptions, facts: ModelFacts) -> str | None:
+    """Whether transformers has a class for this model type and task, from the model's config alone, so a
+    wrong model fails here and not in the actors after Ray started. Models that bring their own code
+    (--trust-remote-code, or a type transformers does not know) are left to loading."""
+    from transformers.models.auto import configuration_auto, modeling_auto, tokenization_auto
+
+    kind = facts.model_type
+    if options.trust_remote_code or kind not in configuration_auto.CONFIG_MAPPING_NAMES:
+        return None
+    if options.task == "text-classification":
+        classes = modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    elif options.task == "image-classification":
+        classes = modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    else:  # embeddings of text: any model with a tokenizer
+        classes = {k: v for k, v in modeling_auto.MODEL_MAPPING_NAMES.items()
+                   if k in tokenization_auto.TOKENIZER_MAPPING_NAMES}
+    if kind in classes:
+        return None
+    return (f"--model {facts.model}: a {kind!r} model cannot do --task {options.task} (transformers has no "
+            f"class for that); choose a model made for {options.task}")
+
+
+def _check_nesting(options: RunOptions) -> None:
+    """config's check compares the paths as typed; here local ones are resolved (relative, symlinks)."""
+    def resolved(path: str) -> str:
+        return path if is_remote_uri(path) else os.path.realpath(os.path.expanduser(path))
+
+    problem = nesting_problem(resolved(options.input), resolved(options.output)) if options.input else None
+    if problem:
+        raise ConfigError([f"--output: {problem}"])
+
+
+def _check_gpu_here(options: RunOptions) -> None:
+    """--device gpu for an embedded Ray: this machine must have a GPU, known before Ray starts."""
+    import torch
+
+    if options.device == "gpu" and not os.environ.get("RAY_ADDRESS") and not _ray_connected() \
+            and not torch.cuda.is_available():
+        raise ConfigError(["--device gpu: this machine has no GPU that torch can use, and with no RAY_ADDRESS the "
+                           "run is on this machine; use --device cpu or auto, or set RAY_ADDRESS to a GPU cluster"])
+
+
+def _model_names(options: RunOptions, facts: list[ModelFacts]) -> str:
+    names = ", ".join(f.model for f in facts)
+    return f"the bundled all-MiniLM-L6-v2 ({names})" if not options.model else names
+
+
+def _absolute(uri: str) -> str:
+    return uri if is_remote_uri(uri) else os.path.abspath(os.path.expanduser(uri))
 
 
 def _output_schema(options: RunOptions, schema: pa.Schema, passthrough: list[str]) -> pa.Schema:
@@ -115,7 +165,8 @@ def _connect(verbose: bool) -> tuple[str, bool]:
     import ray
 
     address = os.environ.get("RAY_ADDRESS")
-    level = logging.INFO if verbose else logging.WARNING
+    # Ray's own warnings (advice for Ray developers) only with -v; its errors always.
+    level = logging.INFO if verbose else logging.ERROR
     embedded = False
     if ray.is_initialized():  # a caller (a notebook, a test) already connected
         where = "the connected Ray"
@@ -123,16 +174,32 @@ def _connect(verbose: bool) -> tuple[str, bool]:
         ray.init(address=address, logging_level=level)
         where = f"the Ray cluster at {address}"
     else:
+        _choose_token_auth()
         ray.init(address="local", include_dashboard=False, logging_level=level)  # never a stray `ray start`
         where, embedded = "an embedded Ray", True
+    if not verbose:
+        terminal.quiet_native_stderr()
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = sys.stderr.isatty()
+    context.enable_progress_bars = False  # inferkit shows progress in rows (terminal.py)
     context.print_on_execution_start = verbose
+    terminal.install_progress(context)
     logging.getLogger("ray.data").setLevel(level)
     if not verbose:  # a failing task is reported once, by us, with its root cause; -v shows Ray's traceback
         for name in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     return where, embedded
+
+
+def _choose_token_auth() -> None:
+    """An embedded Ray uses token authentication, as Ray's default for a new local cluster does; chosen
+    here, Ray does not warn about having chosen it. Ray reads the mode into its cached config, so it is
+    set as ray.init would (enable_token_auth_by_default in ray/_private/authentication/
+    authentication_token_setup.py, less its warning). An explicit RAY_AUTH_MODE is left as it is."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+    _enable_token_auth()
 
 
 def _visible_everywhere(path: str, node_ids: list[str]) -> bool:
@@ -223,7 +290,12 @@ def _probe_shared(output: io.Output, node_ids: list[str]) -> bool:
         os.remove(marker)
 
 
-def _error_examples(output: io.Output, files: list[str], limit: int = 10) -> dict[str, int]:
+def _listed_rows(source: io.Source) -> int | None:
+    """The input's rows when its listing tells them (parquet footers, images); None for text files."""
+    return sum(source.unit_rows) if source.unit_rows and None not in source.unit_rows else None
+
+
+def _error_examples(output: io.Output, files: list[str], limit: int | None = 10) -> dict[str, int]:
     counts: collections.Counter[str] = collections.Counter()
     for file in files:
         column = pq.read_table(file, columns=[ERROR], filesystem=output.filesystem).column(ERROR)
@@ -244,9 +316,10 @@ def _versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_job(options: RunOptions, verbose: bool = False) -> int:
+def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -> int:
     started = time.time()
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    _check_nesting(options)
     source = io.discover(options.input or str(SAMPLE), options.input_format)
     schema = io.sample_schema(source)
     problems = _check_columns(options, source, schema)
@@ -259,7 +332,10 @@ def run_job(options: RunOptions, verbose: bool = False) -> int:
     problems = _check_models(options, facts)
     if problems:
         raise ConfigError(problems)
+    _check_gpu_here(options)
     passthrough = _passthrough(options, source, schema)
+    if dry_run:
+        return _dry_run(options, run_id, source, schema, facts, verbose)
     output = io.prepare_output(options.output or os.path.join("inferkit-output", run_id), options.overwrite, run_id)
     try:
         return _run(options, verbose, run_id, started, source, schema, facts, passthrough, output)
@@ -304,7 +380,8 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     where, embedded = _connect(verbose)
     cluster = read_cluster()
     plan = make_plan(cluster, profile_models(facts, options.task), options)
-    say(f"run {run_id} on {where}: {len(source.units)} input unit(s) of {source.format} from {source.uri}"
+    say(f"run {run_id} on {where}: model {_model_names(options, facts)}; {len(source.units)} input unit(s) of "
+        f"{source.format} from {_absolute(source.uri)}"
          + (f" ({len(source.skipped)} other file(s) left out)" if source.skipped else ""))
     say("plan:\n" + plan.table())
     spec = ModelSpec(
@@ -320,7 +397,8 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     predictions = _predictions(prepared, spec, plan)
     node_ids = [n.node_id for n in cluster.nodes]
     execute_started = time.time()
-    write_mode = _write(predictions, output, node_ids, plan.io_task_cpus, embedded)
+    with terminal.row_progress(_listed_rows(source), 0):
+        write_mode = _write(predictions, output, node_ids, plan.io_task_cpus, embedded)
     execute_seconds = time.time() - execute_started
     files = io.output_files(output, output.staging)
     rows, errors, unreadable = io.count_rows(output, files)
@@ -328,11 +406,13 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
         unreadable = 0  # an unreadable image is an error row of its own, not rows lost with a file
     fraction = errors / rows if rows else 0.0
     wall = time.time() - started
+    error_counts = _error_examples(output, files, limit=None)
     report = {
         "run_id": run_id, "versions": _versions(), "options": dataclasses.asdict(options),
-        "input": {"uri": source.uri, "format": source.format, "units": len(source.units),
+        "models": [f.model for f in facts],
+        "input": {"uri": _absolute(source.uri), "format": source.format, "units": len(source.units),
                   "skipped_files": list(source.skipped[:100]), "skipped_count": len(source.skipped)},
-        "output": {"uri": output.uri, "write": write_mode, "files": [os.path.basename(f) for f in files]},
+        "output": {"uri": _absolute(output.uri), "write": write_mode, "files": [os.path.basename(f) for f in files]},
         "cluster": [dataclasses.asdict(n) for n in cluster.nodes],
         "plan": {k: v for k, v in dataclasses.asdict(plan).items() if k != "decisions"}
         | {"decisions": [dataclasses.asdict(d) for d in plan.decisions]},
@@ -340,7 +420,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
         "image_size": [processor_size(f.image_processor) for f in facts if f.image_processor],
         "rows": rows, "errors": errors, "unreadable_units": unreadable, "error_fraction": fraction,
         "max_error_fraction": options.max_error_fraction,
-        "error_examples": _error_examples(output, files),
+        "error_examples": dict(list(error_counts.items())[:10]),
         "execute_seconds": round(execute_seconds, 3), "wall_seconds": round(wall, 3),
         "throughput_rows_per_second": round(rows / execute_seconds, 3) if execute_seconds else None,
         "ray_data_stats": predictions.stats(),
@@ -348,6 +428,8 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     io.publish(output, report)
     say(f"done: {rows} rows, {errors} with errors ({fraction:.2%}), {report['throughput_rows_per_second']} rows/s, "
          f"{wall:.1f} s in all")
+    if error_counts:
+        say(f"errors by kind: {terminal.error_kinds(error_counts)}")
     print(f"output: {output.uri if '://' in output.uri else output.path}")
     if unreadable:
         raise JobFailed(f"{unreadable} input file(s) or row group(s) could not be read, so their rows are missing "
@@ -358,3 +440,52 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
                         f"{options.max_error_fraction:g}); the output is written. E.g.: {examples}")
     return EXIT_OK
 
+
+
+# ---------------------------------------------------------------------------------------------
+# --dry-run
+
+
+def _dry_run(options: RunOptions, run_id: str, source: io.Source, schema: pa.Schema, facts: list[ModelFacts],
+             verbose: bool) -> int:
+    """The plan as the run would make it, from the input's listing, the models' configs and the cluster
+    (or, for an embedded run, this machine without starting Ray): no weights loaded, nothing written."""
+    from inferkit.job.resources import read_cluster
+
+    if os.environ.get("RAY_ADDRESS") or _ray_connected():
+        where, _ = _connect(verbose)
+        cluster = read_cluster()
+    else:
+        where, cluster = "this machine (an embedded Ray would start here)", _this_machine()
+    plan = make_plan(cluster, profile_models(facts, options.task), options)
+    output = _absolute(options.output or os.path.join("inferkit-output", run_id))
+    skipped = f"; {len(source.skipped)} other file(s) left out" if source.skipped else ""
+    print(f"input:  {_absolute(source.uri)} ({len(source.units)} unit(s) of {source.format}{skipped})\n"
+          f"schema: {', '.join(f'{f.name} {f.type}' for f in schema)}\n"
+          f"model:  {_model_names(options, facts)}\n"
+          f"output: {output} (not written: dry run)\n"
+          f"on:     {where}: {len(cluster.workers)} worker node(s), {sum(n.usable_cpus for n in cluster.workers):g} "
+          f"CPUs, {sum(n.gpus for n in cluster.workers)} GPUs\n"
+          f"plan:\n{plan.table()}")
+    return EXIT_OK
+
+
+def _ray_connected() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def _this_machine() -> Any:
+    """This machine as an embedded Ray would see it: one node, its CPUs, memory and GPUs."""
+    from inferkit.job.plan import ClusterResources, NodeResources
+    from inferkit.job.resources import probe_node
+
+    facts = probe_node()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    gpus = facts["gpus"]
+    return ClusterResources((NodeResources(
+        node_id="this-machine", cpus=float(os.cpu_count() or 1), real_cpus=facts["real_cpus"],
+        memory_bytes=min(memory, facts["memory_limit"] or memory), gpus=len(gpus),
+        gpu_type=gpus[0][0] if gpus else "", gpu_memory_bytes=min((g[1] for g in gpus), default=0),
+        gpu_bf16=all(g[2] for g in gpus) if gpus else False, cpu_bf16=facts["cpu_bf16"]),))
