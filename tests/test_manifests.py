@@ -20,7 +20,7 @@ def test_examples_exist():
 
 
 @pytest.mark.parametrize("path", RENDERED, ids=lambda p: str(p.relative_to(MANIFESTS)))
-def test_manifest_is_a_fresh_render_of_its_header_command(path, inferkit, tmp_path, crd_schemas):
+def test_manifest_is_a_fresh_render_of_its_header_command(path, inferkit, tmp_path):
     header, command_line, *body = path.read_text(encoding="utf-8").splitlines(keepends=True)
     assert header.startswith("# Rendered by inferkit")
     argv = shlex.split(command_line.removeprefix("#").strip())
@@ -30,8 +30,13 @@ def test_manifest_is_a_fresh_render_of_its_header_command(path, inferkit, tmp_pa
     assert result.code == 0, result.stderr
     fresh = (tmp_path / path.name).read_text(encoding="utf-8").splitlines(keepends=True)[2:]
     assert fresh == body, f"{path} is stale: run `{command_line.removeprefix('#').strip()}`"
-    obj = yaml.safe_load("".join(body))
-    assert kuberay_rules(obj) == [] and schema_problems(obj, crd_schemas) == []
+    assert kuberay_rules(yaml.safe_load("".join(body))) == []
+
+
+@pytest.mark.parametrize("path", RENDERED, ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_manifest_fits_the_crd_schema(path, crd_schemas):
+    """The only part that needs the KubeRay CRDs from ../shared (skipped, saying why, without them)."""
+    assert schema_problems(yaml.safe_load(path.read_text(encoding="utf-8")), crd_schemas) == []
 
 
 def test_kind_cluster_config_feeds_the_kind_preset():

@@ -40,16 +40,20 @@ def _containers(obj: dict):
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_golden_render(shape, inferkit, crd_schemas, update_golden):
+def test_golden_render(shape, inferkit, update_golden):
     result = inferkit("render", *SHAPES[shape])
     assert result.code == 0, result.stderr
     golden = GOLDEN / f"{shape}.yaml"
     if update_golden:
         golden.write_text(result.stdout, encoding="utf-8")
     assert result.stdout == golden.read_text(encoding="utf-8"), "render changed; INFERKIT_UPDATE_GOLDEN=1 to accept"
-    obj = yaml.safe_load(result.stdout)
-    assert kuberay_rules(obj) == []
-    assert schema_problems(obj, crd_schemas) == []
+    assert kuberay_rules(yaml.safe_load(result.stdout)) == []
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_golden_render_fits_the_crd_schema(shape, crd_schemas):
+    """The only part that needs the KubeRay CRDs from ../shared (skipped, saying why, without them)."""
+    assert schema_problems(yaml.safe_load((GOLDEN / f"{shape}.yaml").read_text(encoding="utf-8")), crd_schemas) == []
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
