@@ -72,11 +72,12 @@ def update_golden() -> bool:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One embedded 2-CPU Ray for the in-process job tests (`inferkit run` reuses a connected Ray)."""
+def ray_local() -> Path:
+    """One embedded 2-CPU Ray for the in-process job tests (`inferkit run` reuses a connected Ray);
+    yields its session folder, whose logs/ holds what each worker printed."""
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield Path(context.address_info["session_dir"])
     ray.shutdown()
 
 
@@ -93,6 +94,8 @@ def tiny_models(tmp_path_factory):
         "embedder": tiny.bert(root / "embedder", classifier=False, max_positions=16),
         "resnet": tiny.resnet(root / "resnet"),
         "vit": tiny.vit(root / "vit"),
+        "stripes": tiny.trained_cnn(root / "stripes"),
+        "sentiment": tiny.trained_bert(root / "sentiment"),
     }
 
 
@@ -104,9 +107,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class ClusterDied(RuntimeError):
+    """A node's `ray start` exited: most likely a port taken between choosing and binding it."""
+
+
 class RayCluster:
     """A real `ray start` cluster (head and optional worker nodes) in its own process groups, so that
-    tearing it down never touches another Ray on the machine. Token auth is off, as in the brief."""
+    tearing it down never touches another Ray on the machine. Token auth is off, as in the brief.
+
+    Ray picks its own free ports (GCS, dashboard, job agents: port 0), so the embedded Ray of other
+    tests cannot hold them; the one it cannot pick, the Ray client server's, comes from the OS and a
+    head that dies on it is started again with another. Addresses are read from what `ray start` says."""
+
+    START_TRIES = 3
+    READY = "This command will now block forever"
 
     def __init__(self, tmp: Path):
         import shutil
@@ -118,30 +132,50 @@ class RayCluster:
         self.ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
         self.tmp = tmp
         self.processes: list = []
-        ports = [_free_port() for _ in range(4)]
-        # Ports of their own: the embedded Ray of other tests may still hold Ray's fixed defaults (the job
-        # agent's 52365, the client server's 10001), and a job agent that cannot bind takes no jobs.
-        self.port, self.dashboard_port, self.agent_port, self.client_port = ports
-        self.address = f"127.0.0.1:{self.port}"
-        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.logs: list[Path] = []
+        self.address = ""  # 127.0.0.1:<GCS port>
+        self.dashboard = ""  # http://127.0.0.1:<port>, with dashboard=True
 
-    def _start(self, args: list[str]) -> None:
+    def _start(self, args: list[str]) -> str:
+        """Starts one node; returns what `ray start` printed once the node is up."""
         import subprocess
+        import time
 
-        log = open(self.tmp / f"ray-{len(self.processes)}.log", "w")
-        self.processes.append(subprocess.Popen([self.ray, "start", "--block", "--object-store-memory=300000000",
-                                                *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True))
+        log = self.tmp / f"ray-{len(self.logs)}.log"
+        self.logs.append(log)
+        with open(log, "w") as out:
+            process = subprocess.Popen([self.ray, "start", "--block", "--object-store-memory=300000000",
+                                        "--node-ip-address=127.0.0.1", "--dashboard-agent-listen-port=0", *args],
+                                       env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        deadline = time.monotonic() + 120
+        while self.READY not in (text := log.read_text()):
+            if process.poll() is not None:
+                raise ClusterDied(f"`ray start` exited with {process.returncode}:\n{text[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"`ray start` did not come up in 120 s:\n{text[-3000:]}")
+            time.sleep(0.2)
+        return text
 
     def start(self, head_cpus: float, workers: tuple[float, ...] = (), dashboard: bool = False) -> RayCluster:
-        self._start(["--head", f"--port={self.port}", f"--num-cpus={head_cpus}", "--node-ip-address=127.0.0.1",
-                     f"--include-dashboard={str(dashboard).lower()}", f"--dashboard-port={self.dashboard_port}",
-                     f"--dashboard-agent-listen-port={self.agent_port}", f"--ray-client-server-port={self.client_port}",
-                     "--dashboard-host=127.0.0.1", "--disable-usage-stats"])
-        self.wait_for_nodes(1)
+        import re
+
+        for attempt in range(self.START_TRIES):
+            try:
+                said = self._start(["--head", "--port=0", f"--num-cpus={head_cpus}", "--dashboard-port=0",
+                                    f"--include-dashboard={str(dashboard).lower()}", "--dashboard-host=127.0.0.1",
+                                    f"--ray-client-server-port={_free_port()}", "--disable-usage-stats"])
+                self.address = "127.0.0.1:" + re.search(r"ray start --address='[^']*:(\d+)'", said).group(1)
+                if dashboard:
+                    self.dashboard = re.search(r"RAY_API_SERVER_ADDRESS='(http://[^']+)'", said).group(1)
+                self.wait_for_nodes(1)
+                break
+            except ClusterDied:
+                self.stop()
+                if attempt + 1 == self.START_TRIES:
+                    raise
         for cpus in workers:
-            self._start([f"--address={self.address}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1",
-                         f"--dashboard-agent-listen-port={_free_port()}"])
+            self._start([f"--address={self.address}", f"--num-cpus={cpus}"])
         self.wait_for_nodes(1 + len(workers))
         return self
 
@@ -153,25 +187,35 @@ class RayCluster:
                  "print(sum(n['Alive'] for n in ray.nodes()))")
         deadline = time.time() + timeout
         while time.time() < deadline:
+            if dead := [p for p in self.processes if p.poll() is not None]:
+                raise ClusterDied(f"{len(dead)} `ray start` process(es) exited:\n{self._log_tails()}")
             out = subprocess.run([sys.executable, "-c", probe, self.address], env=self.env, capture_output=True,
                                  text=True)
             if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
                 return
             time.sleep(1)
-        logs = "\n".join(p.read_text()[-2000:] for p in sorted(self.tmp.glob("ray-*.log")))
-        raise RuntimeError(f"the Ray cluster did not reach {count} node(s):\n{logs}")
+        raise RuntimeError(f"the Ray cluster did not reach {count} node(s):\n{self._log_tails()}")
+
+    def _log_tails(self) -> str:
+        return "\n".join(p.read_text()[-2000:] for p in self.logs)
 
     def stop(self) -> None:
+        """Each node's whole process group: SIGTERM, up to 30 s for `ray start` to stop its processes,
+        then SIGKILL for any that linger."""
         import signal
+        import subprocess
 
         for process in reversed(self.processes):
             try:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=30)
-            except (ProcessLookupError, OSError):
+            except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
-            except Exception:  # noqa: BLE001 - a stuck node must not stop the teardown of the others
+            try:
                 os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.processes = []
 
 
 @pytest.fixture
@@ -179,3 +223,39 @@ def ray_cluster(tmp_path):
     cluster = RayCluster(tmp_path)
     yield cluster
     cluster.stop()
+
+
+# A driver that takes every CPU of the cluster and keeps it until its stdin closes.
+_HOLD_CPUS = """
+import sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR")
+
+@ray.remote
+class Holder:
+    def ready(self):
+        return True
+
+holder = Holder.options(num_cpus=float(sys.argv[2])).remote()
+ray.get(holder.ready.remote())
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def busy_cluster(tmp_path_factory):
+    """A 1-CPU Ray cluster with a dashboard whose CPU another driver holds: an `inferkit run` submitted
+    to it starts, then waits for a CPU until stopped. A job that cannot end makes --timeout, Ctrl-C and
+    --detach deterministic: no race with a job that ends first, no sleeps."""
+    import subprocess
+
+    cluster = RayCluster(tmp_path_factory.mktemp("busy")).start(head_cpus=1, dashboard=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_CPUS, cluster.address, "1"], env=cluster.env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding", "the CPU holder did not start"
+        yield cluster
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        cluster.stop()

@@ -3,6 +3,7 @@ every task and input format, awkward data, injected crash and out-of-memory, exa
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -138,39 +139,52 @@ def test_parquet_image_bytes_with_an_ensemble(inferkit, ray_local, tiny_models, 
     assert _report(out)["input"]["units"] == 3  # one read task per row group
 
 
-def _images(tiny_models, rows: int = 8):
-    """Decoded pixels for both image models, and each model's own softmax probabilities on them."""
+def _pil(blob: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(blob)).convert("RGB")
+
+
+def _reference_probabilities(model: str, blobs: list[bytes]) -> np.ndarray:
+    """`model`'s softmax on the images, preprocessed by its Hugging Face image processor called directly:
+    a reference that shares none of inferkit's decoding, resizing, rescaling or normalising code."""
     import torch
-    from transformers import AutoModelForImageClassification
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from inferkit.job.tasks import decode_images, normalization_of, processor_shape, read_model_facts
+    processor = AutoImageProcessor.from_pretrained(model, backend="pil")
+    classifier = AutoModelForImageClassification.from_pretrained(model).eval()
+    with torch.inference_mode():
+        return classifier(**processor([_pil(b) for b in blobs], return_tensors="pt")).logits.softmax(-1).numpy()
 
-    facts = [read_model_facts(tiny_models[m], "image-classification", False) for m in ("resnet", "vit")]
-    table = pa.table({"bytes": [tiny.image_bytes("RGB", "PNG", seed=i) for i in range(rows)],
-                      "error": pa.nulls(rows, pa.string())})
+
+def _decoded(models: list[str], blobs: list[bytes]):
+    """inferkit's CPU stage on the images: each model's facts, and the decoded table its actors receive."""
+    from inferkit.job.tasks import decode_images, processor_shape, read_model_facts
+
+    facts = [read_model_facts(m, "image-classification", False) for m in models]
     processors = [f.image_processor for f in facts]
-    decoded = decode_images(table, processors=processors, shapes=[processor_shape(p) for p in processors],
-                            image_column="bytes")
-    probabilities = []
-    for k, fact in enumerate(facts):
-        model = AutoModelForImageClassification.from_pretrained(fact.model).eval()
-        _, std, rescale = normalization_of(fact.image_processor)
-        mean = fact.image_processor.image_mean
-        pixels = torch.from_numpy(np.stack(decoded.column(f"pixels_{k}").to_pylist()).astype(np.float32))
-        pixels = (pixels * rescale - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-        with torch.inference_mode():
-            probabilities.append(model(pixel_values=pixels).logits.softmax(-1).numpy())
-    return facts, decoded, probabilities
+    table = pa.table({"bytes": blobs, "error": pa.nulls(len(blobs), pa.string())})
+    return facts, decode_images(table, processors=processors, shapes=[processor_shape(p) for p in processors],
+                                image_column="bytes")
 
 
-def _predictor(facts, ensemble: str):
+def _images(tiny_models, rows: int = 8):
+    """Both random image models' inputs as inferkit decodes them, and each one's reference probabilities."""
+    blobs = [tiny.image_bytes("RGB", "PNG", seed=i) for i in range(rows)]
+    facts, decoded = _decoded([tiny_models["resnet"], tiny_models["vit"]], blobs)
+    return facts, decoded, [_reference_probabilities(f.model, blobs) for f in facts]
+
+
+def _predictor(facts, ensemble: str, normalization=None):
+    """inferkit's predictor for image models; `normalization` overrides what their processors say."""
     from inferkit.job.tasks import ModelSpec, Predictor, normalization_of
 
     schema = pa.schema([("label", pa.string()), ("score", pa.float32()), ("error", pa.string())])
     return Predictor(ModelSpec(
         task="image-classification", models=tuple(f.model for f in facts), ensemble=ensemble, device="cpu",
         precision="fp32", threads=1, batch_size=8, channels_last=False, trust_remote_code=False, text_column="text",
-        passthrough=(), output_schema=schema, normalization=tuple(normalization_of(f.image_processor) for f in facts),
+        passthrough=(), output_schema=schema,
+        normalization=normalization or tuple(normalization_of(f.image_processor) for f in facts),
         labels=tuple(f.id2label for f in facts)))
 
 
@@ -189,6 +203,102 @@ def test_mean_ensemble_averages_probabilities(tiny_models):
     mean = (first + second) / 2
     assert out.label.tolist() == [tiny.LABELS[int(i)] for i in mean.argmax(-1)]
     assert np.allclose(out.score, mean.max(-1), rtol=1e-4)
+
+
+def _stripes(rows: int = 24) -> tuple[list[str], list[bytes]]:
+    """Fresh images of every class of the trained CNN (it never saw these): true labels and PNG bytes."""
+    truth = [i % len(tiny.STRIPES) for i in range(rows)]
+    return [tiny.STRIPES[t] for t in truth], [tiny.stripes_png(t, seed=100 + i) for i, t in enumerate(truth)]
+
+
+def _reference_labels(model: str, blobs: list[bytes]) -> list[str]:
+    return [tiny.STRIPES[int(i)] for i in _reference_probabilities(model, blobs).argmax(-1)]
+
+
+def test_agreement_with_the_processor_called_directly_catches_wrong_preprocessing(tiny_models):
+    """The trained CNN's labels follow colour and stripe direction, so agreeing with it means something:
+    inferkit's preprocessing agrees with the processor's own, and swapped channels or a missing
+    normalisation fall below the agreement threshold (with a random model all of them scored 100%)."""
+    from ray.data.extensions import ArrowTensorArray
+
+    from inferkit.job.plan import AGREEMENT_THRESHOLD, top1_agreement
+
+    truth, blobs = _stripes()
+    reference = _reference_labels(tiny_models["stripes"], blobs)
+    assert set(reference) == set(tiny.STRIPES.values()) and top1_agreement(truth, reference) >= 0.9
+    facts, decoded = _decoded([tiny_models["stripes"]], blobs)
+
+    def labels(table: pa.Table, normalization=None) -> list[str]:
+        return _predictor(facts, "mean", normalization)(table).column("label").to_pylist()
+
+    assert top1_agreement(reference, labels(decoded)) >= AGREEMENT_THRESHOLD
+    pixels = np.stack(decoded.column("pixels_0").to_pylist())
+    swapped = decoded.set_column(decoded.schema.get_field_index("pixels_0"), "pixels_0",
+                                 ArrowTensorArray.from_numpy(np.ascontiguousarray(pixels[:, ::-1])))
+    rescale = facts[0].image_processor.rescale_factor
+    wrong = {"channels swapped (BGR)": labels(swapped), "rescaled, not normalised": labels(decoded, ((None, None, rescale),)),
+             "raw pixels": labels(decoded, ((None, None, None),))}
+    for name, candidate in wrong.items():
+        assert top1_agreement(reference, candidate) < AGREEMENT_THRESHOLD, name
+
+
+def test_image_classification_run_agrees_with_the_processor_called_directly(inferkit, ray_local, tiny_models,
+                                                                            tmp_path):
+    """The whole run (decoding tasks, actors in channels_last, bf16 where the CPU has it) against the
+    trained CNN with its processor called directly."""
+    from inferkit.job.plan import AGREEMENT_THRESHOLD, top1_agreement
+
+    _, blobs = _stripes()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = [folder / f"{i:02d}.png" for i in range(len(blobs))]
+    for path, blob in zip(paths, blobs, strict=True):
+        path.write_bytes(blob)
+    out = tmp_path / "out"
+    result = inferkit("run", "--task", "image-classification", "--model", tiny_models["stripes"], "--input",
+                      str(folder), "--output", str(out), "--batch-size", "8")
+    assert result.code == 0, result.stderr
+    labels = _assert_published(out).set_index("path").label
+    reference = _reference_labels(tiny_models["stripes"], blobs)
+    assert top1_agreement(reference, [labels[str(p)] for p in paths]) >= AGREEMENT_THRESHOLD
+    assert _report(out)["plan"]["channels_last"] is True
+
+
+def _text_labels(model: str, texts: list[str]) -> list[str]:
+    """`model`'s labels with its tokenizer and model called directly, in fp32."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    classifier = AutoModelForSequenceClassification.from_pretrained(model).eval()
+    with torch.inference_mode():
+        logits = classifier(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    return [tiny.SENTIMENT_LABELS[int(i)] for i in logits.argmax(-1)]
+
+
+def test_text_classification_agrees_with_the_tokenizer_called_directly(inferkit, ray_local, tiny_models, tmp_path):
+    """The trained BERT's labels follow its sentiment words: the run agrees with the tokenizer and model
+    called directly, and the same weights reading another vocabulary's token ids do not."""
+    import shutil
+
+    from inferkit.job.plan import AGREEMENT_THRESHOLD, top1_agreement
+
+    truth = [tiny.SENTIMENT_LABELS[i % 3] for i in range(30)]
+    texts = [tiny.sentiment_text(i % 3, seed=100 + i) for i in range(30)]
+    reference = _text_labels(tiny_models["sentiment"], texts)
+    assert set(reference) == set(truth) and top1_agreement(truth, reference) >= 0.9
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    out = tmp_path / "out"
+    result = inferkit("run", "--task", "text-classification", "--model", tiny_models["sentiment"], "--input",
+                      str(tmp_path / "in.jsonl"), "--output", str(out), "--batch-size", "8")
+    assert result.code == 0, result.stderr
+    labels = _assert_published(out).set_index("id").label
+    assert top1_agreement(reference, [labels[i] for i in range(30)]) >= AGREEMENT_THRESHOLD
+
+    misread = tmp_path / "other-vocabulary"
+    shutil.copytree(tiny_models["sentiment"], misread)
+    tiny.save_tokenizer(misread, words=tuple(reversed(tiny.WORDS)))
+    assert top1_agreement(reference, _text_labels(str(misread), texts)) < AGREEMENT_THRESHOLD
 
 
 def test_text_ensemble_gives_each_model_its_own_tokenizer(inferkit, ray_local, tiny_models, tmp_path):
@@ -319,7 +429,8 @@ def test_injected_actor_crash_loses_and_repeats_nothing(inferkit, ray_local, tin
     assert frame.error.isna().all()
 
 
-def test_injected_out_of_memory_loses_and_repeats_nothing(inferkit, ray_local, tiny_models, tmp_path, monkeypatch):
+def test_injected_out_of_memory_halves_the_batch_and_loses_and_repeats_nothing(inferkit, ray_local, tiny_models,
+                                                                              tmp_path, monkeypatch):
     rows = [{"id": i, "text": f"a day {i}"} for i in range(50)]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setenv("INFERKIT_INJECT_FAULT", "oom-above:3")
@@ -330,6 +441,10 @@ def test_injected_out_of_memory_loses_and_repeats_nothing(inferkit, ray_local, t
     frame = _assert_published(out)
     _exactly_once(frame, "id", range(50))
     assert frame.error.isna().all() and frame.embedding.notna().all()
+    # The actors said so in their logs: out of memory on 16 rows, halved down to 2 (no other test injects it).
+    said = {line.split("] ", 1)[1] for log in (ray_local / "logs").glob("worker-*.err")
+            for line in log.read_text().splitlines() if line.startswith("[inferkit] out of memory")}
+    assert said == {f"out of memory on {n} rows: retrying them {n // 2} at a time" for n in (16, 8, 4)}
 
 
 def test_out_of_memory_halves_the_batch_for_good(tiny_models):
@@ -536,13 +651,21 @@ def test_run_rejects_bad_input_before_starting_ray(inferkit, tiny_models, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_bundled_demo_runs_offline_with_real_weights(inferkit, ray_local, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.chdir(tmp_path)
-    result = inferkit("run")
-    assert result.code == 0, result.stderr
+def test_readme_first_command_runs_the_demo_offline_on_an_embedded_ray(tmp_path):
+    """README's first command, `inferkit run`, in a fresh process with no Ray around: it starts an
+    embedded Ray and its workers write the output (in-process tests reuse a connected Ray instead)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "inferkit", "run"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on an embedded Ray" in result.stderr
     out = Path(result.stdout.strip().removeprefix("output: "))
     assert out.parent == tmp_path / "inferkit-output"
+    assert _report(out)["output"]["write"] == "distributed"
     frame = _assert_published(out).set_index("id")
     assert len(frame) == 100 and frame.error.isna().all()
     vectors = {i: np.asarray(v) for i, v in frame.embedding.items()}
