@@ -5,6 +5,7 @@ support and the GPU model and memory (nvidia-smi)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -72,7 +73,8 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
 
 def parse_nvidia_smi(text: str) -> list[tuple[str, int, bool]]:
     """`nvidia-smi --query-gpu=name,memory.total,compute_cap --format=csv,noheader,nounits` ->
-    [(name, bytes, bf16)]; bf16 needs compute capability 8.0 (Ampere) or newer."""
+    [(name, bytes, bf16)]; bf16 needs compute capability 8.0 (Ampere) or newer. A memory nvidia-smi
+    cannot tell ("[N/A]" on unified-memory GPUs such as the GB10) is 0, unknown: the GPU still counts."""
     gpus = []
     for line in text.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
@@ -81,22 +83,43 @@ def parse_nvidia_smi(text: str) -> list[tuple[str, int, bool]]:
         name, mib, capability = parts[0], parts[1], parts[2]
         try:
             major = int(capability.split(".")[0])
-            gpus.append((name, int(float(mib)) * 2**20, major >= 8))
         except ValueError:
             continue
+        try:
+            memory = int(float(mib)) * 2**20
+        except ValueError:
+            memory = 0
+        gpus.append((name, memory, major >= 8))
     return gpus
+
+
+# `nvidia-smi -L` lists a MIG slice as "  MIG 1g.5gb  Device  0: (UUID: MIG-...)"; "1c.2g.10gb" for
+# compute-instance profiles. The last figure is the slice's memory in GB.
+_MIG_SLICE = re.compile(r"^\s*MIG\s+(?:\d+c\.)?\d+g\.(\d+)gb\s+Device\s+\d+:", re.MULTILINE)
+
+
+def parse_mig_slices(listing: str) -> list[int]:
+    """`nvidia-smi -L` -> the memory in bytes of each MIG slice listed. A container given a MIG slice
+    sees its parent GPU in `--query-gpu`, whose memory.total is the whole GPU's, not the slice's."""
+    return [int(gb) * 10**9 for gb in _MIG_SLICE.findall(listing)]
+
+
+def _nvidia_smi(*args: str) -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
 
 
 def probe_node() -> dict:
     """Runs on each node (a zero-CPU task): what its container really offers."""
     gpus: list[tuple[str, int, bool]] = []
     if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,compute_cap",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
-            gpus = parse_nvidia_smi(out.stdout) if out.returncode == 0 else []
-        except (OSError, subprocess.TimeoutExpired):
-            gpus = []
+        gpus = parse_nvidia_smi(_nvidia_smi("--query-gpu=name,memory.total,compute_cap",
+                                            "--format=csv,noheader,nounits"))
+        if gpus and (slices := parse_mig_slices(_nvidia_smi("-L"))):
+            gpus = [(name, min(slices), bf16) for name, _, bf16 in gpus]
     return {"real_cpus": container_cpus(), "memory_limit": container_memory(), "cpu_bf16": cpu_has_bf16(),
             "gpus": gpus}
 
