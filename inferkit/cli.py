@@ -344,14 +344,15 @@ def status(name: str, kubeconfig: str | None, context: str | None, namespace: st
     return show_status(_connection(kubeconfig, context, namespace), name, output_format)
 
 
-@cli.command()
+@cli.command(short_help="The driver's log: the submitter pod's, or in HTTPMode the head's.")
 @click.argument("name")
 @_kube_command
 @click.option("-f", "--follow", is_flag=True, help="Follow until the job ends; exit with its outcome.")
 @_options(FOLLOW_OPTIONS)
 def logs(name: str, kubeconfig: str | None, context: str | None, namespace: str | None, follow: bool,
          timeout: float | None, cancel_on_interrupt: bool) -> int:
-    """The driver's log of a RayJob (its submitter pod's log)."""
+    """The driver's log of a RayJob: its submitter pod's log (K8sJobMode), or in HTTPMode the Ray job's log on
+    the head's dashboard, read through the API server's service proxy."""
     from inferkit.submit import FollowOptions
     from inferkit.submit import logs as show_logs
 

@@ -10,6 +10,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from inferkit.errors import EXIT_JOB_FAILED, EXIT_OK
+from inferkit.validate import cluster_removal_ttl
 
 TERMINAL_DEPLOYMENT = {"Complete", "Failed", "ValidationFailed"}
 IMAGE_PROBLEMS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -19,11 +20,17 @@ EVENT_PROBLEMS = {"FailedScheduling", "FailedMount", "FailedAttachVolume", "Fail
                   "BackOff", "FailedCreate"}
 # Warnings that explain pods that never exist: the operator records them on the RayCluster when it cannot
 # create a pod (ray-operator/controllers/ray/raycluster_controller.go: createHeadPod, createWorkerPod,
-# reconcileAutoscalerServiceAccount), the Job controller on the submitter Job (FailedCreate).
+# reconcileAutoscalerServiceAccount) and on the RayJob when it cannot create the RayCluster, the submitter
+# Job or the RayJob's head Service (rayjob_controller.go); the Job controller on the submitter Job.
 OBJECT_PROBLEMS = {
     "RayCluster": {"FailedToCreateHeadPod", "FailedToCreateWorkerPod", "AutoscalerServiceAccountNotFound"},
+    "RayJob": {"FailedToCreateRayCluster", "FailedToCreateRayJobSubmitter", "FailedToCreateService"},
     "Job": {"FailedCreate"},
 }
+OBJECT_NAMES = {"RayCluster": "RayCluster", "RayJob": "RayJob", "Job": "submitter Job"}
+GENERATED_POD = re.compile(r'\bpods "[^"]*"')  # the API server names the pod it refused; each retry has a new name
+# An object-count quota (ResourceQuota count/<resource>) names the resource it counts where it was exceeded.
+COUNTED = re.compile(r"exceeded quota: .*\bcount/([a-z0-9.-]+)=")
 # What the API server's refusal means and what fixes it, by a telling part of its message.
 _MISSING_ACCOUNT = "the ServiceAccount does not exist: create it or fix serviceAccountName"
 REFUSAL_HINTS = (  # (lowercase part of the message, hint)
@@ -36,6 +43,8 @@ REFUSAL_HINTS = (  # (lowercase part of the message, hint)
                              "pod-security.kubernetes.io/enforce label or tighten the pod's securityContext"),
 )
 DEADLINE_EXCEEDED = "DeadlineExceeded"
+DASHBOARD_READ_RATE = 512 * 1024  # characters a second an HTTPMode log may be re-read at (a 1 MiB log: every 2 s)
+DASHBOARD_LONGEST_WAIT = 30.0  # seconds: the longest wait between two reads of an HTTPMode log
 
 
 @dataclass(frozen=True)
@@ -52,24 +61,32 @@ class JobState:
     queue: str = ""
     mode: str = "K8sJobMode"
     job_id: str = ""
-    cluster_kept_for: int | None = None  # seconds a failed job's RayCluster outlives its end; None: until deleted
+    cluster_kept_for: int | None = None  # seconds a finished job's RayCluster outlives its end; None: until deleted
+    created: str = ""  # the RayJob's creationTimestamp
 
     @classmethod
     def of(cls, obj: dict) -> JobState:
         status = obj.get("status") or {}
         spec = obj.get("spec") or {}
-        labels = (obj.get("metadata") or {}).get("labels") or {}
+        metadata = obj.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        deployment = status.get("jobDeploymentStatus") or ""
         job = status.get("jobStatus") or ""
         return cls(
-            deployment=status.get("jobDeploymentStatus") or "", job=job,
+            deployment=deployment, job=job,
             reason=status.get("reason") or "", message=status.get("message") or "",
             cluster=status.get("rayClusterName") or "", dashboard=status.get("dashboardURL") or "",
             start=status.get("startTime") or "", end=status.get("endTime") or "",
             suspended=bool(spec.get("suspend")),
             queue=labels.get("kueue.x-k8s.io/queue-name", ""),
             mode=spec.get("submissionMode") or "K8sJobMode", job_id=status.get("jobId") or "",
-            cluster_kept_for=failed_cluster_lifetime(spec, job),
+            cluster_kept_for=cluster_removal_ttl(spec, deployment, job),
+            created=metadata.get("creationTimestamp") or "",
         )
+
+    @property
+    def finished(self) -> bool:
+        return self.deployment in TERMINAL_DEPLOYMENT
 
     def describe(self) -> str:
         parts = [f"deployment {self.deployment or 'New'}", f"job {self.job or '-'}"]
@@ -99,7 +116,7 @@ class Outcome:
 
 def outcome(state: JobState) -> Outcome | None:
     """The end of the job and the exit code that tells the truth, or None while it is not over."""
-    if state.deployment not in TERMINAL_DEPLOYMENT:
+    if not state.finished:
         return None
     if state.deployment == "Complete" and state.job == "SUCCEEDED":
         return Outcome(EXIT_OK, "the job succeeded")
@@ -124,22 +141,6 @@ def _after_deadline(state: JobState) -> str:
             "cluster)" if state.cluster_kept_for is None
             else f"for up to {state.cluster_kept_for} s more, until the RayCluster is deleted")
     return f"KubeRay does not stop the Ray job at the deadline: the cluster and the driver may still run {kept}"
-
-
-def failed_cluster_lifetime(spec: dict, job_status: str) -> int | None:
-    """Seconds after a failed deployment's end until the operator deletes its RayCluster, or None when it
-    keeps it: shutdownAfterJobFinishes with ttlSecondsAfterFinished, or the first deletion rule that
-    matches (DeleteCluster or DeleteSelf; rayjob_controller.go, handleDeletionRules)."""
-    rules = (spec.get("deletionStrategy") or {}).get("deletionRules") or []
-    if rules:
-        ttls = [(r.get("condition") or {}).get("ttlSeconds", 0) for r in rules
-                if isinstance(r, dict) and r.get("policy") in ("DeleteCluster", "DeleteSelf")
-                and ((r.get("condition") or {}).get("jobDeploymentStatus") == "Failed"
-                     or (job_status and (r.get("condition") or {}).get("jobStatus") == job_status))]
-        return min(ttls, default=None)
-    if spec.get("shutdownAfterJobFinishes"):
-        return int(spec.get("ttlSecondsAfterFinished") or 0)
-    return None
 
 
 def _condition(pod: dict, kind: str) -> dict:
@@ -175,21 +176,46 @@ def pod_problems(pods: list[dict], events: list[dict]) -> list[str]:
     return problems
 
 
-def creation_problems(events: list[dict], cluster: str, job: str) -> list[str]:
-    """Why pods were never created: the operator's Warning events on the RayCluster and the Job
-    controller's on the submitter Job, each with what will likely fix it."""
+def creation_problems(events: list[dict], cluster: str, rayjob: str, created: str) -> list[tuple[tuple, str]]:
+    """Why pods were never created: the operator's Warning events on the RayCluster and the RayJob and the
+    Job controller's on the submitter Job, each with what will likely fix it, as (key, line) pairs: one key
+    for every retry of one refusal (the pod names the API server generated are left out of it). Events last
+    seen before the RayJob was created are an earlier namesake's (after --replace) and left out."""
     problems = []
     for event in events:
         involved = event.get("involvedObject") or {}
         kind, name = involved.get("kind"), involved.get("name")
         if (event.get("type") != "Warning" or event.get("reason") not in OBJECT_PROBLEMS.get(kind, ())
-                or name != (cluster if kind == "RayCluster" else job)):
+                or name != (cluster if kind == "RayCluster" else rayjob)):
+            continue
+        seen = last_seen(event)
+        if seen and created and stamp_key(seen) < stamp_key(created):
             continue
         message = " ".join(str(event.get("message") or "").split())
-        hint = next((h for part, h in REFUSAL_HINTS if part in message.lower()), "")
-        what = "RayCluster" if kind == "RayCluster" else "submitter Job"
-        problems.append(f"{what} {name}: {event['reason']}: {message}" + (f" ({hint})" if hint else ""))
+        hint = refusal_hint(message)
+        key = (kind, name, event["reason"], GENERATED_POD.sub('pods "…"', message))
+        problems.append((key, f"{OBJECT_NAMES[kind]} {name}: {event['reason']}: {message}"
+                              + (f" ({hint})" if hint else "")))
     return problems
+
+
+def last_seen(event: dict) -> str:
+    """When an event last happened: core/v1 events carry lastTimestamp; those recorded through events.k8s.io
+    (the KubeRay operator's) carry eventTime and, once repeated, series.lastObservedTime."""
+    stamps = [(event.get("series") or {}).get("lastObservedTime"), event.get("lastTimestamp"), event.get("eventTime"),
+              event.get("firstTimestamp"), (event.get("metadata") or {}).get("creationTimestamp")]
+    return max((s for s in stamps if s), key=stamp_key, default="")
+
+
+def refusal_hint(message: str) -> str:
+    """What likely fixes the API server's refusal in `message`, or ''."""
+    lower = message.lower()
+    counted = COUNTED.search(lower)
+    if counted:
+        return (f"a ResourceQuota caps how many {counted[1]} the namespace may hold: delete those no longer needed "
+                f"(inferkit delete removes a finished RayJob with its RayCluster and submitter Job) or raise its "
+                f"count/{counted[1]}")
+    return next((h for part, h in REFUSAL_HINTS if part in lower), "")
 
 
 FIRST_POD, SAME_POD, TAKEOVER, NEW_RUN = "first pod", "same pod", "takeover", "new run"
@@ -356,11 +382,22 @@ def stamp_key(stamp: str) -> tuple[str, str]:
     return seconds, fraction.ljust(9, "0")
 
 
+def driver_log_on_head(namespace: str, service: str, job_id: str) -> str:
+    """Where an HTTPMode driver log is when inferkit cannot read it: only on the head, behind its dashboard."""
+    return (f"in HTTPMode the driver's log is on the head: kubectl port-forward -n {namespace} svc/{service} 8265, "
+            f"then ray job logs --address http://127.0.0.1:8265 -f {job_id}")
+
+
+def driver_log_gone(cluster: str) -> str:
+    """Why a finished HTTPMode job has no log to show: no pod kept it, the head did, and the head went."""
+    return f"an HTTPMode job's driver log lived only on its head, and went with RayCluster {cluster}"
+
+
 @dataclass
 class DashboardLog:
     """An HTTPMode driver log, read whole from the dashboard each time (Ray's job REST API has no offset):
     the complete lines not shown yet; a line still being written waits for its newline or the end. A new
-    Ray job (a RayJob retry) or a shorter log starts over."""
+    Ray job (a RayJob retry) or a shorter log starts over. A longer log is read less often."""
 
     job_id: str = ""
     text: str = ""
@@ -381,3 +418,8 @@ class DashboardLog:
         """The last line, when the log ends without a newline."""
         rest, self.shown = self.text[self.shown:], len(self.text)
         return [rest] if rest else []
+
+    def next_read_in(self, shortest: float) -> float:
+        """Seconds until the next read: each read fetches the whole log, so at most DASHBOARD_READ_RATE
+        characters a second are read, and never less often than every DASHBOARD_LONGEST_WAIT seconds."""
+        return min(DASHBOARD_LONGEST_WAIT, max(shortest, len(self.text) / DASHBOARD_READ_RATE))

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from inferkit.errors import ApiError
+from inferkit.follow import driver_log_on_head
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 CRD_NAME = "rayjobs.ray.io"
@@ -41,7 +42,12 @@ SUBMISSION_ANNOTATION = "inferkit.io/submission"  # one per `inferkit submit`, t
 
 class LogRefused(ApiError):
     """The driver log may not be read through the service proxy (RBAC on services/proxy, or the
-    dashboard's own authentication): retrying will not help."""
+    dashboard's own authentication): retrying will not help; the message says where the log is."""
+
+
+class HeadUnreachable(ApiError):
+    """The head's Service does not exist (the API server's own 404) or has no ready head behind it (503):
+    the RayCluster is not up yet, or is gone."""
 
 
 class WatchInterrupted(Exception):
@@ -53,6 +59,8 @@ def _message(error: ApiException) -> tuple[str, dict]:
     try:
         body = json.loads(error.body or "{}")
     except (TypeError, ValueError):
+        body = {}
+    if not isinstance(body, dict):  # a proxied answer may be any JSON
         body = {}
     return body.get("message") or error.reason or "", body
 
@@ -330,18 +338,26 @@ class Kube:
     def dashboard_job_log(self, service: str, job_id: str) -> str | None:
         """The whole driver log of a Ray job from the head's dashboard, reached through the API server's
         service proxy (`GET /api/jobs/<id>/logs` of Ray's job REST API answers `{"logs": "..."}`); None
-        while the dashboard does not know the job or the Service has no head yet (404). This is how the
-        log of an HTTPMode RayJob is read: the operator submits through the dashboard, no pod runs
-        `ray job submit`."""
+        while the dashboard does not know the job (its own 404, plain text). This is how the log of an
+        HTTPMode RayJob is read: the operator submits through the dashboard, no pod runs `ray job submit`.
+        Raises HeadUnreachable when the API server answers for a missing Service (a 404 Status naming
+        `services`) or one without endpoints (503, after the usual retries)."""
         ns, svc, job = (quote(part, safe="") for part in (self.namespace, service, job_id))
         path = f"/api/v1/namespaces/{ns}/services/{svc}:dashboard/proxy/api/jobs/{job}/logs"
         try:
-            data = self._call(f"reading the driver log of Ray job {job_id}", self._get, path, handled=(401, 403, 404))
+            data = self._call(f"reading the driver log of Ray job {job_id}", self._get, path,
+                              handled=(401, 403, 404, 503))
         except ApiException as e:
+            message, body = _message(e)
+            if e.status == 404 and (body.get("details") or {}).get("kind") == "services":
+                raise HeadUnreachable(f"service {service} does not exist") from e
             if e.status == 404:
                 return None
+            if e.status == 503:
+                raise HeadUnreachable(f"service {service} has no ready head behind it (503: {message})") from e
             raise LogRefused(f"the API server or the dashboard refused to show the driver log of Ray job {job_id} "
-                             f"through service {service} ({e.status}: {_message(e)[0]})") from e
+                             f"through service {service} ({e.status}: {message}); "
+                             f"{driver_log_on_head(self.namespace, service, job_id)}") from e
         try:
             return str(json.loads(data)["logs"])
         except (ValueError, KeyError, TypeError) as e:

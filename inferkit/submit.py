@@ -15,7 +15,7 @@ from inferkit.config import Config
 from inferkit.console import say
 from inferkit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, ApiError
 from inferkit.follow import (AGAIN, NEW_RUN, TAKEOVER, DashboardLog, JobState, LogCursor, creation_problems,
-                             outcome, pod_problems, state_change, submission_of)
+                             driver_log_gone, driver_log_on_head, outcome, pod_problems, state_change, submission_of)
 from inferkit.render import GPU_RESOURCE, dump
 
 if TYPE_CHECKING:
@@ -26,13 +26,14 @@ PERMISSIONS = [
     ("create", "ray.io", "rayjobs", ""), ("get", "ray.io", "rayjobs", ""), ("watch", "ray.io", "rayjobs", ""),
     ("list", "", "pods", ""), ("list", "", "events", ""),
 ]
-# Where the driver's log is read from: the submitter pod's log, or (HTTPMode) the dashboard through the
-# API server's service proxy.
-LOG_PERMISSIONS = {"K8sJobMode": ("get", "", "pods", "log"), "HTTPMode": ("get", "", "services", "proxy")}
+# Where the driver's log is read from: the submitter pod's log (K8sJobMode), or the dashboard through the
+# API server's service proxy (HTTPMode; without it the log is still on the head, only not streamed here).
+SUBMITTER_LOG = ("get", "", "pods", "log")
+DASHBOARD_PROXY = ("get", "", "services", "proxy")
 DELETE = ("delete", "ray.io", "rayjobs", "")
 POLL_SECONDS = 2.0  # how often pods are looked at while the RayJob is watched
 LOG_MARGIN_SECONDS = 300  # extra history asked for when a log stream resumes (clock skew); the cursor dedupes
-DASHBOARD_POLL_SECONDS = 2.0  # how often an HTTPMode driver log is read again from the dashboard
+DASHBOARD_POLL_SECONDS = 2.0  # the shortest wait before an HTTPMode driver log is read again (longer logs: longer)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def _gpu_group(obj: dict) -> dict | None:
     return None
 
 
-def preflight(kube: Kube, cfg: Config, obj: dict, *, strict_capacity: bool, needs_delete: bool) -> None:
+def preflight(kube: Kube, cfg: Config, obj: dict, *, strict_capacity: bool, needs_delete: bool,
+              follows: bool) -> None:
     """Everything that would make the submission fail or hang, checked before anything is created."""
     namespace = kube.namespace
     if not kube.namespace_exists():
@@ -86,11 +88,17 @@ def preflight(kube: Kube, cfg: Config, obj: dict, *, strict_capacity: bool, need
     if "v1" not in versions:
         raise ApiError(f"the installed KubeRay serves RayJob {', '.join(versions)}, not v1; upgrade the operator "
                        "to 1.7.0")
-    log_access = [LOG_PERMISSIONS[cfg.job.submission_mode]] if cfg.job.submission_mode in LOG_PERMISSIONS else []
-    missing = kube.missing_permissions(PERMISSIONS + log_access + ([DELETE] if needs_delete else []))
+    http_mode = cfg.job.submission_mode == "HTTPMode"
+    missing = kube.missing_permissions(PERMISSIONS + ([] if http_mode else [SUBMITTER_LOG])
+                                       + ([DELETE] if needs_delete else []))
     if missing:
         raise ApiError(f"you may not {', '.join(missing)} in namespace {namespace}; ask for a Role that "
                        "allows them")
+    if http_mode and follows and kube.missing_permissions([DASHBOARD_PROXY]):
+        name = obj["metadata"]["name"]
+        job_id = f"$(kubectl get rayjob {name} -n {namespace} -o jsonpath='{{.status.jobId}}')"
+        say(f"warning: you may not get services/proxy in namespace {namespace}, so the driver's log will not stream "
+            f"here; {driver_log_on_head(namespace, f'{name}-head-svc', job_id)}")
     group = _gpu_group(obj)
     if group is None:
         return
@@ -126,7 +134,7 @@ class Follower:
         self.name = name
         self.options = options
         self.state: JobState | None = None
-        self.problems_shown: set[str] = set()
+        self.problems_shown: set = set()  # problem lines, and keys of creation problems
         self.finished = threading.Event()
         self.log_thread: threading.Thread | None = None
         self.cursor = LogCursor()
@@ -194,10 +202,11 @@ class Follower:
         waiting = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running", "Failed")]
         cluster = self.state.cluster if self.state else ""
         events = self.kube.events_for({p["metadata"]["name"] for p in waiting} | {self.name} | {cluster} - {""})
-        for problem in pod_problems(waiting, events) + creation_problems(events, cluster, self.name):
-            if problem not in self.problems_shown:
-                self.problems_shown.add(problem)
-                say(problem)
+        problems = [(line, line) for line in pod_problems(waiting, events)]
+        for key, line in problems + creation_problems(events, cluster, self.name, self.state.created):
+            if key not in self.problems_shown:
+                self.problems_shown.add(key)
+                say(line)
 
     # -- the driver's log: the submitter pod's log (K8sJobMode) or the dashboard's (HTTPMode) --------------
 
@@ -213,22 +222,30 @@ class Follower:
     def _dashboard_log_loop(self) -> None:
         """HTTPMode: the operator submits through the dashboard and no pod runs the driver's client, so the
         log is read, whole, from the dashboard's job API through the API server's service proxy, and what
-        is new is shown. A proxy the caller may not use ends the reading, saying where the log is."""
-        from inferkit.k8s import LogRefused
+        is new is shown; once the RayJob has ended, one last read. A proxy the caller may not use ends the
+        reading, saying where the log is; so does a finished job's head that is gone, saying so."""
+        from inferkit.k8s import HeadUnreachable, LogRefused
 
         log = DashboardLog()
         while True:
-            ended = self.finished.wait(DASHBOARD_POLL_SECONDS)
+            ended = self.finished.wait(log.next_read_in(DASHBOARD_POLL_SECONDS))
             state = self.state
             if state.job_id and state.cluster and state.dashboard:
+                service = head_service(state.cluster)
                 try:
-                    text = self.kube.dashboard_job_log(head_service(state.cluster), state.job_id)
+                    text = self.kube.dashboard_job_log(service, state.job_id)
                 except LogRefused as e:
-                    say(f"RayJob {self.name}: {e}; in HTTPMode the driver's log is on the head: kubectl port-forward "
-                        f"-n {self.kube.namespace} svc/{head_service(state.cluster)} 8265, then ray job logs "
-                        f"--address http://127.0.0.1:8265 -f {state.job_id}")
+                    say(f"RayJob {self.name}: {e}")
                     return
-                except Exception:  # noqa: BLE001 - a dropped read is read again, never fatal
+                except HeadUnreachable as e:
+                    if state.finished:
+                        say(f"RayJob {self.name}: {e}: {driver_log_gone(state.cluster)}")
+                        return
+                    text = None  # not up yet
+                except Exception as e:  # noqa: BLE001 - a dropped read is read again, never fatal
+                    if ended:
+                        say(f"RayJob {self.name}: could not read the last of the driver's log ({e}); "
+                            f"{driver_log_on_head(self.kube.namespace, service, state.job_id)}")
                     text = None
                 if text is not None:
                     with self.shown:
@@ -375,7 +392,8 @@ def submit(connection: Connection, cfg: Config, obj: dict, *, dry_run: bool, det
     kube = connection.open()
     obj["metadata"]["namespace"] = kube.namespace
     name = obj["metadata"]["name"]
-    preflight(kube, cfg, obj, strict_capacity=strict_capacity, needs_delete=replace or follow.cancel_on_interrupt)
+    preflight(kube, cfg, obj, strict_capacity=strict_capacity, needs_delete=replace or follow.cancel_on_interrupt,
+              follows=not detach)
     existing = kube.get_rayjob(name)
     if existing is not None and not replace:
         raise ApiError(f"a RayJob named {name} already exists in namespace {kube.namespace} "
@@ -465,11 +483,19 @@ def logs(connection: Connection, name: str, follow: bool, options: FollowOptions
         return Follower(kube, name, options).run()
     state = JobState.of(obj)
     if state.mode == "HTTPMode":
-        text = kube.dashboard_job_log(head_service(state.cluster), state.job_id) if state.job_id and state.cluster \
-            else None
+        from inferkit.k8s import HeadUnreachable
+
+        text, why = None, ""
+        if state.job_id and state.cluster:
+            try:
+                text = kube.dashboard_job_log(head_service(state.cluster), state.job_id)
+            except HeadUnreachable as e:
+                if state.finished:
+                    raise ApiError(f"RayJob {name} has ended and {e}: {driver_log_gone(state.cluster)}") from e
+                why = f": {e}"
         if text is None:
             raise ApiError(f"RayJob {name} (HTTPMode) has no driver log on its dashboard yet (it may still be "
-                           "starting)")
+                           f"starting{why})")
         log = DashboardLog()
         for line in log.accept(state.job_id, text) + log.flush():
             _out(line)

@@ -18,7 +18,9 @@ from inferkit.config import (DNS1123_SUBDOMAIN, INT32_MAX, INT32_MIN, MAX_NAME_L
 
 RAY_RESOURCE_PARAMS = ("num-cpus", "num-gpus", "memory", "resources")
 DELETION_ORDER = ("DeleteWorkers", "DeleteCluster", "DeleteSelf")
+CLUSTER_REMOVING = DELETION_ORDER[1:]  # the deletion policies that delete the RayCluster
 FT_ANNOTATION = "ray.io/ft-enabled"
+EXTERNAL_STORAGE_ANNOTATION = "ray.io/external-storage-namespace"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SHELL_EXPANDED = "$`"
 # Labels KubeRay puts on every Ray pod and selects the RayJob's head Service by (common/service.go).
@@ -79,21 +81,35 @@ def _cluster_rules(spec: dict, prefix: str, annotations: dict) -> list[str]:
 
 
 def _redis_rules(spec: dict, prefix: str, annotations: dict) -> list[str]:
-    """Redis settings in the head's env and rayStartParams that KubeRay refuses (ValidateRayClusterSpec):
-    a Redis user name always (GcsFaultToleranceOptions carries it), a Redis address without GCS fault
-    tolerance (the `ray.io/ft-enabled: "true"` annotation; inferkit renders no gcsFaultToleranceOptions)."""
+    """Redis settings ValidateRayClusterSpec (utils/validation.go) refuses. GCS fault tolerance is on with
+    the `ray.io/ft-enabled: "true"` annotation or with gcsFaultToleranceOptions (utils/util.go,
+    IsGCSFaultToleranceEnabled); inferkit renders no gcsFaultToleranceOptions, so the annotation is the fix
+    it can offer. A Redis user name is refused with or without fault tolerance."""
     head = spec.get("headGroupSpec") or {}
     env = {e.get("name") for e in _first_container(head).get("env") or [] if isinstance(e, dict)}
     params = head.get("rayStartParams") or {}
+    options = spec.get("gcsFaultToleranceOptions")
     where = f"{prefix}.headGroupSpec"
     problems = []
-    if "REDIS_USERNAME" in env or params.get("redis-username"):
-        problems.append(f"{where}: KubeRay refuses a Redis user name in env (REDIS_USERNAME) or rayStartParams "
-                        "(redis-username); it belongs in gcsFaultToleranceOptions.redisUsername")
-    ft = str((annotations or {}).get(FT_ANNOTATION, "")).lower() == "true" or spec.get("gcsFaultToleranceOptions")
+    if annotations.get(FT_ANNOTATION) and options is not None:
+        problems.append(f"{prefix}.gcsFaultToleranceOptions: KubeRay refuses it together with the {FT_ANNOTATION} "
+                        "annotation; use only one of them")
+    ft = str(annotations.get(FT_ANNOTATION, "")).lower() == "true" or options is not None
     if "RAY_REDIS_ADDRESS" in env and not ft:
         problems.append(f"{where}: env RAY_REDIS_ADDRESS turns on GCS fault tolerance, which KubeRay refuses "
-                        f"unless it is enabled (annotation {FT_ANNOTATION}: \"true\" or gcsFaultToleranceOptions)")
+                        f"unless it is enabled: add the annotation {FT_ANNOTATION}: \"true\" (annotations value)")
+    if options is not None:
+        refused = [f"env {name}" for name in ("RAY_REDIS_ADDRESS", "REDIS_PASSWORD") if name in env]
+        refused += ["rayStartParams redis-password"] if params.get("redis-password") else []
+        refused += [f"annotation {EXTERNAL_STORAGE_ANNOTATION}"] if annotations.get(EXTERNAL_STORAGE_ANNOTATION) \
+            else []
+        if refused:
+            problems.append(f"{where}: KubeRay refuses {', '.join(refused)} together with gcsFaultToleranceOptions "
+                            "(set them in gcsFaultToleranceOptions instead)")
+    if "REDIS_USERNAME" in env or params.get("redis-username"):
+        problems.append(f"{where}: KubeRay refuses a Redis user name in env (REDIS_USERNAME) or rayStartParams "
+                        "(redis-username), with or without GCS fault tolerance (it takes one only from "
+                        "gcsFaultToleranceOptions.redisUsername, which inferkit does not render); remove it")
     return problems
 
 
@@ -291,25 +307,43 @@ def kuberay_rules(obj: dict) -> list[str]:
     return problems + list(_label_rules(obj, ""))
 
 
+def cluster_removal_ttl(spec: dict, deployment: str, job_status: str) -> int | None:
+    """Seconds after a job's end, with this jobDeploymentStatus and jobStatus, until the operator deletes its
+    RayCluster, or None when it keeps the cluster until the RayJob is deleted. With deletion rules: the
+    shortest TTL of the DeleteCluster and DeleteSelf rules that match (a rule's jobStatus, else its
+    jobDeploymentStatus; rayjob_controller.go, handleDeletionRules and isDeletionRuleMatched); without
+    them: shutdownAfterJobFinishes after ttlSecondsAfterFinished."""
+    strategy = spec.get("deletionStrategy")
+    rules = strategy.get("deletionRules") if isinstance(strategy, dict) else None
+    if isinstance(rules, list) and rules:
+        ttls = []
+        for rule in rules:
+            condition = (rule.get("condition") if isinstance(rule, dict) else None) or {}
+            matches = (condition["jobStatus"] == job_status if condition.get("jobStatus") is not None
+                       else condition.get("jobDeploymentStatus") == deployment)
+            ttl = condition.get("ttlSeconds", 0)
+            if matches and rule.get("policy") in CLUSTER_REMOVING:
+                ttls.append(ttl if isinstance(ttl, int) else 0)
+        return min(ttls, default=None)
+    if spec.get("shutdownAfterJobFinishes"):
+        return int(spec.get("ttlSecondsAfterFinished") or 0)
+    return None
+
+
 def kuberay_warnings(obj: dict) -> list[str]:
     """What the operator accepts but a user rarely wants: deletion rules (with shutdown off) that leave a
-    finished job's RayCluster, GPUs included, running until the RayJob is deleted. The operator deletes only
-    on a matching rule (rayjob_controller.go, handleDeletionRules); a DeadlineExceeded failure keeps jobStatus
-    as it was, so only a jobDeploymentStatus Failed rule covers every failure."""
+    finished job's RayCluster, GPUs included, running until the RayJob is deleted. A DeadlineExceeded
+    failure keeps jobStatus as it was, so only a jobDeploymentStatus Failed rule covers every failure."""
     spec = obj.get("spec") or {}
     rules = (spec.get("deletionStrategy") or {}).get("deletionRules") if obj.get("kind") == "RayJob" else None
     if not rules or spec.get("shutdownAfterJobFinishes") or not isinstance(rules, list):
         return []
-    removing = [(r.get("condition") or {}) for r in rules
-                if isinstance(r, dict) and r.get("policy") in ("DeleteCluster", "DeleteSelf")]
-    conditions = {("jobStatus", c.get("jobStatus")) for c in removing} | {
-        ("jobDeploymentStatus", c.get("jobDeploymentStatus")) for c in removing}
     warnings = []
-    if not conditions & {("jobStatus", "SUCCEEDED"), ("jobDeploymentStatus", "Complete")}:
+    if cluster_removal_ttl(spec, "Complete", "SUCCEEDED") is None:
         warnings.append("job.deletionRules: no DeleteCluster or DeleteSelf rule covers a job that succeeds "
                         "(jobStatus SUCCEEDED or jobDeploymentStatus Complete), and shutdownAfterJobFinishes is off: "
                         "the RayCluster and its GPUs stay until the RayJob is deleted")
-    if ("jobDeploymentStatus", "Failed") not in conditions:
+    if cluster_removal_ttl(spec, "Failed", "") is None:
         warnings.append("job.deletionRules: no DeleteCluster or DeleteSelf rule covers jobDeploymentStatus Failed "
                         "(a jobStatus FAILED rule misses DeadlineExceeded and submission failures): a failed job's "
                         "RayCluster stays until the RayJob is deleted")

@@ -1,18 +1,20 @@
 """An in-process HTTP server that speaks the Kubernetes API paths inferkit's client uses, driven by
 scripted scenarios. The real `kubernetes` client talks to it through a generated kubeconfig.
 
-It keeps RayJobs, pods, pod logs, events and dashboard job logs, each in its namespace; after a RayJob
-is created it plays the scenario's steps (each after a short delay), and serves watches and followed
-logs as the state moves. Pod logs honour `container` (a pod's container must be named when it has
-several) and `sinceSeconds` (measured on the node's clock, which may be skewed); an HTTPMode driver
-log is served by the head's dashboard through the service proxy. Knobs inject the failures users
-meet: denied permissions, missing CRDs, conflicts, 422s, transient 5xx/429, watches and log streams
-that drop mid-run.
+It keeps RayJobs, pods, pod logs, events, head Services and dashboard job logs, each in its namespace;
+after a RayJob is created it plays the scenario's steps (each after a short delay), and serves watches
+and followed logs as the state moves. Pod logs honour `container` (a pod's container must be named when
+it has several) and `sinceSeconds` (measured on the node's clock, which may be skewed); an HTTPMode
+driver log is served by the head's dashboard through the service proxy, which answers as the API server
+does for a Service that is missing (404 Status) or has no Running head behind it (503). Events carry the
+times their recorder sets. Knobs inject the failures users meet: denied permissions, missing CRDs,
+conflicts, 422s, transient 5xx/429, watches and log streams that drop mid-run.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import threading
 import time
@@ -29,6 +31,15 @@ def now_rfc3339(nanos: bool = False, at: datetime | None = None) -> str:
     stamp = at or datetime.now(timezone.utc)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S") + (f".{stamp.microsecond:06d}{time.perf_counter_ns() % 1000:03d}Z"
                                                   if nanos else "Z")
+
+
+_SUFFIXES = itertools.count(10_000)
+
+
+def generated_pod(prefix: str) -> str:
+    """A pod name as the API server makes it from generateName: a new suffix for every create, so every
+    refused retry names another pod."""
+    return f"{prefix}{next(_SUFFIXES):x}"
 
 
 def pod(name: str, labels: dict, phase: str = "Pending", *, unschedulable: str | None = None,
@@ -73,6 +84,7 @@ class FakeKube:
         self.drop_log_after: int | None = None  # close the first followed log stream after this many lines
         self.node_clock_skew = 0.0  # seconds the nodes' clock (log timestamps, sinceSeconds) runs ahead
         self.dashboard_logs: dict[tuple[str, str, str], str] = {}  # (namespace, head service, Ray job id) -> log
+        self.services: set[tuple[str, str]] = set()  # (namespace, name) of the RayClusters' head Services
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -130,14 +142,38 @@ class FakeKube:
             key = (namespace, service, job_id)
             self.dashboard_logs[key] = self.dashboard_logs.get(key, "") + text
 
-    def event(self, name: str, reason: str, message: str, kind: str = "Pod", namespace: str = "default") -> None:
+    def add_service(self, name: str, namespace: str = "default") -> None:
+        with self.lock:
+            self.services.add((namespace, name))
+
+    def delete_cluster(self, cluster: str, namespace: str = "default") -> None:
+        """The operator deletes a RayCluster (shutdownAfterJobFinishes, a deletion rule): its head Service and
+        pods go with it, and the head's dashboard with its job logs."""
+        with self.lock:
+            self.services.discard((namespace, f"{cluster}-head-svc"))
+            for name in [n for n, p in self.pods.items() if p["metadata"]["namespace"] == namespace
+                         and p["metadata"]["labels"].get("ray.io/cluster") == cluster]:
+                del self.pods[name]
+            self.lock.notify_all()
+
+    def event(self, name: str, reason: str, message: str, kind: str = "Pod", namespace: str = "default",
+              at: datetime | None = None) -> None:
         """A Warning event about an object, as the kubelet, the scheduler, the Job controller or the KubeRay
-        operator records it (the operator's events.k8s.io events read back as core/v1 ones)."""
+        operator records it, at `at` (now by default). The operator records through events.k8s.io
+        (controller-runtime's events.EventRecorder), which reads back as a core/v1 event with eventTime and
+        no lastTimestamp; the others set firstTimestamp and lastTimestamp."""
+        moment = at or datetime.now(timezone.utc)
+        if kind in ("RayCluster", "RayJob"):
+            times = {"eventTime": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "firstTimestamp": None,
+                     "lastTimestamp": None, "reportingComponent": f"{kind.lower()}-controller"}
+        else:
+            times = {"firstTimestamp": now_rfc3339(at=moment), "lastTimestamp": now_rfc3339(at=moment)}
         with self.lock:
             self.events.append({"apiVersion": "v1", "kind": "Event",
-                                "metadata": {"name": f"{name}.{len(self.events)}", "namespace": namespace},
+                                "metadata": {"name": f"{name}.{len(self.events)}", "namespace": namespace,
+                                             "creationTimestamp": now_rfc3339(at=moment)},
                                 "involvedObject": {"kind": kind, "name": name, "namespace": namespace},
-                                "reason": reason, "message": message, "type": "Warning"})
+                                "reason": reason, "message": message, "type": "Warning", **times})
 
     def _play(self) -> None:
         for delay, step in self.scenario:
@@ -264,6 +300,16 @@ class FakeKube:
             return h._status(403, "Forbidden", f'services "{service}" is forbidden: User "tester" cannot get '
                                                f'resource "services/proxy" in the namespace "{namespace}"')
         name, _, port = service.partition(":")
+        with self.lock:
+            exists = (namespace, name) in self.services
+            ready = any(p["metadata"]["namespace"] == namespace and p["status"]["phase"] == "Running"
+                        and p["metadata"]["labels"].get("ray.io/node-type") == "head"
+                        and p["metadata"]["labels"].get("ray.io/cluster") == name.removesuffix("-head-svc")
+                        for p in self.pods.values())
+        if not exists:  # the API server's own answers
+            return h._status(404, "NotFound", f'services "{name}" not found', {"name": name, "kind": "services"})
+        if not ready:
+            return h._status(503, "ServiceUnavailable", f'no endpoints available for service "{name}"')
         parts = path.split("/")
         if port != "dashboard" or len(parts) != 4 or parts[:2] != ["api", "jobs"] or parts[3] != "logs":
             return h._status(404, "NotFound", f"no route for {path} on {service}")
@@ -447,6 +493,7 @@ def http_mode_path(name: str, chunks: list[str], *, final: tuple[str, str] = ("C
                                      startTime=now_rfc3339())),
         (0.1, lambda f: f.add_pod(pod(f"{cluster}-head", {"ray.io/cluster": cluster, "ray.io/node-type": "head"},
                                       "Running", container="ray-head", namespace=namespace))),
+        (0.0, lambda f: f.add_service(service, namespace)),
         (0.1, lambda f: f.set_status(name, jobDeploymentStatus="Running", jobStatus="PENDING",
                                      dashboardURL=f"{service}.{namespace}.svc.cluster.local:8265")),
         (0.3, lambda f: f.set_status(name, jobStatus="RUNNING")),

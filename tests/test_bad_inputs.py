@@ -134,10 +134,13 @@ CASES = [
                                     "job.deletionRules=[{condition: {jobStatus: FAILED, ttlSeconds: 600}, policy: "
                                     "DeleteCluster}, {condition: {jobStatus: FAILED, ttlSeconds: 60}, policy: DeleteSelf}]"],
      "deletionRules[1].condition.ttlSeconds: DeleteSelf on FAILED after 60 s comes before DeleteCluster after 600 s"),
-    ("redis-username-in-env", ["--cpu-nodes", "1", "--set", "env=[{name: REDIS_USERNAME, value: ray}]"],
-     "KubeRay refuses a Redis user name in env (REDIS_USERNAME)"),
+    ("redis-username-in-env-even-with-gcs-ft", ["--cpu-nodes", "1", "--set", "env=[{name: REDIS_USERNAME, value: ray}]",
+                                                "--set", "annotations.ray\\.io/ft-enabled=true"],
+     "KubeRay refuses a Redis user name in env (REDIS_USERNAME) or rayStartParams (redis-username), with or without "
+     "GCS fault tolerance"),
     ("redis-address-without-gcs-ft", ["--cpu-nodes", "1", "--set", "env=[{name: RAY_REDIS_ADDRESS, value: r:6379}]"],
-     "env RAY_REDIS_ADDRESS turns on GCS fault tolerance, which KubeRay refuses unless it is enabled"),
+     "env RAY_REDIS_ADDRESS turns on GCS fault tolerance, which KubeRay refuses unless it is enabled: add the "
+     'annotation ray.io/ft-enabled: "true" (annotations value)'),
     ("kueue-with-autoscaling", ["--gpu-nodes", "1:4", "--set", "scheduling.kueueQueue=team-a"],
      "Kueue refuses a RayJob with autoscaling"),
     ("runtime-env-expanded-by-the-shell", ["--cpu-nodes", "1", "--set", "job.runtimeEnv.env_vars.DIR=$HOME/x"],

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from inferkit.follow import (AGAIN, FIRST_POD, LATE, NEW_RUN, SAME_POD, TAKEOVER, DashboardLog, JobState, LogCursor,
-                             creation_problems, failed_cluster_lifetime, outcome, pod_problems, stamp_key,
-                             state_change, submission_of)
+from inferkit.follow import (AGAIN, DASHBOARD_LONGEST_WAIT, DASHBOARD_READ_RATE, FIRST_POD, LATE, NEW_RUN, SAME_POD,
+                             TAKEOVER, DashboardLog, JobState, LogCursor, creation_problems, outcome, pod_problems,
+                             stamp_key, state_change, submission_of)
+from inferkit.validate import cluster_removal_ttl, kuberay_warnings
 
 
 @pytest.mark.parametrize(("deployment", "job", "code"), [
@@ -224,7 +225,7 @@ def test_why_pods_were_never_created_comes_from_the_rayclusters_and_the_jobs_eve
         event("RayJob", "j", "FailedCreate", "not the Job"),  # the RayJob shares the Job's name
         event("RayCluster", "c", "CreatedWorkerPod", "Created worker Pod ml/c-x", "Normal"),
     ]
-    assert creation_problems(events, "c", "j") == [
+    assert [line for _, line in creation_problems(events, "c", "j", "")] == [
         f"RayCluster c: FailedToCreateWorkerPod: {quota} (a ResourceQuota of the namespace is used up: free or raise "
         "the quota, or ask for fewer or smaller pods)",
         'RayCluster c: FailedToCreateHeadPod: Failed to create head Pod ml/c-head, pods "c-head" is forbidden: no '
@@ -262,16 +263,73 @@ def test_deadline_exceeded_says_the_cluster_and_driver_may_still_run_and_for_how
     assert "KubeRay does not stop" not in app_failed.summary
 
 
-@pytest.mark.parametrize(("rules", "job", "lifetime"), [
+def test_retries_of_one_refusal_are_one_problem_and_an_earlier_namesakes_events_none():
+    """The API server names the pod it refused, and every retry creates another (generateName); an event
+    last seen before this RayJob was created belongs to an earlier RayJob of the same name (--replace)."""
+    def refused(pod, why, **times):
+        return {"type": "Warning", "reason": "FailedCreate", "involvedObject": {"kind": "Job", "name": "j"},
+                "message": f'Error creating: pods "{pod}" is forbidden: {why}', **times}
+
+    quota = "exceeded quota: q, requested: pods=1, used: pods=4, limited: pods=4"
+    events = [refused("j-abcde", quota, lastTimestamp="2026-03-01T10:00:05Z"),
+              refused("j-fghij", quota, lastTimestamp="2026-03-01T10:00:09Z"),
+              refused("j-old00", quota, lastTimestamp="2026-03-01T09:59:59Z"),  # the namesake's
+              # as events.k8s.io events read back: eventTime (and series.lastObservedTime), no lastTimestamp
+              refused("j-klmno", "violates PodSecurity", eventTime="2026-03-01T10:00:00.250000Z"),
+              refused("j-pqrst", "violates PodSecurity", eventTime="2026-03-01T09:00:00.000000Z",
+                      series={"count": 3, "lastObservedTime": "2026-03-01T10:00:01.000000Z"})]
+    problems = creation_problems(events, "c", "j", "2026-03-01T10:00:00Z")
+    assert [line.split('"')[1] for _, line in problems] == ["j-abcde", "j-fghij", "j-klmno", "j-pqrst"]
+    assert problems[0][0] == problems[1][0] != problems[2][0] == problems[3][0]
+
+
+def test_the_rayjobs_own_refusals_are_explained_with_an_object_count_quota():
+    """rayjob_controller.go records FailedToCreateRayCluster, FailedToCreateRayJobSubmitter and
+    FailedToCreateService on the RayJob; an object-count quota names what it counts."""
+    def event(reason, message):
+        return {"type": "Warning", "reason": reason, "message": message, "involvedObject": {"kind": "RayJob",
+                                                                                             "name": "j"}}
+
+    clusters = ('Failed to create RayCluster ml/j-abcde: rayclusters.ray.io "j-abcde" is forbidden: exceeded quota: '
+                "objects, requested: count/rayclusters.ray.io=1, used: count/rayclusters.ray.io=3, limited: "
+                "count/rayclusters.ray.io=3")
+    jobs = ('Failed to create new Kubernetes Job ml/j: jobs.batch "j" is forbidden: exceeded quota: objects, '
+            "requested: count/jobs.batch=1, used: count/jobs.batch=9, limited: count/jobs.batch=9")
+    service = 'Failed to create the service ml/j-head-svc, services "j-head-svc" already exists'
+    lines = [line for _, line in creation_problems([
+        event("FailedToCreateRayCluster", clusters), event("FailedToCreateRayJobSubmitter", jobs),
+        event("FailedToCreateService", service), event("CreatedRayCluster", "not a refusal")], "c", "j", "")]
+    assert lines == [
+        f"RayJob j: FailedToCreateRayCluster: {clusters} (a ResourceQuota caps how many rayclusters.ray.io the "
+        "namespace may hold: delete those no longer needed (inferkit delete removes a finished RayJob with its "
+        "RayCluster and submitter Job) or raise its count/rayclusters.ray.io)",
+        f"RayJob j: FailedToCreateRayJobSubmitter: {jobs} (a ResourceQuota caps how many jobs.batch the namespace "
+        "may hold: delete those no longer needed (inferkit delete removes a finished RayJob with its RayCluster "
+        "and submitter Job) or raise its count/jobs.batch)",
+        f"RayJob j: FailedToCreateService: {service}",
+    ]
+
+
+@pytest.mark.parametrize(("rules", "deployment", "job", "lifetime"), [
     ([{"condition": {"jobDeploymentStatus": "Failed", "ttlSeconds": 60}, "policy": "DeleteCluster"},
-      {"condition": {"jobDeploymentStatus": "Failed", "ttlSeconds": 90}, "policy": "DeleteSelf"}], "RUNNING", 60),
-    ([{"condition": {"jobStatus": "FAILED", "ttlSeconds": 60}, "policy": "DeleteCluster"}], "RUNNING", None),
-    ([{"condition": {"jobStatus": "RUNNING", "ttlSeconds": 5}, "policy": "DeleteSelf"}], "RUNNING", 5),
-    ([{"condition": {"jobDeploymentStatus": "Failed", "ttlSeconds": 5}, "policy": "DeleteWorkers"}], "RUNNING", None),
+      {"condition": {"jobDeploymentStatus": "Failed", "ttlSeconds": 90}, "policy": "DeleteSelf"}], "Failed", "RUNNING",
+     60),
+    ([{"condition": {"jobStatus": "FAILED", "ttlSeconds": 60}, "policy": "DeleteCluster"}], "Failed", "RUNNING", None),
+    ([{"condition": {"jobStatus": "RUNNING", "ttlSeconds": 5}, "policy": "DeleteSelf"}], "Failed", "RUNNING", 5),
+    ([{"condition": {"jobDeploymentStatus": "Failed", "ttlSeconds": 5}, "policy": "DeleteWorkers"}], "Failed",
+     "RUNNING", None),
+    ([{"condition": {"jobStatus": "SUCCEEDED", "ttlSeconds": 7}, "policy": "DeleteCluster"}], "Complete",
+     "SUCCEEDED", 7),
+    ([{"condition": {"jobDeploymentStatus": "Failed"}, "policy": "DeleteCluster"}], "Complete", "SUCCEEDED", None),
 ])
-def test_a_failed_clusters_lifetime_follows_the_matching_deletion_rule(rules, job, lifetime):
+def test_a_finished_clusters_lifetime_follows_the_matching_deletion_rule(rules, deployment, job, lifetime):
     spec = {"shutdownAfterJobFinishes": False, "deletionStrategy": {"deletionRules": rules}}
-    assert failed_cluster_lifetime(spec, job) == lifetime
+    assert cluster_removal_ttl(spec, deployment, job) == lifetime
+    assert JobState.of(_rayjob(spec, jobDeploymentStatus=deployment, jobStatus=job)).cluster_kept_for == lifetime
+    # render's warning and the follower's lifetime agree on what a rule covers
+    warns = " ".join(kuberay_warnings({"kind": "RayJob", "spec": spec}))
+    if deployment == "Complete":
+        assert ("covers a job that succeeds" in warns) == (lifetime is None)
 
 
 def test_validation_failed_says_nothing_ran():
@@ -280,6 +338,16 @@ def test_validation_failed_says_nothing_ran():
     assert result.code == 1
     assert result.summary == ("the operator refused the RayJob, so nothing ran: The RayJob spec is invalid: x; the "
                               "RayJob stays until you delete it or submit again with --replace")
+
+
+def test_a_longer_dashboard_log_is_read_less_often_within_bounds():
+    """Ray's job API answers the whole log each time: the wait grows with it, between 2 s and the longest."""
+    log = DashboardLog()
+    assert log.next_read_in(2.0) == 2.0
+    log.accept("j1", "x\n" * (DASHBOARD_READ_RATE * 5 // 2))  # 5 s worth of reading
+    assert log.next_read_in(2.0) == 5.0
+    log.accept("j1", "x\n" * (DASHBOARD_READ_RATE * 1000))
+    assert log.next_read_in(2.0) == DASHBOARD_LONGEST_WAIT
 
 
 def test_a_dashboard_log_read_whole_each_time_shows_each_line_once():

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -206,30 +204,39 @@ def test_the_rayjobs_head_service_selects_the_head_pod(shape, inferkit):
     assert template["inferkit.dev/job"] == obj["metadata"]["name"]
 
 
-def _submitter_shell(runtime_env_json: str) -> str:
-    """What `--runtime-env-json` receives in the K8sJobMode submitter: the operator quotes the JSON with
-    Go's strconv.Quote (common/job.go, BuildJobSubmitCommand; for printable ASCII the same escapes as
-    json.dumps) and runs the command line under `bash -c`."""
-    quoted = json.dumps(runtime_env_json)
-    return subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, text=True, check=True,
-                          env={"HOME": "/home/ray", "PATH": os.environ["PATH"]}).stdout
-
-
 def test_runtime_env_reaches_the_job_unchanged_or_is_refused(inferkit):
+    """In K8sJobMode the operator quotes the runtime env for `ray job submit` and runs it under `bash -c`
+    (common/job.go, BuildJobSubmitCommand): quotes and backslashes arrive unchanged, `$` and backticks
+    would be expanded, so render refuses them there. HTTPMode sends JSON over HTTP: no shell."""
     quoted = 'say "hi" \\ done'
     obj = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--set",
                                   f"job.runtimeEnv.env_vars.GREETING={quoted}").stdout)
-    runtime_env = yaml.safe_load(obj["spec"]["runtimeEnvYAML"])
-    assert runtime_env == {"env_vars": {"GREETING": 'say "hi" \\ done'}}
-    assert json.loads(_submitter_shell(json.dumps(runtime_env))) == runtime_env  # quotes and backslashes arrive
-    expanded = {"env_vars": {"GREETING": "$HOME `echo x` \"q\""}}
-    assert json.loads(_submitter_shell(json.dumps(expanded))) != expanded  # what the refusal below prevents
+    assert yaml.safe_load(obj["spec"]["runtimeEnvYAML"]) == {"env_vars": {"GREETING": 'say "hi" \\ done'}}
     refused = inferkit("render", "--cpu-nodes", "1", "--set", "job.runtimeEnv.env_vars.GREETING=$HOME `echo x` \"q\"")
     assert refused.code == 2 and refused.stdout == ""
     assert "job.runtimeEnv.env_vars.GREETING: '$HOME `echo x` \"q\"' holds '$' and '`'" in refused.stderr
     http = inferkit("render", "--cpu-nodes", "1", "--set", "job.submissionMode=HTTPMode",
                     "--set", "job.runtimeEnv.env_vars.GREETING=$HOME")  # sent as JSON over HTTP: no shell
     assert http.code == 0, http.stderr
+
+
+def test_redis_settings_are_refused_as_the_operator_does(inferkit):
+    """utils/validation.go, ValidateRayClusterSpec: RAY_REDIS_ADDRESS needs GCS fault tolerance, and the
+    fix render names (the ray.io/ft-enabled annotation) passes; with gcsFaultToleranceOptions (even empty)
+    the same env is refused, and so is the annotation beside it."""
+    obj = yaml.safe_load(inferkit("render", "--cpu-nodes", "1", "--set", "env=[{name: RAY_REDIS_ADDRESS, value: r}]",
+                                  "--set", "annotations.ray\\.io/ft-enabled=TRUE").stdout)
+    assert kuberay_rules(obj) == []
+    obj["spec"]["rayClusterSpec"]["gcsFaultToleranceOptions"] = {}
+    assert kuberay_rules(obj) == [
+        "spec.rayClusterSpec.gcsFaultToleranceOptions: KubeRay refuses it together with the ray.io/ft-enabled "
+        "annotation; use only one of them",
+        "spec.rayClusterSpec.headGroupSpec: KubeRay refuses env RAY_REDIS_ADDRESS together with "
+        "gcsFaultToleranceOptions (set them in gcsFaultToleranceOptions instead)"]
+    obj["metadata"]["annotations"]["ray.io/ft-enabled"] = "false"
+    del obj["spec"]["rayClusterSpec"]["gcsFaultToleranceOptions"]
+    assert [p.split(": ")[1] for p in kuberay_rules(obj)] == ["env RAY_REDIS_ADDRESS turns on GCS fault tolerance, "
+                                                              "which KubeRay refuses unless it is enabled"]
 
 
 def _deletion_values(rules: str) -> list[str]:

@@ -13,7 +13,10 @@ import time
 import pytest
 import yaml
 
-from fake_kube import FakeKube, cluster_labels, happy_path, http_mode_path, now_rfc3339, pod, validation_failed
+from datetime import datetime, timedelta, timezone
+
+from fake_kube import (FakeKube, cluster_labels, generated_pod, happy_path, http_mode_path, now_rfc3339, pod,
+                       validation_failed)
 
 LINES = [f"driver line {i}: rows={i * 10}" for i in range(12)]
 
@@ -572,26 +575,43 @@ def test_ray_job_submission_waits_for_the_job_agent_then_gives_up_clearly(monkey
 
 
 def test_pods_that_are_never_created_are_explained_once_with_the_fix(inferkit, fake):
-    """The operator records a Warning on the RayCluster when it cannot create a pod; the Job controller
-    records FailedCreate on the submitter Job. No pod exists to explain anything."""
-    quota = ('Failed to create worker Pod for the cluster default/inferkit-raycluster, pods '
-             '"inferkit-raycluster-cpu-workers-x" is forbidden: exceeded quota: cpu-quota, requested: '
-             'requests.cpu=8, used: requests.cpu=16, limited: requests.cpu=16')
-    account = ('Error creating: pods "inferkit-x" is forbidden: error looking up service account default/runner: '
-               'serviceaccount "runner" not found')
+    """The operator records a Warning on the RayCluster when it cannot create a pod, and on the RayJob when it
+    cannot create the RayCluster or the submitter Job; the Job controller records FailedCreate on the Job.
+    No pod exists to explain anything. Each retry names a new generated pod; an earlier RayJob of the same
+    name left a FailedCreate behind (--replace), which is not this job's."""
+    def quota():
+        return (f'Failed to create worker Pod for the cluster default/inferkit-raycluster, pods '
+                f'"{generated_pod("inferkit-raycluster-cpu-workers-worker-")}" is forbidden: exceeded quota: '
+                "cpu-quota, requested: requests.cpu=8, used: requests.cpu=16, limited: requests.cpu=16")
+
+    def account():
+        return (f'Error creating: pods "{generated_pod("inferkit-")}" is forbidden: error looking up service account '
+                'default/runner: serviceaccount "runner" not found')
+
+    jobs = ('Failed to create new Kubernetes Job default/inferkit: jobs.batch "inferkit" is forbidden: exceeded '
+            "quota: objects, requested: count/jobs.batch=1, used: count/jobs.batch=4, limited: count/jobs.batch=4")
 
     def refusals(f):
         for _ in range(3):  # the operator and the Job controller retry; the events repeat
-            f.event("inferkit-raycluster", "FailedToCreateWorkerPod", quota, kind="RayCluster")
-            f.event("inferkit", "FailedCreate", account, kind="Job")
+            f.event("inferkit-raycluster", "FailedToCreateWorkerPod", quota(), kind="RayCluster")
+            f.event("inferkit", "FailedCreate", account(), kind="Job")
+            f.event("inferkit", "FailedToCreateRayJobSubmitter", jobs, kind="RayJob")
 
+    fake.event("inferkit", "FailedCreate", "Error creating: a namesake's refusal", kind="Job",
+               at=datetime.now(timezone.utc) - timedelta(hours=1))
     fake.scenario = happy_path("inferkit", [])[:2] + [(0.1, refusals)]
     result = submit(inferkit, fake, "--cpu-nodes", "1", "--timeout", "4")
     assert result.code == 124, result.stderr
-    assert result.stderr.count(f"RayCluster inferkit-raycluster: FailedToCreateWorkerPod: {quota} (a ResourceQuota "
-                               "of the namespace is used up") == 1
-    assert result.stderr.count(f"submitter Job inferkit: FailedCreate: {account} (the ServiceAccount does not "
-                               "exist: create it or fix serviceAccountName)") == 1
+    assert result.stderr.count("RayCluster inferkit-raycluster: FailedToCreateWorkerPod: Failed to create worker "
+                               "Pod for the cluster default/inferkit-raycluster, pods") == 1
+    assert ("is forbidden: exceeded quota: cpu-quota, requested: requests.cpu=8, used: requests.cpu=16, limited: "
+            "requests.cpu=16 (a ResourceQuota of the namespace is used up") in result.stderr
+    assert result.stderr.count("submitter Job inferkit: FailedCreate: Error creating: pods") == 1
+    assert ('serviceaccount "runner" not found (the ServiceAccount does not exist: create it or fix '
+            "serviceAccountName)") in result.stderr
+    assert result.stderr.count(f"RayJob inferkit: FailedToCreateRayJobSubmitter: {jobs} (a ResourceQuota caps how "
+                               "many jobs.batch the namespace may hold") == 1
+    assert "a namesake's refusal" not in result.stderr
 
 
 def test_http_mode_streams_the_driver_log_from_the_dashboard_in_another_namespace(inferkit, fake):
@@ -612,18 +632,59 @@ def test_http_mode_streams_the_driver_log_from_the_dashboard_in_another_namespac
 
 
 def test_http_mode_without_the_service_proxy_says_where_the_log_is(inferkit, fake):
-    fake.scenario = http_mode_path("inferkit", ["line 1\n"])
-    assert submit(inferkit, fake, "--cpu-nodes", "1", "--set", "job.submissionMode=HTTPMode", "--detach").code == 0
+    """The service proxy only streams the HTTPMode log: without it the job still runs, and the log is on the
+    head. Pre-flight warns (not with --detach, which streams nothing); `logs` and `logs -f` say where."""
     fake.denied = {("get", "services/proxy")}
-    refused = submit(inferkit, fake, "--cpu-nodes", "1", "--set", "job.submissionMode=HTTPMode", "--name", "other")
-    assert refused.code == 3 and "you may not get services/proxy in namespace default" in refused.stderr
-    followed = inferkit("logs", "-f", "inferkit", "--kubeconfig", str(fake.kubeconfig))
+    fake.scenario = http_mode_path("inferkit", ["line 1\n"])
+    detached = submit(inferkit, fake, "--cpu-nodes", "1", "--set", "job.submissionMode=HTTPMode", "--detach")
+    assert detached.code == 0, detached.stderr
+    assert "services/proxy" not in detached.stderr
+    fake.scenario = http_mode_path("other", ["line 1\n"])
+    followed = submit(inferkit, fake, "--cpu-nodes", "1", "--set", "job.submissionMode=HTTPMode", "--name", "other")
     assert followed.code == 0, followed.stderr
     assert followed.stdout == ""
-    assert ("in HTTPMode the driver's log is on the head: kubectl port-forward -n default "
-            "svc/inferkit-raycluster-head-svc 8265, then ray job logs --address http://127.0.0.1:8265 -f "
-            "inferkit-job") in followed.stderr
-    assert followed.stderr.count("refused to show the driver log") == 1
+    assert ("warning: you may not get services/proxy in namespace default, so the driver's log will not stream here; "
+            "in HTTPMode the driver's log is on the head: kubectl port-forward -n default svc/other-head-svc 8265, "
+            "then ray job logs --address http://127.0.0.1:8265 -f $(kubectl get rayjob other -n default -o "
+            "jsonpath='{.status.jobId}')") in followed.stderr
+    where = ("in HTTPMode the driver's log is on the head: kubectl port-forward -n default "
+             "svc/other-raycluster-head-svc 8265, then ray job logs --address http://127.0.0.1:8265 -f other-job")
+    assert followed.stderr.count("refused to show the driver log") == 1 and where in followed.stderr
+    assert "the job succeeded" in followed.stderr
+    shown = inferkit("logs", "other", "--kubeconfig", str(fake.kubeconfig))
+    assert shown.code == 3 and "refused to show the driver log" in shown.stderr and where in shown.stderr
+
+
+@pytest.mark.parametrize("head", ["deleted", "not ready"])
+def test_http_mode_log_of_a_finished_job_whose_head_is_gone_says_so(inferkit, fake, head):
+    """The HTTPMode log lives only on the head: once the operator deletes the RayCluster (shutdown after the
+    job, a deletion rule) the API server answers 404 for its Service; while the head pod goes, 503."""
+    fake.scenario = http_mode_path("inferkit", ["line 1\n"])
+    assert submit(inferkit, fake, "--cpu-nodes", "1", "--set", "job.submissionMode=HTTPMode").code == 0
+    if head == "deleted":
+        fake.delete_cluster("inferkit-raycluster")
+        why = "service inferkit-raycluster-head-svc does not exist"
+    else:
+        fake.set_pod("inferkit-raycluster-head", phase="Failed")
+        why = ('service inferkit-raycluster-head-svc has no ready head behind it (503: no endpoints available for '
+               'service "inferkit-raycluster-head-svc")')
+    gone = "an HTTPMode job's driver log lived only on its head, and went with RayCluster inferkit-raycluster"
+    shown = inferkit("logs", "inferkit", "--kubeconfig", str(fake.kubeconfig))
+    assert shown.code == 3 and shown.stdout == ""
+    assert f"RayJob inferkit has ended and {why}: {gone}" in shown.stderr
+    assert "it may still be starting" not in shown.stderr
+    followed = inferkit("logs", "-f", "inferkit", "--kubeconfig", str(fake.kubeconfig))
+    assert followed.code == 0 and followed.stdout == ""
+    assert f"RayJob inferkit: {why}: {gone}" in followed.stderr
+
+
+def test_http_mode_reads_the_log_once_more_at_the_end_however_long_the_wait(inferkit, fake, monkeypatch):
+    """The last lines, written just before the RayJob ends, are read when it ends, not a poll later."""
+    monkeypatch.setattr("inferkit.submit.DASHBOARD_POLL_SECONDS", 3600)
+    fake.scenario = http_mode_path("inferkit", ["line 1\n", "line 2\nline 3"])
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--set", "job.submissionMode=HTTPMode")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == ["line 1", "line 2", "line 3"]
 
 
 def test_deadline_exceeded_says_the_driver_may_still_run(inferkit, fake):
