@@ -134,7 +134,7 @@ class Follower:
         self.name = name
         self.options = options
         self.state: JobState | None = None
-        self.problems_shown: set = set()  # problem lines, and keys of creation problems
+        self.problems_shown: set[str | tuple] = set()  # problem lines, and keys of creation problems
         self.finished = threading.Event()
         self.log_thread: threading.Thread | None = None
         self.cursor = LogCursor()

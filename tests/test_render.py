@@ -233,6 +233,10 @@ def test_redis_settings_are_refused_as_the_operator_does(inferkit):
         "annotation; use only one of them",
         "spec.rayClusterSpec.headGroupSpec: KubeRay refuses env RAY_REDIS_ADDRESS together with "
         "gcsFaultToleranceOptions (set them in gcsFaultToleranceOptions instead)"]
+    del obj["metadata"]["annotations"]["ray.io/ft-enabled"]  # the empty options alone turn fault tolerance on
+    assert [p.split(": ")[1] for p in kuberay_rules(obj)] == ["KubeRay refuses env RAY_REDIS_ADDRESS together with "
+                                                              "gcsFaultToleranceOptions (set them in "
+                                                              "gcsFaultToleranceOptions instead)"]
     obj["metadata"]["annotations"]["ray.io/ft-enabled"] = "false"
     del obj["spec"]["rayClusterSpec"]["gcsFaultToleranceOptions"]
     assert [p.split(": ")[1] for p in kuberay_rules(obj)] == ["env RAY_REDIS_ADDRESS turns on GCS fault tolerance, "
