@@ -98,16 +98,18 @@ check_kind_release() {
 # the pods' user (uid 1000, group 100) must be able to write there: checked on the node, through the
 # same bind mount the pods' hostPath volume uses.
 check_data_folder() {
-  local node=${CLUSTER}-control-plane probe=.probe-$$
-  run touch "${DATA}/${probe}"
-  run docker exec "$node" test -f "/inferkit-data/${probe}" \
-    || die "the kind node does not see ${PWD}/${DATA}: Docker's VM does not share this folder (colima and Rancher \
-Desktop share only \$HOME: keep the checkout under \$HOME), or the cluster was made from another checkout (make kind-down)"
-  run docker exec -u 1000:100 "$node" touch "/inferkit-data/${probe}.pod" \
-    || die "pods (uid 1000) cannot write to ${PWD}/${DATA}: chmod 0777 it"
-  run test -f "${DATA}/${probe}.pod" || die "a file the node wrote did not reach ${PWD}/${DATA}"
-  run rm -f "${DATA}/${probe}" "${DATA}/${probe}.pod"
+  local node=${CLUSTER}-control-plane probe=${DATA}/.probe-$$
+  run touch "$probe"
+  run docker exec "$node" test -f "/inferkit-data/${probe##*/}" \
+    || data_folder_fails "the kind node does not see ${PWD}/${DATA}: Docker's VM does not share this folder (colima \
+and Rancher Desktop share only \$HOME: keep the checkout under \$HOME), or the cluster was made from another checkout \
+(make kind-down, then make kind-up here)"
+  run docker exec -u 1000:100 "$node" touch "/inferkit-data/${probe##*/}.pod" \
+    || data_folder_fails "pods (uid 1000) cannot write to ${PWD}/${DATA}: chmod 0777 it"
+  run test -f "${probe}.pod" || data_folder_fails "a file the node wrote did not reach ${PWD}/${DATA}"
+  run rm -f "$probe" "${probe}.pod"
 }
+data_folder_fails() { rm -f "${DATA}"/.probe-*; die "$@"; }
 
 up() {
   step "kind cluster ${CLUSTER} on ${NODE_IMAGE%%@*}, KubeRay operator chart ${KUBERAY_CHART_VERSION}"

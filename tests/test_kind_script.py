@@ -109,3 +109,49 @@ def test_make_builds_images_through_the_script(fake_bin):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["scripts/kind.sh image cpu", "scripts/kind.sh image gpu",
                                           "scripts/kind.sh all"]
+
+
+def _fake_tools(fake_bin: Path, *, cpus: int, memory: int, node_sees: bool = True, kind: str = "v0.32.0") -> Path:
+    """docker, kind and helm stand-ins that log their calls: Docker's VM has `cpus` and `memory`; the kind
+    node sees the data folder or not; the cluster exists already."""
+    calls = fake_bin / "calls.log"
+    tools = {
+        "docker": f'case "$1" in info) echo "{cpus} {memory}";; '
+                  f'exec) {"true" if node_sees else "false"};; *) true;; esac',
+        "kind": f'case "$1" in version) echo "kind {kind} go1.26 linux/amd64";; get) echo inferkit;; esac',
+        "helm": "true",
+    }
+    for name, body in tools.items():
+        tool = fake_bin / name
+        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> "{calls}"\n{body}\n')
+        tool.chmod(0o755)
+    return calls
+
+
+@pytest.mark.parametrize("cpus, mib", [(2, 8192), (4, 5120)])
+def test_up_refuses_a_docker_vm_too_small_for_the_job(fake_bin, cpus, mib):
+    calls = _fake_tools(fake_bin, cpus=cpus, memory=mib * 2**20)
+    result = _run(fake_bin, "up")
+    assert result.returncode == 1
+    assert (f"Error: Docker gives its containers {cpus} CPUs and {mib} MiB; the kind quick start needs at least "
+            "4 CPUs and 6 GiB") in result.stderr
+    assert "helm" not in calls.read_text() and "kind create" not in calls.read_text()
+
+
+def test_up_checks_the_node_sees_the_data_folder(fake_bin):
+    calls = _fake_tools(fake_bin, cpus=4, memory=int(5.8 * 2**30), node_sees=False, kind="v0.29.0")
+    result = _run(fake_bin, "up")
+    assert result.returncode == 1, result.stderr
+    assert "Warning: kind v0.29.0 is older than v0.32.0" in result.stderr
+    assert f"Error: the kind node does not see {REPO}/.kind-data: Docker's VM does not share this folder" in result.stderr
+    assert "docker exec inferkit-control-plane test -f /inferkit-data/.probe-" in calls.read_text()
+    assert "helm" not in calls.read_text()
+    assert not list((REPO / ".kind-data").glob(".probe-*"))  # the probe is cleaned up
+
+
+def test_up_checks_that_what_the_node_writes_reaches_the_laptop(fake_bin):
+    calls = _fake_tools(fake_bin, cpus=4, memory=int(5.8 * 2**30))
+    result = _run(fake_bin, "up")
+    # the fake node cannot really write into the folder: the last check fails, after the first two passed
+    assert result.returncode == 1 and "a file the node wrote did not reach" in result.stderr
+    assert "docker exec -u 1000:100 inferkit-control-plane touch /inferkit-data/.probe-" in calls.read_text()
