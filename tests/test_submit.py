@@ -687,6 +687,17 @@ def test_http_mode_reads_the_log_once_more_at_the_end_however_long_the_wait(infe
     assert result.stdout.splitlines() == ["line 1", "line 2", "line 3"]
 
 
+def test_http_mode_says_where_the_last_of_the_log_is_when_the_final_read_fails(inferkit, fake):
+    steps = http_mode_path("inferkit", ["line 1\n"])
+    fake.scenario = steps[:-1] + [(0.0, lambda f: f.failures.update({("GET", "/logs"): [500] * 1000})), steps[-1]]
+    result = submit(inferkit, fake, "--cpu-nodes", "1", "--set", "job.submissionMode=HTTPMode")
+    assert result.code == 0, result.stderr
+    assert ("RayJob inferkit: could not read the last of the driver's log (reading the driver log of Ray job "
+            "inferkit-job: the API server kept failing (500") in result.stderr
+    assert ("in HTTPMode the driver's log is on the head: kubectl port-forward -n default "
+            "svc/inferkit-raycluster-head-svc 8265") in result.stderr
+
+
 def test_deadline_exceeded_says_the_driver_may_still_run(inferkit, fake):
     fake.scenario = happy_path("inferkit", LINES[:2], final=(
         "Failed", "RUNNING", "DeadlineExceeded", "The RayJob has passed the activeDeadlineSeconds."))
