@@ -446,7 +446,8 @@ def main() -> int:
     runner.add_argument("--out", help="where gpu-check.json goes (default $OUT, else benchmarks/results/gpu-check)")
     runner.add_argument("--cpu", action="store_true", help="the same steps on CPU, tiny and quick")
     runner.add_argument("--carry", default=str(CARRY), help="the carried parts (used only when Ray is missing)")
-    runner.add_argument("--oom-free-gib", type=float, default=2.0, help="GPU memory left free for the OOM run")
+    runner.add_argument("--oom-free-gib", type=float, default=4.0, help="GPU memory left free for the OOM run: "
+                        "enough for two CUDA contexts, the precision check and a small batch, not for 2048 images")
     runner.add_argument("--oom-batch", type=int, default=2048, help="the far too big batch of the OOM run")
     args = parser.parse_args()
     if args.command == "pack":

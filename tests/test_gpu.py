@@ -100,7 +100,7 @@ def test_plan_from_the_real_gpu_readings():
     assert facts["gpus"], "nvidia-smi reports no GPU where torch sees one"
     name, memory, bf16 = facts["gpus"][0]
     assert name == torch.cuda.get_device_name(0)
-    assert abs(memory - torch.cuda.get_device_properties(0).total_memory) < 2**30
+    assert abs(memory - torch.cuda.get_device_properties(0).total_memory) < 0.02 * memory  # the driver keeps some
     assert bf16 == (torch.cuda.get_device_capability(0)[0] >= 8)
     node = NodeResources("gpu-node", cpus=facts["real_cpus"], real_cpus=facts["real_cpus"], memory_bytes=64 * 2**30,
                          gpus=len(facts["gpus"]), gpu_type=name, gpu_memory_bytes=memory, gpu_bf16=bf16)
