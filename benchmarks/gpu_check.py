@@ -180,9 +180,10 @@ def inferkit_run(args: list[str], out: Path, expected_ids: set[str], id_column: 
     import pandas as pd
 
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "inferkit", "run", *args, "--output", str(out), "--overwrite"],
-                            capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
-                            cwd=REPO)
+    with GpuProcesses() as gpu_processes:
+        result = subprocess.run([sys.executable, "-m", "inferkit", "run", *args, "--output", str(out), "--overwrite"],
+                                capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                                cwd=REPO)
     seconds = time.perf_counter() - started
     log = result.stdout + result.stderr
     row = {"ok": False, "exit_code": result.returncode, "seconds": round(seconds, 2)}
@@ -200,10 +201,44 @@ def inferkit_run(args: list[str], out: Path, expected_ids: set[str], id_column: 
             "throughput_rows_per_second": report["throughput_rows_per_second"], "precision": report["precision"],
             "plan": [f"{d['what']}: {d['value']} ({d['why']})" for d in report["plan"]["decisions"]],
             "batch_size": report["plan"]["batch_size"], "cluster": report["cluster"],
+            "gpu_processes_peak": gpu_processes.peak,
             "oom_retries": [list(map(int, m)) for m in OOM_LINE.findall(log) or
                             OOM_LINE.findall(_ray_worker_logs(started))]}
     row["ok"] = duplicates == missing == extra == errors == 0 and len(frame) == len(expected_ids)
     return row
+
+
+class GpuProcesses:
+    """The processes that hold GPU memory during a run, sampled from nvidia-smi every second: the moment
+    most held is kept (an idle worker holding a CUDA context beside the actor shows here)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> GpuProcesses:
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
+                                      "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            rows = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+            if len(rows) > len(self.peak):
+                self.peak = rows
 
 
 def _ray_worker_logs(since_perf: float) -> str:

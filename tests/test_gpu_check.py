@@ -108,3 +108,18 @@ def test_cpu_mode_runs_every_step(tmp_path):
     steady = ceilings["inferkit_steady_images_per_second"]  # on a busy 2-core machine tiny runs may not show one
     assert steady is None and "no steady state" in ceilings["steady_note"] or steady > 0
     assert report["machine"]["device"] == "cpu" and report["machine"]["cpus"] >= 1
+
+
+def test_gpu_processes_are_sampled_while_a_run_goes(gpu_check, tmp_path, monkeypatch):
+    """Two processes holding GPU memory at once (the actor and an idle worker) are what the sampler keeps."""
+    import time
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\necho "101, ray::MapWorker, 2048 MiB"\necho "102, ray::IDLE, 900 MiB"\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with gpu_check.GpuProcesses() as processes:
+        deadline = time.monotonic() + 60
+        while not processes.peak and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert processes.peak == ["101, ray::MapWorker, 2048 MiB", "102, ray::IDLE, 900 MiB"]
