@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()
 README = (REPO / "README.md").read_text()
 # The CUDA platforms Ray builds `rayproject/ray` images for (ray-project/ray ci/ray_ci/docker_container.py,
-# PLATFORMS_RAY) and those PyTorch 2.13 publishes a wheel index for (download.pytorch.org/whl/cuXYZ):
-# the GPU image must use one CUDA that is in both.
+# PLATFORMS_RAY; for arm64, .buildkite/linux_aarch64.rayci.yml) and those PyTorch 2.13 publishes a wheel
+# index for (download.pytorch.org/whl/cuXYZ): the GPU image must use one CUDA that is in all three.
 RAY_IMAGE_CUDAS = {"cu121", "cu123", "cu124", "cu125", "cu126", "cu128", "cu129"}
+RAY_AARCH64_IMAGE_CUDAS = {"cu121", "cu123", "cu124", "cu125", "cu126", "cu128"}
 TORCH_WHEEL_CUDAS = {"cu126", "cu128", "cu129", "cu130"}
 # The NVIDIA driver branch each CUDA 12.x toolkit needs natively (CUDA's release notes, Linux).
 CUDA_DRIVER_BRANCH = {"cu126": "R560", "cu128": "R570", "cu129": "R575"}
@@ -104,7 +105,8 @@ def test_base_image_follows_the_build_architecture():
 
 def test_gpu_image_torch_cuda_matches_the_base_image():
     cuda = _arg("CUDA")
-    assert cuda in RAY_IMAGE_CUDAS & TORCH_WHEEL_CUDAS, f"{cuda}: no Ray image or no torch wheel index for it"
+    assert cuda in RAY_IMAGE_CUDAS & RAY_AARCH64_IMAGE_CUDAS & TORCH_WHEEL_CUDAS, f"{cuda}: no Ray image (x86_64 "
+                                                                                    "or arm64) or no torch index"
     assert "FROM rayproject/ray:${RAY_VERSION}-${PYTHON}-${CUDA}${ARCH_SUFFIX} AS base-gpu" in DOCKERFILE
     # torch from PyTorch's index for that CUDA only (never PyPI's CUDA 13 default), and the build checks it
     assert 'index="$CUDA"; want="${CUDA#cu}"' in DOCKERFILE
