@@ -105,8 +105,8 @@ def test_base_image_follows_the_build_architecture():
 
 def test_gpu_image_torch_cuda_matches_the_base_image():
     cuda = _arg("CUDA")
-    assert cuda in RAY_IMAGE_CUDAS & RAY_AARCH64_IMAGE_CUDAS & TORCH_WHEEL_CUDAS, f"{cuda}: no Ray image (x86_64 "
-                                                                                    "or arm64) or no torch index"
+    usable = RAY_IMAGE_CUDAS & RAY_AARCH64_IMAGE_CUDAS & TORCH_WHEEL_CUDAS
+    assert cuda in usable, f"{cuda}: no Ray image (x86_64 or arm64) or no torch wheel index for it"
     assert "FROM rayproject/ray:${RAY_VERSION}-${PYTHON}-${CUDA}${ARCH_SUFFIX} AS base-gpu" in DOCKERFILE
     # torch from PyTorch's index for that CUDA only (never PyPI's CUDA 13 default), and the build checks it
     assert 'index="$CUDA"; want="${CUDA#cu}"' in DOCKERFILE
