@@ -15,7 +15,7 @@ import click
 
 from inferkit import __version__
 from inferkit.config import RAYCLUSTER, RAYJOB, run_fields, strip_optional
-from inferkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, InferkitError
+from inferkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, ApiError, InferkitError
 
 EXIT_CODES = """\b
 Exit codes:
@@ -284,8 +284,14 @@ def submit(kubeconfig: str | None, context: str | None, timeout: float | None, c
     cfg, schemas = _load(kwargs, RAYJOB)
     obj = chart.render_checked(cfg, RAYJOB, schemas)
     connection = _connection(kubeconfig, context, namespace or cfg.namespace)
-    return submit_rayjob(connection, cfg, obj, dry_run=dry_run, detach=detach, replace=replace,
-                         strict_capacity=strict_capacity, follow=follow)
+    try:
+        return submit_rayjob(connection, cfg, obj, dry_run=dry_run, detach=detach, replace=replace,
+                             strict_capacity=strict_capacity, follow=follow)
+    except ApiError as e:
+        if not dry_run:
+            raise
+        raise ApiError(f"{e} (`inferkit render` with the same flags shows what would be created, no cluster "
+                       "needed)") from e
 
 
 _CLUSTER_ONLY = (*_FLAG_NAMES, "preset", "values_files", "sets", "crd_dir", "kubeconfig", "context", "replace",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -244,12 +245,48 @@ def test_a_terminal_shows_progress_in_rows_and_the_error_kinds(tmp_path, tiny_mo
                                        "--batch-size", "16"], tmp_path, _fresh_env(tmp_path))
     assert code == 0, screen
     shown = screen.replace("\r\x1b[K", "\n").splitlines()
-    progress = [i for i, line in enumerate(shown) if line.startswith(("0 / 300 rows", "16 / 300 rows"))
-                or " / 300 rows, " in line]
-    assert progress and shown[progress[-1]].startswith("300 / 300 rows, "), screen
-    assert "rows/s" in shown[progress[0]]
+    progress = [i for i, line in enumerate(shown) if re.match(r"^[\d,]+( / 300)? rows, [\d.,]+ rows/s", line)]
+    assert progress and re.match(r"^300( / 300)? rows, ", shown[progress[-1]]), screen
     precision = [i for i, line in enumerate(shown) if " precision: " in line]
     assert all(i < progress[0] for i in precision)  # the precision check's sample showed no progress
     for ray_bar in ("Running Dataset", "MapBatches(", "Progress bars", "WARNING"):
         assert ray_bar not in screen, screen
     assert any(line.endswith("errors by kind: 6 empty text") for line in shown), screen
+
+
+@pytest.mark.ray
+def test_off_a_terminal_progress_is_a_line_every_few_seconds(inferkit, ray_local, tiny_models, tmp_path, monkeypatch):
+    from inferkit.job import terminal
+
+    monkeypatch.setattr(terminal, "LOG_EVERY_SECONDS", 0.0)  # every step of the executor, for the test
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"id": i, "text": "" if i == 3 else f"w {i}"}) + "\n"
+                                              for i in range(40)))
+    result = inferkit("run", "--model", tiny_models["embedder"], "--input", str(tmp_path / "t.jsonl"), "--output",
+                      str(tmp_path / "out"), "--max-error-fraction", "0.5", "--batch-size", "8")
+    assert result.code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    progress = [line for line in lines if " progress: " in line]
+    assert progress and all(line.split(" progress: ")[1].split(" rows, ")[0].replace(",", "").isdigit()
+                            for line in progress), lines
+    assert progress[-1].split(" progress: ")[1].startswith("40 rows, "), progress
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr
+    assert lines[-1].endswith("errors by kind: 1 empty text")
+
+
+def test_submit_dry_run_without_a_cluster_points_to_render(inferkit, tmp_path):
+    result = inferkit("submit", "--dry-run", "--kubeconfig", str(tmp_path / "none"))
+    assert result.code == 3 and result.stdout == ""
+    assert result.stderr.startswith("Error: ") and "`inferkit render` with the same flags" in result.stderr
+
+
+def test_the_progress_line_counts_rows_with_rate_and_time_left():
+    import io
+
+    from inferkit.job.terminal import RowProgress
+
+    shown = RowProgress(total=5000, done_before=0, stream=io.StringIO(), now=100.0)
+    shown.update(1234, now=130.0)
+    assert shown.line(130.0) == "1,234 / 5,000 rows, 41 rows/s, ETA 2 min"
+    resumed = RowProgress(total=None, done_before=200, stream=io.StringIO(), now=0.0)
+    resumed.update(3, now=2.0)
+    assert resumed.line(2.0) == "203 rows, 1.5 rows/s"
