@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane for inferkit's tests, without Docker or a kubelet:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (fake nodes whose pods "run"
+# without containers) and the KubeRay operator, on loopback ports of this machine.
+#
+#   scripts/controlplane.sh build          build the binaries once (cached outside the repository)
+#   scripts/controlplane.sh up   [DIR]     start everything; DIR holds state, logs and the admin kubeconfig
+#   scripts/controlplane.sh env  [DIR]     print `export KUBECONFIG=...` (and the other addresses) for a shell
+#   scripts/controlplane.sh down [DIR]     stop what `up` started there and remove DIR
+#
+# Versions: Kubernetes, etcd and kwok are pinned by the wrapper module scripts/controlplane/go.mod (read
+# from there); the KubeRay operator here. Binaries go to $INFERKIT_CONTROLPLANE_CACHE (default
+# ~/.cache/inferkit-controlplane)/<component>-<version>/ and are reused when present. Builds run under
+# `nice -n 19` (INFERKIT_CONTROLPLANE_GOFLAGS, default -p=2: niced, the builds only take idle cycles).
+#
+# The pod network: every pod IP the API server dials (its service and pod proxy, kubelet calls) goes through
+# an HTTP CONNECT proxy on a unix socket (the API server's egress selector, scripts/controlplane/pod_network.py)
+# that only ever connects to $POD_HOST (a loopback address), keeping the port: a `ray start --head` whose
+# dashboard listens on $POD_HOST:8265 stands in for every head pod. The operator reaches a head at
+# <service>.<namespace>.svc.$CLUSTER_DOMAIN:8265 (utils.FetchHeadServiceURL in ray-operator/controllers/ray/
+# utils/util.go); no such name resolves to loopback without editing /etc/hosts (Go's resolver reads
+# /etc/hosts and DNS only; *.localhost is special only through libc's nss-myhostname), so CLUSTER_DOMAIN
+# ends in "@$POD_HOST": the operator's http://<name>@$POD_HOST:8265 sends the name as a user name and dials
+# the loopback head.
+set -euo pipefail
+
+KUBERAY_VERSION=v1.7.0
+KUBERAY_MODULE=github.com/ray-project/kuberay/ray-operator
+# Where the operator's source comes from when the Go module proxy does not serve that version's zip: a
+# local git clone of ray-project/kuberay (tag ray-operator/$KUBERAY_VERSION).
+KUBERAY_GIT=${INFERKIT_KUBERAY_GIT:-/work/.mirror/ray-project+kuberay/repo}
+POD_HOST=${INFERKIT_POD_HOST:-127.0.0.2}
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+MODULE=$HERE/controlplane
+REPO=$(dirname "$HERE")
+CACHE=${INFERKIT_CONTROLPLANE_CACHE:-$HOME/.cache/inferkit-controlplane}
+CRD_DIR=${INFERKIT_CONTROLPLANE_CRDS:-$REPO/../shared/kuberay-crds/$KUBERAY_VERSION}
+export GOFLAGS="-buildvcs=false ${INFERKIT_CONTROLPLANE_GOFLAGS:--p=2}"
+
+die() { echo "controlplane: $*" >&2; exit 1; }
+# Exit 3: something to build from cannot be had here (no Go, no module proxy, no operator source); the
+# tests skip on it with this line as the reason.
+unavailable() { echo "controlplane: $*" >&2; exit 3; }
+note() { echo "controlplane: $*" >&2; }
+
+module_version() { (cd "$MODULE" && go list -m -f '{{.Version}}' "$1"); }
+
+# component name, version, binary -> its cached path
+cached() { echo "$CACHE/$1-$2/$3"; }
+
+build_tool() {  # component version package: go build a tool of the wrapper module
+    local out; out=$(cached "$1" "$2" "$1")
+    [ -x "$out" ] && return 0
+    note "building $1 $2 ($3)"
+    local start=$SECONDS
+    rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+    (cd "$MODULE" && nice -n 19 go build -trimpath -ldflags='-s -w' -o "$out.tmp/$1" "$3")
+    mv "$out.tmp/$1" "$out" && rmdir "$out.tmp"
+    note "built $1 in $((SECONDS - start)) s"
+}
+
+kwok_stages() {  # kwok's own stages (a node is Ready at once, a pod Running and Ready at once, a Job's pod
+    # then Succeeded, a deleted pod goes), kept beside its binary: kwok has no default stages
+    local out; out=$(cached kwok "$KWOK" stages.yaml)
+    [ -f "$out" ] && return 0
+    local dir; dir=$(cd "$MODULE" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage
+    for stage in node/fast/node-initialize node/heartbeat/node-heartbeat pod/fast/pod-ready pod/fast/pod-complete \
+                 pod/fast/pod-delete; do
+        echo "---"; cat "$dir/$stage.yaml"
+    done > "$out.tmp"
+    mv "$out.tmp" "$out"
+}
+
+kuberay_source() {  # the operator module's source folder at $KUBERAY_VERSION
+    local dir
+    dir=$(cd "$MODULE" && GOFLAGS=-mod=mod go mod download -json "$KUBERAY_MODULE@$KUBERAY_VERSION" 2>/dev/null \
+          | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') || true
+    if [ -n "$dir" ] && [ -f "$dir/go.mod" ]; then echo "$dir"; return; fi
+    dir=$CACHE/src/kuberay-$KUBERAY_VERSION
+    if [ ! -f "$dir/ray-operator/go.mod" ]; then
+        git -C "$KUBERAY_GIT" rev-parse -q --verify "ray-operator/$KUBERAY_VERSION^{commit}" >/dev/null 2>&1 \
+            || unavailable "the Go module proxy does not serve $KUBERAY_MODULE@$KUBERAY_VERSION and there is no KubeRay git" \
+                   "clone with tag ray-operator/$KUBERAY_VERSION at $KUBERAY_GIT (set INFERKIT_KUBERAY_GIT)"
+        rm -rf "$dir" && mkdir -p "$dir"
+        git -C "$KUBERAY_GIT" archive --prefix=ray-operator/ "ray-operator/$KUBERAY_VERSION:ray-operator" | tar -x -C "$dir"
+    fi
+    echo "$dir/ray-operator"
+}
+
+build_operator() {  # built as its own module (its go.mod has no replace directives), with its own go.sum
+    local out; out=$(cached kuberay-operator "$KUBERAY_VERSION" kuberay-operator)
+    [ -x "$out" ] && [ -f "$(dirname "$out")/ray.io_rayservices.yaml" ] && return 0
+    local source; source=$(kuberay_source)
+    note "building kuberay-operator $KUBERAY_VERSION from $source"
+    local start=$SECONDS
+    mkdir -p "$(dirname "$out")"
+    (cd "$source" && nice -n 19 go build -trimpath -ldflags='-s -w' -o "$out.tmp" .)
+    # The RayService CRD: the operator's manager will not start without it; ../shared holds only RayJob and
+    # RayCluster.
+    cp "$source/config/crd/bases/ray.io_rayservices.yaml" "$(dirname "$out")/"
+    mv "$out.tmp" "$out"
+    note "built kuberay-operator in $((SECONDS - start)) s"
+}
+
+build() {
+    command -v go >/dev/null || unavailable "no Go toolchain on PATH (go 1.26 or newer builds the control plane)"
+    local log; log=$(cd "$MODULE" && go mod download 2>&1) \
+        || unavailable "cannot download the Go modules of $MODULE (is the Go module proxy reachable?): ${log%%$'\n'*}"
+    K8S=$(module_version k8s.io/kubernetes) ETCD=$(module_version go.etcd.io/etcd/server/v3) \
+        KWOK=$(module_version sigs.k8s.io/kwok)
+    build_tool etcd "$ETCD" go.etcd.io/etcd/server/v3
+    build_tool kube-apiserver "$K8S" k8s.io/kubernetes/cmd/kube-apiserver
+    build_tool kube-controller-manager "$K8S" k8s.io/kubernetes/cmd/kube-controller-manager
+    build_tool kube-scheduler "$K8S" k8s.io/kubernetes/cmd/kube-scheduler
+    build_tool kubectl "$K8S" k8s.io/kubernetes/cmd/kubectl
+    build_tool kwok "$KWOK" sigs.k8s.io/kwok/cmd/kwok
+    kwok_stages
+    build_operator
+}
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+start() {  # name command...: run in its own process group, log to $STATE/name.log, remember its pid
+    local name=$1; shift
+    setsid "$@" >"$STATE/$name.log" 2>&1 < /dev/null &
+    echo "$! $name" >> "$STATE/pids"
+}
+
+wait_for() {  # what seconds command...: poll until the command succeeds
+    local what=$1 limit=$2; shift 2
+    local deadline=$((SECONDS + limit))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || { tail -n 30 "$STATE"/*.log >&2 || true; die "$what did not come up in $limit s (logs in $STATE)"; }
+        sleep 0.5
+    done
+}
+
+kubectl_() { "$(cached kubectl "$K8S" kubectl)" --kubeconfig "$STATE/kubeconfig" "$@"; }
+
+write_files() {
+    mkdir -p "$STATE/pki"
+    openssl genrsa -out "$STATE/pki/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$STATE/pki/sa.key" -pubout -out "$STATE/pki/sa.pub" 2>/dev/null
+    TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+    echo "$TOKEN,inferkit-admin,inferkit-admin,system:masters" > "$STATE/pki/tokens.csv"
+    cat > "$STATE/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: controlplane
+  cluster: {server: "https://127.0.0.1:$API_PORT", insecure-skip-tls-verify: true}
+users:
+- name: admin
+  user: {token: "$TOKEN"}
+contexts:
+- name: controlplane
+  context: {cluster: controlplane, user: admin, namespace: default}
+current-context: controlplane
+EOF
+    chmod 600 "$STATE/kubeconfig"
+    cat > "$STATE/egress.yaml" <<EOF
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds: {udsName: "$STATE/pod-network.sock"}
+EOF
+}
+
+nodes() {  # the kwok node pools: 2 CPU nodes, 2 GPU nodes of one GPU each (nvidia.com/gpu, the GPU taint, an accelerator label)
+    local name pool cpu memory gpu
+    for spec in cpu-1:cpu:16:64Gi:0 cpu-2:cpu:16:64Gi:0 gpu-1:gpu:16:64Gi:1 gpu-2:gpu:16:64Gi:1; do
+        IFS=: read -r name pool cpu memory gpu <<< "$spec"
+        local capacity="{cpu: \"$cpu\", memory: $memory, pods: \"110\"}" labels="inferkit.io/pool: $pool" taints="[]"
+        if [ "$gpu" != 0 ]; then
+            capacity="{cpu: \"$cpu\", memory: $memory, pods: \"110\", nvidia.com/gpu: \"$gpu\"}"
+            labels="$labels, cloud.google.com/gke-accelerator: nvidia-l4, nvidia.com/gpu.product: NVIDIA-L4"
+            taints="[{key: nvidia.com/gpu, value: present, effect: NoSchedule}]"
+        fi
+        cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-$name
+  annotations: {kwok.x-k8s.io/node: fake}
+  labels: {type: kwok, kubernetes.io/hostname: kwok-$name, kubernetes.io/os: linux, kubernetes.io/arch: amd64, $labels}
+spec:
+  taints: $taints
+status:
+  capacity: $capacity
+  allocatable: $capacity
+EOF
+    done
+}
+
+up() {
+    [ -d "$CRD_DIR" ] || die "KubeRay CRDs not found at $CRD_DIR (set INFERKIT_CONTROLPLANE_CRDS)"
+    [ ! -f "$STATE/pids" ] || die "$STATE already holds a control plane; run: $0 down $STATE"
+    build
+    local began=$SECONDS
+    mkdir -p "$STATE"
+    local etcd_port etcd_peer
+    etcd_port=$(free_port) etcd_peer=$(free_port) API_PORT=$(free_port)
+    write_files
+    start pod-network python3 "$MODULE/pod_network.py" "$STATE/pod-network.sock" "$POD_HOST"
+    start etcd "$(cached etcd "$ETCD" etcd)" --data-dir "$STATE/etcd" --unsafe-no-fsync \
+        --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+        --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+        --initial-cluster "default=http://127.0.0.1:$etcd_peer" --listen-metrics-urls ""
+    start kube-apiserver "$(cached kube-apiserver "$K8S" kube-apiserver)" \
+        --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+        --secure-port "$API_PORT" --cert-dir "$STATE/pki" --token-auth-file "$STATE/pki/tokens.csv" \
+        --authorization-mode RBAC --service-account-issuer https://kubernetes.default.svc \
+        --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key" \
+        --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
+        --egress-selector-config-file "$STATE/egress.yaml" --profiling=false
+    wait_for kube-apiserver 120 kubectl_ get --raw /readyz
+    start kube-controller-manager "$(cached kube-controller-manager "$K8S" kube-controller-manager)" \
+        --kubeconfig "$STATE/kubeconfig" --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
+        --service-account-private-key-file "$STATE/pki/sa.key" --use-service-account-credentials=false \
+        --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-persistentvolume-binder'
+    start kube-scheduler "$(cached kube-scheduler "$K8S" kube-scheduler)" \
+        --kubeconfig "$STATE/kubeconfig" --leader-elect=false --bind-address 127.0.0.1 --secure-port 0
+    start kwok "$(cached kwok "$KWOK" kwok)" --kubeconfig "$STATE/kubeconfig" --config "$(cached kwok "$KWOK" stages.yaml)" \
+        --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake --server-address "127.0.0.1:$(free_port)"
+    kubectl_ apply --server-side -f "$CRD_DIR" -f "$CACHE/kuberay-operator-$KUBERAY_VERSION/ray.io_rayservices.yaml" >/dev/null
+    wait_for "the KubeRay CRDs" 60 kubectl_ wait --for condition=Established --timeout 1s \
+        crd/rayjobs.ray.io crd/rayclusters.ray.io crd/rayservices.ray.io
+    nodes | kubectl_ apply -f - >/dev/null
+    CLUSTER_DOMAIN="cluster.local@$POD_HOST" KUBECONFIG="$STATE/kubeconfig" \
+        start kuberay-operator "$(cached kuberay-operator "$KUBERAY_VERSION" kuberay-operator)" \
+        --metrics-addr "127.0.0.1:$(free_port)" --health-probe-bind-address "127.0.0.1:$(free_port)" \
+        --enable-leader-election=false
+    wait_for "the default service account" 60 kubectl_ get serviceaccount default
+    wait_for "the kwok nodes" 60 kubectl_ wait --for condition=Ready --timeout 1s node --all
+    wait_for "the KubeRay operator" 60 grep -q "Starting workers" "$STATE/kuberay-operator.log"
+    note "up in $((SECONDS - began)) s: $STATE/kubeconfig"
+}
+
+down() {
+    [ -f "$STATE/pids" ] || { rm -rf "$STATE"; return 0; }
+    local pid name
+    # The operator and controllers first, then the API server, then etcd: the reverse of the start.
+    tac "$STATE/pids" | while read -r pid name; do
+        kill -TERM -- "-$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    done
+    rm -rf "$STATE"
+}
+
+env_() {
+    [ -f "$STATE/kubeconfig" ] || die "no control plane in $STATE (run: $0 up $STATE)"
+    echo "export KUBECONFIG=$STATE/kubeconfig"
+    echo "export INFERKIT_POD_HOST=$POD_HOST"
+    echo "export PATH=$CACHE/kubectl-$K8S:\$PATH"
+}
+
+command=${1:-}
+STATE=${2:-${INFERKIT_CONTROLPLANE_DIR:-/tmp/inferkit-controlplane}}
+case "$command" in
+    build) build ;;
+    up) up ;;
+    down) down ;;
+    env) K8S=$(module_version k8s.io/kubernetes); env_ ;;
+    *) die "usage: $0 build|up|down|env [STATE_DIR]" ;;
+esac
