@@ -4,6 +4,7 @@ a 1-CPU node, and a KubeRay-shaped cluster whose head runs no work (num-cpus 0) 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -85,3 +86,88 @@ def test_ray_address_job_that_fails_exits_1(ray_cluster, tmp_path):
     assert result.returncode == 1, result.stderr[-3000:]
     assert "no such file or folder" in result.stdout  # the driver's own error, in its log
     assert "FAILED" in result.stderr and "exit code 2" in result.stderr
+
+
+def _waiting_job_args(tiny_models, tmp_path) -> list[str]:
+    """An `inferkit run` that starts on `busy_cluster` and then waits for a CPU that never comes free."""
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "text": "a good day"}\n')
+    return ["--model", tiny_models["embedder"], "--input", str(tmp_path / "in.jsonl"), "--output",
+            str(tmp_path / "out"), "--precision", "fp32"]
+
+
+def _job_status(cluster, job_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return str(JobSubmissionClient(cluster.dashboard).get_job_status(job_id)).rpartition(".")[2]
+
+
+def _final_status(cluster, job_id: str) -> str:
+    """The job's status once it has ended (a stopped job takes a moment to say so)."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while (status := _job_status(cluster, job_id)) not in ("STOPPED", "FAILED", "SUCCEEDED"):
+        assert time.monotonic() < deadline, f"Ray job {job_id} is still {status} after a minute"
+        time.sleep(0.5)
+    return status
+
+
+def _stop_job(cluster, job_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    JobSubmissionClient(cluster.dashboard).stop_job(job_id)
+    return _final_status(cluster, job_id)
+
+
+def _job_id(stderr: str) -> str:
+    match = re.search(r"submitted Ray job (\S+) to ", stderr)
+    assert match, stderr
+    return match.group(1)
+
+
+def test_ray_address_timeout_exits_124_and_leaves_the_job_running(busy_cluster, tiny_models, tmp_path):
+    result = _submit(busy_cluster, *_waiting_job_args(tiny_models, tmp_path), "--timeout", "2")
+    assert result.returncode == 124, result.stderr[-3000:]
+    job_id = _job_id(result.stderr)
+    assert re.search(rf"--timeout reached; Ray job {job_id} is still (PENDING|RUNNING)", result.stderr)
+    assert _job_status(busy_cluster, job_id) in ("PENDING", "RUNNING")
+    assert _stop_job(busy_cluster, job_id) == "STOPPED"
+
+
+def test_ray_address_detach_exits_0_with_the_job_submitted(busy_cluster, tiny_models, tmp_path):
+    result = _submit(busy_cluster, *_waiting_job_args(tiny_models, tmp_path), "--detach")
+    assert result.returncode == 0, result.stderr[-3000:]
+    job_id = _job_id(result.stderr)
+    assert f"detached; follow it: ray job logs --follow {job_id} --address {busy_cluster.dashboard}" in result.stderr
+    assert _job_status(busy_cluster, job_id) in ("PENDING", "RUNNING")
+    assert _stop_job(busy_cluster, job_id) == "STOPPED"
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_ray_address_ctrl_c_exits_130_and_stops_the_job_only_when_asked(busy_cluster, tiny_models, tmp_path, cancel):
+    """Ctrl-C once the CLI says it submitted the job (it is following it then): 130; the job keeps
+    running, or with --cancel-on-interrupt is stopped."""
+    import signal
+
+    args = [*INFERKIT, "submit", "--ray-address", busy_cluster.dashboard, *_waiting_job_args(tiny_models, tmp_path),
+            *(["--cancel-on-interrupt"] if cancel else [])]
+    process = subprocess.Popen(args, env={**busy_cluster.env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    said = ""
+    while "submitted Ray job" not in said:
+        line = process.stderr.readline()
+        assert line, f"the CLI ended before submitting: {said}"
+        said += line
+    job_id = _job_id(said)
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    stderr = said + rest
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    if cancel:
+        assert f"interrupted: Ray job {job_id} stopped" in stderr
+        assert _final_status(busy_cluster, job_id) == "STOPPED"
+    else:
+        assert f"interrupted: stopped following; Ray job {job_id} keeps running" in stderr
+        assert _job_status(busy_cluster, job_id) in ("PENDING", "RUNNING")
+        assert _stop_job(busy_cluster, job_id) == "STOPPED"
