@@ -28,6 +28,7 @@ checks their SHA-256 and installs them with pip --no-index into a folder of its 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -299,15 +300,22 @@ def model_ceiling(model_dir: str, device: str, precision: str, batch: int, itera
             "precision": precision, "image_shape": list(shape)}
 
 
+@functools.cache
+def _processor(model_dir: str):
+    """The image processor, loaded once per worker process (as a Ray task gets it, already built)."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(model_dir, backend="pil")
+
+
 def _decode_chunk(args: tuple[str, list[str]]) -> int:
     """Worker: inferkit's own CPU stage (decode, RGB, resize and crop) on a chunk of image files."""
     import pyarrow as pa
-    from transformers import AutoImageProcessor
 
     from inferkit.job.tasks import decode_images, processor_shape
 
     model_dir, paths = args
-    processor = AutoImageProcessor.from_pretrained(model_dir, backend="pil")
+    processor = _processor(model_dir)
     blobs = [Path(p).read_bytes() for p in paths]
     batch = pa.table({"image": pa.array(blobs, pa.binary()), "error": pa.nulls(len(blobs), pa.string())})
     out = decode_images(batch, processors=[processor], shapes=[processor_shape(processor)], image_column="image")
