@@ -14,6 +14,7 @@ synthetic clusters from one 1-CPU node to 1000 nodes of 8 GPUs. Weights are rand
 config: the Hub is out of reach), which is enough for speed, memory and agreement.
 
     python benchmarks/bench_inference.py [--sizes 64 320] [--repeats 2] [--device auto|cpu|gpu] [--out DIR]
+    python benchmarks/bench_inference.py compile [--sizes 64 320]   # eager vs `--compile on` (issue 13)
 
 Needs the `job` and `bench` extras (matplotlib, psutil). Prints a markdown table; writes JSON and a PNG.
 """
@@ -370,8 +371,112 @@ def main() -> None:
     print(f"\nhardware: {json.dumps(hw)}\nwrote {out / (tag + '.json')} and {out / (tag + '-throughput.png')}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Eager against compiled (`bench_inference.py compile ...`): issue 13's rows
+
+
+COMPILE_CONFIGS = ("bare-fp32", "bare-bf16", "inferkit-eager", "inferkit-compiled")
+
+
+def compile_comparison(configs: list[str], model: str, image_dirs: dict[int, str], work: Path, device: str,
+                       repeats: int, hang_seconds: float) -> list[dict]:
+    """Steady-state images/s (two sizes differenced, so start-up and compiling cancel), peak memory and,
+    for inferkit, what its report says about compiling: the first-batch check against eager fp32, the
+    seconds it compiled (a cold cache each run) and the graphs each actor compiled."""
+    script = str(Path(__file__).resolve())
+    sizes = sorted(image_dirs)
+    rows = []
+    for config in configs:
+        runs = []
+        for n in sizes:
+            out = work / f"compile-{config}-{n}"
+            if config.startswith("bare-"):
+                command = [sys.executable, script, "child", config, model, image_dirs[n], str(out), device]
+            else:
+                command = [sys.executable, "-m", "inferkit", "run", "--task", "image-classification", "--model",
+                           model, "--input", image_dirs[n], "--output", str(out), "--overwrite", "--compile",
+                           "on" if config == "inferkit-compiled" else "off"]
+                command += [] if device == "auto" else ["--device", device]
+            tries = []
+            for attempt in range(repeats):
+                os.environ["INFERKIT_COMPILE_CACHE"] = str(work / f"compile-cache-{config}-{n}-{attempt}")
+                print(f"running {config} on {n} images ({attempt + 1}/{repeats}) ...", file=sys.stderr, flush=True)
+                # Start-up and compiling are slow on a loaded machine: inferkit gets 10 more minutes.
+                tries.append(measure(command, hang_seconds + 2 * n + (600 if config.startswith("inferkit") else 0)))
+                if tries[-1]["outcome"] != "ok":
+                    print(tries[-1]["log_tail"], file=sys.stderr)
+                    break
+            run = min(tries, key=lambda r: (r["outcome"] != "ok", r["seconds"]))
+            run["peak_bytes"] = max(r["peak_bytes"] for r in tries)
+            report = out / "_inferkit_report.json"
+            run["compile"] = json.loads(report.read_text()).get("compile") if report.exists() else None
+            runs.append(run)
+            if run["outcome"] != "ok":
+                break
+        ok = len(runs) == 2 and all(r["outcome"] == "ok" for r in runs)
+        compiled = runs[-1]["compile"] or {}
+        check = compiled.get("check", {})
+        rows.append({
+            "config": config, "outcome": runs[-1]["outcome"], "seconds": [r["seconds"] for r in runs],
+            "steady_rows_per_second": (sizes[1] - sizes[0]) / (runs[1]["seconds"] - runs[0]["seconds"]) if ok else None,
+            "peak_bytes": [r["peak_bytes"] for r in runs], "compiled": compiled.get("on"),
+            "check_agreement": check.get("agreement"), "check_compile_seconds": check.get("compile_seconds"),
+            "actor_compilations": [a["compilations"] for a in compiled.get("actors", {}).values()],
+            "actor_compile_seconds": [a["compile_seconds"] for a in compiled.get("actors", {}).values()],
+            "actor_cache_hits": [a["cache_hits"] for a in compiled.get("actors", {}).values()],
+            "fallback": [a["fallback"] for a in compiled.get("actors", {}).values() if a["fallback"]]})
+    return rows
+
+
+def compile_table(rows: list[dict]) -> str:
+    lines = ["| configuration | steady-state images/s | vs bare bf16 | peak memory, small / large | compiled | "
+             "check vs eager fp32 | first compile | per actor: compilations, cache hits, seconds | outcome |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |"]
+    base = next((r["steady_rows_per_second"] for r in rows if r["config"] == "bare-bf16"), None)
+    for row in rows:
+        rate = row["steady_rows_per_second"]
+        actors = "; ".join(f"{c}, {h}, {s:.1f} s" for c, h, s in zip(
+            row["actor_compilations"], row["actor_cache_hits"], row["actor_compile_seconds"], strict=True))
+        lines.append(" | ".join([
+            f"| {row['config']}", f"{rate:.1f}" if rate else "-", f"{rate / base:.2f}x" if rate and base else "-",
+            " / ".join(f"{m / 2**30:.2f} GiB" for m in row["peak_bytes"]),
+            "-" if row["compiled"] is None else ("yes" if row["compiled"] else "no"),
+            f"{row['check_agreement']:.1%}" if row["check_agreement"] is not None else "-",
+            f"{row['check_compile_seconds']:.1f} s" if row["check_compile_seconds"] else "-",
+            actors or "-", row["outcome"] + (f" (fallback: {row['fallback'][0]})" if row["fallback"] else "")]) + " |")
+    return "\n".join(lines)
+
+
+def compile_main() -> None:
+    parser = argparse.ArgumentParser(prog="bench_inference.py compile",
+                                     description="ResNet-50: bare eager fp32/bf16 loops, inferkit eager, inferkit "
+                                                 "--compile on.")
+    parser.add_argument("--sizes", type=int, nargs=2, default=[64, 320], help="two input sizes (images)")
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--hang-seconds", type=float, default=HANG_SECONDS)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per size; the fastest counts")
+    parser.add_argument("--configs", nargs="+", choices=COMPILE_CONFIGS, default=list(COMPILE_CONFIGS))
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(sys.argv[2:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    hw = hardware(args.device)
+    work = Path(tempfile.mkdtemp(prefix="inferkit-bench-compile-"))
+    model = build_model(work / "resnet50")
+    image_dirs = {n: build_images(work / f"images-{n}", n) for n in args.sizes}
+    rows = compile_comparison(args.configs, model, image_dirs, work, args.device, args.repeats, args.hang_seconds)
+    results = {"hardware": hw, "sizes": sorted(args.sizes), "configs": rows, "date": time.strftime("%Y-%m-%d"),
+               "load_average": os.getloadavg()}
+    tag = "gpu" if hw["gpu"] else "cpu"
+    (out / f"{tag}-compile.json").write_text(json.dumps(results, indent=2))
+    print(compile_table(rows))
+    print(f"\nhardware: {json.dumps(hw)}; load average {results['load_average']}\nwrote {out / (tag + '-compile.json')}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "child":
+    if len(sys.argv) > 1 and sys.argv[1] == "compile":
+        compile_main()
+    elif len(sys.argv) > 1 and sys.argv[1] == "child":
         name, model_dir, images, out, device = sys.argv[2:7]
         if name.startswith("bare-"):
             child_bare(model_dir, images, out, name.removeprefix("bare-"), device)

@@ -29,6 +29,15 @@ MAX_BATCH = 1024
 ACTIVATION_FACTOR_IMAGE = 64
 ACTIVATION_FACTOR_TEXT = 24
 AGREEMENT_THRESHOLD = 0.99
+# Compile-cost estimate for --compile auto. Measured (issue 13): ResNet-50 (0.1 GiB) took 25 s to compile
+# on a 2-core CPU and then ran 47.8 instead of 29.6 img/s, repaid after about 2,000 images: 80 rows per
+# second of compiling. GPUs run each row far faster, so repaying takes more rows (a guess, unmeasured).
+COMPILE_SECONDS_BASE = 20.0
+COMPILE_SECONDS_PER_GIB = 50.0
+TEXT_COMPILE_SHAPES = 3  # length buckets a text job typically meets, each compiled once
+ROWS_PER_COMPILE_SECOND = {"cpu": 80, "gpu": 1600}
+# auto compiles only for jobs this many times longer than the break-even, so it never slows a short one.
+COMPILE_PAYBACK_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ class Plan:
     precision: str  # fp32, bf16 or fp16; with precision_check, bf16 only if the first batch agrees
     precision_check: bool
     channels_last: bool
+    compile: bool = False
     decisions: tuple[Decision, ...] = field(default=())
 
     def table(self) -> str:
@@ -221,9 +231,33 @@ def _precision(options: RunOptions, hardware_bf16: bool, device: str) -> tuple[s
     return "fp32", False, f"{device} has no native bf16"
 
 
-def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions) -> Plan:
-    """Actor resources, pool bounds, batch size, threads and precision for this cluster and model;
-    every flag the user gave wins over the planned value."""
+def compile_seconds(profile: ModelProfile) -> float:
+    """Rough seconds one node spends compiling the model(s) (the other actors of the node hit its cache)."""
+    seconds = COMPILE_SECONDS_BASE + COMPILE_SECONDS_PER_GIB * profile.parameter_bytes / GiB
+    return seconds * (TEXT_COMPILE_SHAPES if profile.input_kind == "text" else 1)
+
+
+def _compile(options: RunOptions, profile: ModelProfile, device: str, rows: int | None,
+             nodes: int) -> tuple[bool, str]:
+    how = "inductor, weights frozen" if device == "cpu" else "inductor with CUDA graphs"
+    checked = "; eager if the first batch disagrees with eager fp32"
+    if options.compile != "auto":
+        return options.compile == "on", (f"asked for: {how}{checked}" if options.compile == "on" else "asked for")
+    if rows is None:
+        return False, "the input's row count is not known before reading: eager never pays for compiling"
+    seconds = compile_seconds(profile)
+    repaid = seconds * ROWS_PER_COMPILE_SECOND[device]
+    per_node = rows / max(1, nodes)
+    if per_node < repaid * COMPILE_PAYBACK_MARGIN:
+        return False, (f"{per_node:,.0f} rows per node are too few to repay ~{seconds:.0f} s of compiling "
+                       f"(~{repaid:,.0f} rows; compiles from {repaid * COMPILE_PAYBACK_MARGIN:,.0f})")
+    return True, f"{per_node:,.0f} rows per node repay ~{seconds:.0f} s of compiling ({how}){checked}"
+
+
+def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions,
+              rows: int | None = None) -> Plan:
+    """Actor resources, pool bounds, batch size, threads, precision and compiling for this cluster, model
+    and number of input rows (None: not known); every flag the user gave wins over the planned value."""
     decisions: list[Decision] = []
     if not cluster.workers and not options.actors:
         raise ConfigError(["the cluster has no CPUs or GPUs for work yet (the head runs none; no worker joined)"])
@@ -249,11 +283,14 @@ def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     if channels_last:
         decisions.append(Decision("memory format", "channels_last", "convolutional model"))
     decisions.append(Decision("torch threads", str(planned["threads"]), "the CPUs each actor holds, rounded"))
+    nodes = sum(1 for n in cluster.workers if (n.gpus if device == "gpu" else n.cpus) > 0)
+    compiled, compile_why = _compile(options, profile, device, rows, nodes)
+    decisions.append(Decision("compile", "on" if compiled else "off", compile_why))
     return Plan(
         device=device, actors_min=low, actors_max=high, num_cpus_per_actor=planned["num_cpus"],
         num_gpus_per_actor=planned["num_gpus"], threads_per_actor=planned["threads"], batch_size=batch,
         io_task_cpus=IO_TASK_CPUS, precision=precision, precision_check=check, channels_last=channels_last,
-        decisions=tuple(decisions),
+        compile=compiled, decisions=tuple(decisions),
     )
 
 

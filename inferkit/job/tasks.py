@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from inferkit.job.compile import FAULT as COMPILE_FAULT
+from inferkit.job.compile import ActorCompiler
 from inferkit.job.plan import AGREEMENT_THRESHOLD, ModelProfile, top1_agreement
 
 ERROR = "error"
@@ -237,10 +239,11 @@ class ModelSpec:
     output_schema: pa.Schema
     normalization: tuple[Normalization, ...] = ()  # per image model: normalization_of(its processor)
     labels: tuple[dict[int, str], ...] = ()
+    compile: bool = False  # torch.compile the model(s); see compile.py
     fault: str = ""  # test hook: INFERKIT_INJECT_FAULT on the driver (crash-once:<marker>, oom-above:<rows>)
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
+def is_out_of_memory(error: BaseException) -> bool:
     import torch
 
     if isinstance(error, torch.cuda.OutOfMemoryError):
@@ -268,6 +271,9 @@ class Predictor:
         self.tokenizers: list[Any] = []
         self.max_lengths: list[int | None] = []
         self.models = [self._load(name) for name in spec.models]
+        self.compiler = ActorCompiler(self.models, spec.device, self.max_lengths,
+                                      [t.pad_token_id for t in self.tokenizers],
+                                      fault=COMPILE_FAULT in spec.fault.split(",")) if spec.compile else None
 
     def _load(self, name: str) -> Any:
         from transformers import (AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification,
@@ -320,7 +326,7 @@ class Predictor:
             try:
                 results += self._forward(batch, chunk)
             except Exception as e:
-                if not _is_out_of_memory(e) or self.micro_batch == 1:
+                if not is_out_of_memory(e) or self.micro_batch == 1:
                     raise
                 self.micro_batch = max(1, self.micro_batch // 2)
                 self.oom_halvings += 1
@@ -362,15 +368,19 @@ class Predictor:
         self._inject_oom(len(rows))
         with self.torch.inference_mode():
             if self.spec.task == "embedding":
-                return self._embed(self.models[0], self._inputs(batch, rows, 0))
+                return self._embed(self._inputs(batch, rows, 0))
             probabilities = []
-            for k, model in enumerate(self.models):
-                logits = model(**self._inputs(batch, rows, k)).logits.float()
+            for k in range(len(self.models)):
+                logits = self._model(k, self._inputs(batch, rows, k)).logits.float()
                 probabilities.append(logits.softmax(dim=-1))
             return self._combine(probabilities)
 
-    def _embed(self, model: Any, inputs: dict[str, Any]) -> list[Any]:
-        hidden = model(**inputs).last_hidden_state.float()
+    def _model(self, k: int, inputs: dict[str, Any]) -> Any:
+        """Model k's output, compiled (padded to the micro-batch) when compiling is on."""
+        return self.compiler(k, inputs, self.micro_batch) if self.compiler else self.models[k](**inputs)
+
+    def _embed(self, inputs: dict[str, Any]) -> list[Any]:
+        hidden = self._model(0, inputs).last_hidden_state.float()
         mask = inputs["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return list(self.torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy())
@@ -411,18 +421,18 @@ class Predictor:
     def agreement(self, batch: pa.Table, precision: str) -> tuple[float, int]:
         """Fraction of rows whose `precision` prediction matches this fp32 predictor's: the same top-1
         label, or an embedding with cosine similarity >= 0.99. Leaves the models in `precision`."""
-        rows = [i for i, e in enumerate(self._row_errors(batch)) if e is None]
+        rows, reference = self.predictions(batch)
         if not rows:  # nothing to compare: unchecked, so not kept
             return 0.0, 0
-        columns = self._columns(batch)
-        reference = self._predict(columns, rows)
         self.dtype = {"bf16": self.torch.bfloat16, "fp16": self.torch.float16}[precision]
         self.models = [m.to(dtype=self.dtype) for m in self.models]
-        candidate = self._predict(columns, rows)
-        if self.spec.task == "embedding":
-            same = [float(np.dot(a, b)) >= AGREEMENT_THRESHOLD for a, b in zip(reference, candidate, strict=True)]
-            return sum(same) / len(same), len(rows)
-        return top1_agreement([r[0] for r in reference], [c[0] for c in candidate]), len(rows)
+        _, candidate = self.predictions(batch)
+        return results_agreement(self.spec.task, reference, candidate), len(rows)
+
+    def predictions(self, batch: pa.Table) -> tuple[list[int], list[Any]]:
+        """The rows of the batch without errors, and their results."""
+        rows = [i for i, e in enumerate(self._row_errors(batch)) if e is None]
+        return rows, self._predict(self._columns(batch), rows) if rows else []
 
     # -- fault injection for tests ---------------------------------------------------------------------
 
@@ -436,6 +446,15 @@ class Predictor:
         kind, _, arg = self.spec.fault.partition(":")
         if kind == "oom-above" and rows > int(arg):
             raise RuntimeError(f"CUDA out of memory (injected: more than {arg} rows)")
+
+
+def results_agreement(task: str, reference: list[Any], candidate: list[Any]) -> float:
+    """Fraction of rows whose candidate result matches the reference: the same top-1 label, or an
+    embedding with cosine similarity >= AGREEMENT_THRESHOLD."""
+    if task == "embedding":
+        same = [float(np.dot(a, b)) >= AGREEMENT_THRESHOLD for a, b in zip(reference, candidate, strict=True)]
+        return sum(same) / len(same)
+    return top1_agreement([r[0] for r in reference], [c[0] for c in candidate])
 
 
 def check_precision(spec: ModelSpec, batch: pa.Table) -> dict:

@@ -1,0 +1,175 @@
+"""Compiled inference (compile.py): padding that never reaches a row, eager fallback on a compile error,
+the node's cache reused by a fresh process, and the first-batch check against eager fp32."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import tiny
+from inferkit.job.plan import ModelProfile
+
+CLASSIFIER_SCHEMA = pa.schema([("label", pa.string()), ("score", pa.float32()), ("error", pa.string())])
+EMBEDDING_SCHEMA = pa.schema([("embedding", pa.list_(pa.float32())), ("error", pa.string())])
+RESNET50 = ModelProfile(input_kind="image", parameter_bytes=100 * 2**20, convolutional=True)
+TEXTS = [" ".join(tiny.WORDS[i:i + 3 + i % 4]) for i in range(5)]  # five texts of different lengths
+
+
+def _spec(model: str, **changes):
+    from inferkit.job.tasks import ModelSpec
+
+    fields = {"task": "text-classification", "models": (model,), "ensemble": "mean", "device": "cpu",
+              "precision": "fp32", "threads": 1, "batch_size": 8, "channels_last": False,
+              "trust_remote_code": False, "text_column": "text", "passthrough": (),
+              "output_schema": CLASSIFIER_SCHEMA, **changes}
+    return ModelSpec(**fields)
+
+
+def _batch(texts: list[str]) -> pa.Table:
+    return pa.table({"text": texts, "error": pa.nulls(len(texts), pa.string())})
+
+
+def test_text_lengths_are_padded_to_a_few_buckets():
+    from inferkit.job.compile import text_bucket
+
+    assert [text_bucket(n, 512) for n in (1, 32, 33, 200, 512)] == [32, 32, 64, 256, 512]
+    assert [text_bucket(n, 48) for n in (10, 40, 48)] == [32, 48, 48]  # never past the model's limit
+    assert text_bucket(700, None) == 700
+
+
+@pytest.mark.parametrize("model", ["embedder", "stripes"])
+def test_padding_rows_and_tokens_never_reach_a_result(tiny_models, model):
+    """A batch of 3 padded to 8 rows (and texts to a length bucket) gives the same 3 outputs as the batch
+    itself: the padding rows are cut off, and pad tokens are masked."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, AutoTokenizer
+
+    from inferkit.job.compile import padded_call
+
+    path = tiny_models[model]
+    if model == "embedder":
+        net = AutoModel.from_pretrained(path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        inputs = dict(tokenizer(TEXTS[:3], padding=True, return_tensors="pt"))
+        key, limit, pad = "last_hidden_state", 16, tokenizer.pad_token_id
+    else:
+        net = AutoModelForImageClassification.from_pretrained(path).eval()
+        processor = AutoImageProcessor.from_pretrained(path)
+        images = [tiny.stripes_image(label, seed=label) for label in range(3)]
+        inputs = {"pixel_values": processor(images, return_tensors="pt")["pixel_values"]}
+        key, limit, pad = "logits", None, 0
+    with torch.inference_mode():
+        expected = getattr(net(**inputs), key)
+        got = getattr(padded_call(net, inputs, 8, limit, pad), key)
+    assert got.shape == expected.shape  # 3 rows (and the texts' own length), not 8
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_a_compile_error_runs_eager_says_so_once_and_loses_no_row(tiny_models, capsys):
+    from inferkit.job.tasks import Predictor
+
+    eager = Predictor(_spec(tiny_models["sentiment"]))
+    compiled = Predictor(_spec(tiny_models["sentiment"], compile=True, fault="compile-fail"))
+    batch = _batch(TEXTS + [""])
+    first, second = compiled(batch), compiled(batch)
+    assert first.num_rows == second.num_rows == 6
+    assert first.equals(eager(batch))
+    stats = compiled.compiler.stats()
+    assert stats["compilations"] == 0 and "injected compile failure" in stats["fallback"]
+    assert capsys.readouterr().err.count("compiling failed, this actor runs eager") == 1
+
+
+def test_the_first_batch_check_reports_a_compile_error_as_eager(tiny_models):
+    from inferkit.job.compile import check_compiled
+
+    result = check_compiled(_spec(tiny_models["sentiment"], compile=True, fault="compile-fail"), _batch(TEXTS))
+    assert result["agreement"] == 0.0 and result["rows"] == 5
+    assert result["why"].startswith("compiling failed: ")
+
+
+# A fresh process compiles the classifier into the cache folder given, and prints what it found.
+_COMPILE_ONCE = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_compile import _batch, _spec, TEXTS
+from inferkit.job.tasks import Predictor
+predictor = Predictor(_spec({model!r}, compile=True))
+table = predictor(_batch(TEXTS))
+print(json.dumps({{"rows": table.num_rows, "labels": table.column("label").to_pylist(),
+                   "scores": table.column("score").to_pylist(), **predictor.compiler.stats()}}))
+"""
+
+
+def test_compiled_results_agree_and_a_fresh_process_reuses_the_node_cache(tiny_models, tmp_path):
+    """The second process finds the first one's compiled graph in INFERKIT_COMPILE_CACHE (inductor's FX
+    graph cache), as the second actor of a node and a resumed run do."""
+    from inferkit.job.tasks import Predictor
+
+    cache = tmp_path / "compile-cache"
+    env = {**os.environ, "INFERKIT_COMPILE_CACHE": str(cache)}
+    code = _COMPILE_ONCE.format(tests=str(Path(__file__).parent), model=tiny_models["sentiment"])
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["fallback"] == "" and first["compilations"] >= 1 and first["cache_hits"] == 0
+    assert any(cache.rglob("*.py")), "no compiled code in the cache folder"
+    assert second["fallback"] == "" and second["cache_hits"] >= 1
+    eager = Predictor(_spec(tiny_models["sentiment"]))(_batch(TEXTS))
+    assert first["rows"] == second["rows"] == 5
+    assert first["labels"] == second["labels"] == eager.column("label").to_pylist()
+    assert np.allclose(first["scores"], eager.column("score").to_pylist(), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan's decision (pure)
+
+
+def _plan(rows, nodes: int = 1, gpus: int = 0, **changes):
+    import dataclasses
+
+    from inferkit.chart import default_run_options
+    from inferkit.job.plan import ClusterResources, NodeResources, make_plan
+
+    workers = tuple(NodeResources(f"w{i}", cpus=2, memory_bytes=16 * 2**30, gpus=gpus) for i in range(nodes))
+    return make_plan(ClusterResources(workers), RESNET50, dataclasses.replace(default_run_options(), **changes), rows)
+
+
+def _compile_decision(plan) -> str:
+    return next(f"{d.value}: {d.why}" for d in plan.decisions if d.what == "compile")
+
+
+def test_auto_compiles_only_jobs_long_enough_to_repay_compiling():
+    from inferkit.job.plan import COMPILE_PAYBACK_MARGIN, ROWS_PER_COMPILE_SECOND, compile_seconds
+
+    demo = _plan(100)
+    assert not demo.compile and "100 rows per node are too few to repay" in _compile_decision(demo)
+    unknown = _plan(None)
+    assert not unknown.compile and "row count is not known" in _compile_decision(unknown)
+    long_job = _plan(1_000_000)
+    assert long_job.compile and _compile_decision(long_job).startswith("on: 1,000,000 rows per node repay")
+    assert not _plan(1_000_000, nodes=1000).compile  # each node compiles: 1,000 rows each do not repay it
+    assert not _plan(50_000, gpus=1).compile and _plan(50_000).compile  # a GPU needs more rows to repay it
+    # The boundary is the documented estimate (ResNet-50: 25 s of compiling, 80 rows a second) with its margin.
+    needed = compile_seconds(RESNET50) * ROWS_PER_COMPILE_SECOND["cpu"] * COMPILE_PAYBACK_MARGIN
+    assert needed == pytest.approx(25 * 80 * 2, rel=0.01)
+    assert not _plan(math.ceil(needed) - 1).compile and _plan(math.ceil(needed)).compile
+    assert "compile" in long_job.table()
+
+
+def test_compile_on_and_off_are_obeyed_whatever_the_rows():
+    assert _plan(1, compile="on").compile and "asked for: inductor, weights frozen" in _compile_decision(
+        _plan(1, compile="on"))
+    assert "CUDA graphs" in _compile_decision(_plan(1, gpus=1, compile="on"))
+    assert not _plan(10**9, compile="off").compile
+
