@@ -152,6 +152,9 @@ class RunOptions:
         "Exit non-zero when more than this fraction of rows failed, or when an input file could not be read "
         "at all (its rows are missing); the output is written either way.")
     overwrite: bool = _help("Replace an existing output folder.")
+    restart: bool = _help(
+        "Throw away an unfinished earlier run of this output and start over (without it, running the same "
+        "job again resumes it).")
     trust_remote_code: bool = _help("Allow models that ship their own Python code (off: only built-in classes).")
 
 

@@ -7,6 +7,7 @@ one step: a rename for local folders; for object stores, a copy, then the report
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -33,6 +35,10 @@ ERROR = "error"
 PATH = "path"
 IMAGES_PER_READ_TASK = 64
 UNREADABLE = "cannot read "  # how an unreadable unit's error row starts
+# Every row carries where it came from until it is written: its part (one block of read units, the unit
+# of resuming), its index in that part, and the part's row count. They never reach the output.
+PART, ROW, PART_ROWS = "_inferkit_part", "_inferkit_row", "_inferkit_part_rows"
+KEYS = (PART, ROW, PART_ROWS)
 
 
 def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -59,13 +65,30 @@ class Source:
     format: str  # images, parquet, jsonl or csv
     units: tuple[tuple[str, int], ...]  # (file, parquet row group or -1)
     skipped: tuple[str, ...]  # files of other types found beside the input
+    unit_rows: tuple[int | None, ...] = ()  # rows per unit where the listing tells (parquet footers, images)
+    listing: str = ""  # digest of the chosen files with their sizes and modification times
 
-    def unit_table(self) -> list[pa.Table]:
-        """Blocks of read units for Ray Data: many small images per task, one file or row group otherwise."""
-        per_block = IMAGES_PER_READ_TASK if self.format == "images" else 1
-        return [pa.table({"file": [u[0] for u in self.units[i:i + per_block]],
-                          "row_group": [u[1] for u in self.units[i:i + per_block]]})
-                for i in range(0, len(self.units), per_block)]
+    @property
+    def units_per_part(self) -> int:
+        return IMAGES_PER_READ_TASK if self.format == "images" else 1
+
+    @property
+    def parts(self) -> int:
+        """Parts are the blocks Ray Data reads (many small images, or one file or row group): the unit of
+        resuming. They are numbered in listing order, so the same listing numbers them the same way."""
+        return -(-len(self.units) // self.units_per_part)
+
+    def part_rows(self, part: int) -> int | None:
+        """The part's row count if the listing tells it, else None (text files are counted when read)."""
+        sizes = self.unit_rows[part * self.units_per_part:(part + 1) * self.units_per_part]
+        return sum(sizes) if sizes and None not in sizes else None
+
+    def part_table(self, part: int, done: list[tuple[int, int]] = ()) -> pa.Table:
+        """One read task's input: the part's units, its number, and the row ranges already written."""
+        units = self.units[part * self.units_per_part:(part + 1) * self.units_per_part]
+        return pa.table({"file": [u[0] for u in units], "row_group": [u[1] for u in units],
+                         "part": pa.array([part] * len(units), pa.int64()),
+                         "done": pa.array([[v for r in done for v in r]] * len(units), pa.list_(pa.int64()))})
 
 
 def _format_of(path: str) -> str | None:
@@ -81,11 +104,12 @@ def discover(uri: str, input_format: str) -> Source:
         if info.type == pafs.FileType.NotFound:
             raise ConfigError([f"--input {uri}: no such file or folder"])
         if info.type == pafs.FileType.File:
-            files = [root]
+            infos = {root: info}
         else:
             selector = pafs.FileSelector(root, recursive=True)
-            files = sorted(i.path for i in filesystem.get_file_info(selector)
-                           if i.type == pafs.FileType.File and not _hidden(i.path, root))
+            infos = {i.path: i for i in filesystem.get_file_info(selector)
+                     if i.type == pafs.FileType.File and not _hidden(i.path, root)}
+        files = sorted(infos)
     except OSError as e:
         raise ConfigError([f"--input {uri}: cannot list it ({e})"]) from e
     formats = {f: _format_of(f) for f in files}
@@ -101,17 +125,34 @@ def discover(uri: str, input_format: str) -> Source:
     chosen_set = set(chosen)
     skipped = tuple(f for f in files if f not in chosen_set)
     units: list[tuple[str, int]] = []
+    unit_rows: list[int | None] = []
     for file in chosen:
         if input_format == "parquet":
             try:
-                units += [(file, g) for g in range(pq.ParquetFile(filesystem.open_input_file(file)).num_row_groups)]
+                metadata = pq.ParquetFile(filesystem.open_input_file(file)).metadata
+                units += [(file, g) for g in range(metadata.num_row_groups)]
+                unit_rows += [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
             except (OSError, pa.ArrowInvalid):
                 units.append((file, 0))  # unreadable: the read task reports it as an error row
+                unit_rows.append(None)
         else:
             units.append((file, -1))
+            unit_rows.append(1 if input_format == "images" else None)
     if not units:
         raise ConfigError([f"--input {uri}: its parquet files hold no rows"])
-    return Source(uri=uri, filesystem=filesystem, format=input_format, units=tuple(units), skipped=skipped)
+    return Source(uri=uri, filesystem=filesystem, format=input_format, units=tuple(units), skipped=skipped,
+                  unit_rows=tuple(unit_rows), listing=_listing_digest(uri, input_format, units, infos))
+
+
+def _listing_digest(uri: str, input_format: str, units: list[tuple[str, int]], infos: dict) -> str:
+    """What a resumed run must find unchanged: the units, and each file's size and modification time."""
+    digest = hashlib.sha256(f"{uri}\0{input_format}".encode())
+    for file, row_group in units:
+        info = infos.get(file)
+        mtime = info.mtime_ns if info is not None and info.mtime_ns is not None else -1
+        size = info.size if info is not None and info.size is not None else -1
+        digest.update(f"\0{file}\0{row_group}\0{size}\0{mtime}".encode())
+    return digest.hexdigest()
 
 
 def _read_table(filesystem: pafs.FileSystem, fmt: str, file: str, row_group: int) -> pa.Table:
@@ -149,8 +190,9 @@ def conform(table: pa.Table, schema: pa.Schema, file: str) -> pa.Table:
 
 
 def read_units(batch: pa.Table, *, filesystem: pafs.FileSystem, fmt: str, schema: pa.Schema) -> pa.Table:
-    """Ray task: read the listed units into the input schema plus `error`. Images become (path, bytes).
-    A unit that cannot be read becomes one row that names it in `error`."""
+    """Ray task: read the listed units of one part into the input schema plus `error` and the row keys,
+    leaving out rows already written (`done`: flat [start, end) pairs). Images become (path, bytes). A unit
+    that cannot be read becomes one row that names it in `error`."""
     tables = []
     for file, row_group in zip(batch.column("file").to_pylist(), batch.column("row_group").to_pylist(),
                                strict=True):
@@ -166,7 +208,18 @@ def read_units(batch: pa.Table, *, filesystem: pafs.FileSystem, fmt: str, schema
             table = pa.Table.from_pylist([empty], schema=schema)
             error = pa.array([f"{UNREADABLE}{file}: {' '.join(str(e).split())[:300]}"], pa.string())
         tables.append(table.append_column(ERROR, error))
-    return pa.concat_tables(tables)
+    table = pa.concat_tables(tables)
+    rows = table.num_rows
+    table = (table.append_column(PART, pa.array(np.full(rows, batch.column("part")[0].as_py()), pa.int64()))
+             .append_column(ROW, pa.array(np.arange(rows), pa.int64()))
+             .append_column(PART_ROWS, pa.array(np.full(rows, rows), pa.int64())))
+    done = batch.column("done")[0].values.to_numpy() if "done" in batch.column_names else np.array([], np.int64)
+    if not len(done):
+        return table
+    keep = np.ones(rows, dtype=bool)
+    for start, end in done.reshape(-1, 2):
+        keep[start:end] = False
+    return table.filter(pa.array(keep))
 
 
 def sample_schema(source: Source) -> pa.Schema:
@@ -205,8 +258,13 @@ class Output:
     local: bool
 
 
-def prepare_output(uri: str, overwrite: bool, run_id: str) -> Output:
-    """Refuse an existing output unless --overwrite (checked before any work), and pick a staging folder."""
+UNFINISHED = ".inferkit-unfinished"  # beside the output: the run being written, kept until published
+BOOKKEEPING = "_inferkit"  # inside it: what lets a later attempt resume (see inferkit.job.ledger)
+
+
+def prepare_output(uri: str, overwrite: bool) -> Output:
+    """Refuse an existing output unless --overwrite (checked before any work). The run is written to a
+    folder beside the output, on the same filesystem, so that a run that dies can be resumed from there."""
     filesystem, path = open_filesystem(uri)
     path = path.rstrip("/")
     try:
@@ -218,15 +276,15 @@ def prepare_output(uri: str, overwrite: bool, run_id: str) -> Output:
         raise ConfigError([f"--output {uri}: cannot check it ({e})"]) from e
     if exists and not overwrite:
         raise ConfigError([f"--output {uri}: already exists; pass --overwrite to replace it"])
-    staging = f"{path}.inferkit-{run_id}"
     local = isinstance(filesystem, pafs.LocalFileSystem)
-    filesystem.create_dir(staging, recursive=True)
-    return Output(uri=uri, filesystem=filesystem, path=path, staging=staging, local=local)
+    return Output(uri=uri, filesystem=filesystem, path=path, staging=path + UNFINISHED, local=local)
 
 
 def output_files(output: Output, folder: str) -> list[str]:
     infos = output.filesystem.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    bookkeeping = posixpath.join(folder, BOOKKEEPING) + "/"
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+                  and not i.path.startswith(bookkeeping))
 
 
 def count_rows(output: Output, files: list[str]) -> tuple[int, int, int]:
@@ -238,13 +296,6 @@ def count_rows(output: Output, files: list[str]) -> tuple[int, int, int]:
         errors += len(column) - column.null_count
         unreadable += pc.sum(pc.starts_with(column.fill_null(""), UNREADABLE)).as_py() or 0
     return rows, errors, unreadable
-
-
-def write_table_file(output: Output, table: pa.Table, index: int) -> str:
-    """One parquet file in staging, for writes that go through the driver."""
-    path = posixpath.join(output.staging, f"part-{index:05d}.parquet")
-    pq.write_table(table, path, filesystem=output.filesystem)
-    return path
 
 
 class PublishInterrupted(JobFailed):
@@ -262,11 +313,12 @@ def publish(output: Output, report: dict[str, Any]) -> None:
         state = "is as it was" if output.local else f"has no {SUCCESS}"
         raise PublishInterrupted(f"publishing the output to {output.uri} failed ({' '.join(str(e).split())}); "
                                  f"the complete run is kept at {output.staging} and the output {state}") from e
-    try:
-        if leftover:
-            fs.delete_dir(leftover)
-    except OSError as e:
-        say(f"warning: the output is published, but {leftover} could not be removed ({e})")
+    for folder in (leftover, posixpath.join(output.path, BOOKKEEPING) if output.local else None):
+        try:
+            if folder:
+                fs.delete_dir(folder)
+        except OSError as e:
+            say(f"warning: the output is published, but {folder} could not be removed ({e})")
 
 
 def _swap_folder(fs: pafs.FileSystem, output: Output) -> str | None:
@@ -294,8 +346,9 @@ def _copy_over(fs: pafs.FileSystem, output: Output) -> str:
     if _exists(fs, marker):
         fs.delete_file(marker)
     written = set()
+    bookkeeping = posixpath.join(output.staging, BOOKKEEPING) + "/"
     for info in fs.get_file_info(pafs.FileSelector(output.staging, recursive=True)):
-        if info.type == pafs.FileType.File:
+        if info.type == pafs.FileType.File and not info.path.startswith(bookkeeping):
             target = posixpath.join(output.path, posixpath.relpath(info.path, output.staging))
             fs.create_dir(posixpath.dirname(target), recursive=True)
             fs.copy_file(info.path, target)
@@ -308,7 +361,7 @@ def _copy_over(fs: pafs.FileSystem, output: Output) -> str:
 
 
 def discard(output: Output) -> None:
-    """Remove the staging folder of a run that did not finish."""
+    """Remove the staging folder of a run that did not finish and wrote nothing worth resuming."""
     try:
         output.filesystem.delete_dir(output.staging)
     except OSError:

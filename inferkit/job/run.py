@@ -25,14 +25,18 @@ from inferkit.config import RunOptions, is_remote_uri, nesting_problem
 from inferkit.console import say
 from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed
 from inferkit.job import io, terminal
+from inferkit.job.ledger import Ledger, Progress, identity, write_through
 from inferkit.job.plan import Plan, make_plan, settle_precision
+from inferkit.job.quarantine import Rescue, TaskFailed
 from inferkit.job.tasks import (ERROR, ModelFacts, ModelSpec, Predictor, check_precision, decode_images, demo_model,
                                 normalization_of, processor_shape, processor_size, profile_models,
                                 read_model_facts)
 
 SAMPLE = Path(__file__).parent / "sample" / "texts.jsonl"
-ROWS_PER_FILE = 50_000
 PRECISION_SAMPLE_ROWS = 64
+# Retries of a read, decode, inference or write task whose process died (Ray Data's default is without
+# limit): a block that still fails is dropped by Ray Data and finished row by row (quarantine.py).
+TASK_RETRIES = 2
 
 log = logging.getLogger("inferkit")
 
@@ -213,20 +217,31 @@ def _visible_everywhere(path: str, node_ids: list[str]) -> bool:
     return all(ray.get(futures, timeout=120))
 
 
-def _prepared(source: io.Source, facts: list[ModelFacts], schema: pa.Schema, options: RunOptions, plan: Plan) -> Any:
-    """Reading (and for images, decoding) as Ray tasks on a fraction of a CPU each."""
+def _prepared(source: io.Source, parts: list[pa.Table], facts: list[ModelFacts], schema: pa.Schema,
+              options: RunOptions, plan: Plan, spec: ModelSpec) -> Any:
+    """Reading (and for images, decoding) the parts still to do, as Ray tasks on a fraction of a CPU each."""
     import ray
 
-    reads = ray.data.from_arrow(source.unit_table()).map_batches(
-        io.read_units, fn_kwargs={"filesystem": source.filesystem, "fmt": source.format, "schema": schema},
-        batch_format="pyarrow", batch_size=None, num_cpus=plan.io_task_cpus)
-    if options.task != "image-classification":
+    read, decode = _stage_arguments(source, facts, schema, options, spec)
+    reads = ray.data.from_arrow(parts).map_batches(
+        io.read_units, fn_kwargs=read, batch_format="pyarrow", batch_size=None, num_cpus=plan.io_task_cpus,
+        max_retries=TASK_RETRIES)
+    if decode is None:
         return reads
-    return reads.map_batches(
-        decode_images, fn_kwargs={"processors": [f.image_processor for f in facts],
-                                  "shapes": [processor_shape(f.image_processor) for f in facts],
-                                  "image_column": _payload_column(options, source)},
-        batch_format="pyarrow", batch_size=None, num_cpus=plan.io_task_cpus, udf_modifying_row_count=False)
+    return reads.map_batches(decode_images, fn_kwargs=decode, batch_format="pyarrow", batch_size=None,
+                             num_cpus=plan.io_task_cpus, udf_modifying_row_count=False, max_retries=TASK_RETRIES)
+
+
+def _stage_arguments(source: io.Source, facts: list[ModelFacts], schema: pa.Schema, options: RunOptions,
+                     spec: ModelSpec) -> tuple[dict, dict | None]:
+    """The keyword arguments of the read and (for images) decode stages, shared with quarantine.py."""
+    read = {"filesystem": source.filesystem, "fmt": source.format, "schema": schema}
+    if options.task != "image-classification":
+        return read, None
+    return read, {"processors": [f.image_processor for f in facts],
+                  "shapes": [processor_shape(f.image_processor) for f in facts],
+                  "image_column": _payload_column(options, source), "fault": spec.fault,
+                  "id_column": spec.passthrough[0] if spec.passthrough else ""}
 
 
 def _predictions(prepared: Any, spec: ModelSpec, plan: Plan) -> Any:
@@ -238,7 +253,8 @@ def _predictions(prepared: Any, spec: ModelSpec, plan: Plan) -> Any:
         Predictor, fn_constructor_kwargs={"spec": spec},
         compute=ray.data.ActorPoolStrategy(min_size=plan.actors_min, max_size=plan.actors_max, initial_size=initial),
         num_cpus=plan.num_cpus_per_actor, num_gpus=plan.num_gpus_per_actor or None,
-        batch_size=plan.batch_size, batch_format="pyarrow", udf_modifying_row_count=False)
+        batch_size=plan.batch_size, batch_format="pyarrow", udf_modifying_row_count=False,
+        max_task_retries=TASK_RETRIES)
 
 
 def _settle_precision(prepared: Any, spec: ModelSpec, plan: Plan) -> tuple[ModelSpec, dict]:
@@ -257,27 +273,60 @@ def _settle_precision(prepared: Any, spec: ModelSpec, plan: Plan) -> tuple[Model
     return dataclasses.replace(spec, precision=chosen), {"chosen": chosen, "checked": True, **result}
 
 
-def _write(predictions: Any, output: io.Output, node_ids: list[str], io_cpus: float, embedded: bool) -> str:
+def _contain_crashes() -> None:
+    """A block that fails after TASK_RETRIES is dropped rather than ending the run: the ledger knows its
+    rows are missing and _finish_incomplete_parts does them. No row is lost; see quarantine.py."""
+    import ray
+
+    ray.data.DataContext.get_current().max_errored_blocks = -1
+
+
+def _say_resuming(source: io.Source, progress: Progress, attempts: int) -> None:
+    if attempts == 1:
+        return
+    sizes = [progress.sizes.get(p, source.part_rows(p)) for p in range(source.parts)]
+    done = sum(progress.complete(p) for p in range(source.parts))
+    total = f" of {sum(sizes)}" if None not in sizes else ""
+    parts = f" ({done} of {source.parts} input parts complete)" if not total else ""
+    say(f"resuming: {progress.rows}{total} rows already done{parts}; attempt {attempts}")
+
+
+def _record_precision(ledger: Ledger, history: tuple[dict, list[dict]], precision: str) -> None:
+    """Each attempt's precision is kept; the report says when they differ."""
+    job, attempts = history
+    attempts[-1]["precision"] = precision
+    ledger.note_attempt(job, attempts)
+    used = sorted({a["precision"] for a in attempts if "precision" in a})
+    if len(used) > 1:
+        say(f"note: the attempts of this run computed rows in different precisions ({', '.join(used)})")
+
+
+def _finish_incomplete_parts(ledger: Ledger, source: io.Source, facts: list[ModelFacts], schema: pa.Schema,
+                             options: RunOptions, plan: Plan, spec: ModelSpec) -> int:
+    """Parts whose blocks Ray Data dropped (their tasks kept dying) are done chunk by chunk in a child
+    process; returns the rows that killed it and became error rows."""
+    read, decode = _stage_arguments(source, facts, schema, options, spec)
+    rescue = Rescue(ledger, source, spec, {"spec": spec, "read": read, "decode": decode}, plan.batch_size,
+                    {"num_cpus": plan.num_cpus_per_actor, "num_gpus": plan.num_gpus_per_actor or None})
+    rescue.finish(ledger.load())
+    return rescue.crashed_rows
+
+
+def _write(predictions: Any, output: io.Output, ledger: Ledger, node_ids: list[str], io_cpus: float,
+           embedded: bool) -> str:
     """Write where the workers are when they all see the output: an object store, an embedded Ray's one
     machine, or a folder every node sees (nodes that join later are assumed to mount what the others
     do). A cluster of one node may grow (KubeRay's head before its workers start), so its local output
-    is written through the driver."""
+    is written through the driver. Either way each block becomes one file and its ledger entry."""
     if not output.local or embedded or (len(node_ids) > 1 and _probe_shared(output, node_ids)):
-        predictions.write_parquet(output.staging, filesystem=output.filesystem, min_rows_per_file=ROWS_PER_FILE,
-                                  ray_remote_args={"num_cpus": io_cpus})
+        write_through(predictions, ledger, {"num_cpus": io_cpus, "max_retries": TASK_RETRIES})
         return "distributed"
     why = "is not shared by all nodes" if len(node_ids) > 1 else "may not be seen by workers that join later"
     say(f"{output.uri} {why}: writing it from the driver (keep it on a volume, or use s3:// or gs://, or it "
         "vanishes with this machine)")
-    pending: list[pa.Table] = []
-    index = 0
     for batch in predictions.iter_batches(batch_format="pyarrow", batch_size=None):
-        pending.append(batch)
-        if sum(t.num_rows for t in pending) >= ROWS_PER_FILE:
-            io.write_table_file(output, pa.concat_tables(pending), index)
-            pending, index = [], index + 1
-    if pending:
-        io.write_table_file(output, pa.concat_tables(pending), index)
+        if batch.num_rows:
+            ledger.commit(batch)
     return "driver"
 
 
@@ -336,20 +385,40 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
     passthrough = _passthrough(options, source, schema)
     if dry_run:
         return _dry_run(options, run_id, source, schema, facts, verbose)
-    output = io.prepare_output(options.output or os.path.join("inferkit-output", run_id), options.overwrite, run_id)
+    output = io.prepare_output(options.output or os.path.join("inferkit-output", run_id), options.overwrite)
+    ledger = Ledger(output.filesystem, output.staging)
+    job = identity(source, options.task, tuple(f.model for f in facts), options.ensemble,
+                   _output_schema(options, schema, passthrough))
+    attempts = ledger.open(job, options.restart, run_id)
     try:
-        return _run(options, verbose, run_id, started, source, schema, facts, passthrough, output)
+        return _run(options, verbose, run_id, started, source, schema, facts, passthrough, output, ledger,
+                    (job, attempts))
     except io.PublishInterrupted:
         raise
-    except InferkitError:
-        io.discard(output)
+    except InferkitError as e:
+        _keep_for_resuming(ledger, output, resumable=not isinstance(e, TaskFailed))
         raise
     except Exception as e:
-        io.discard(output)
+        _keep_for_resuming(ledger, output)
         raise JobFailed(f"the run failed: {_root_cause(e)}") from e
     except BaseException:
-        io.discard(output)
+        _keep_for_resuming(ledger, output)
         raise
+
+
+def _keep_for_resuming(ledger: Ledger, output: io.Output, resumable: bool = True) -> None:
+    """A run that died or failed on the way (a lost cluster, an I/O error, Ctrl-C) keeps what it wrote, for
+    the same command (or a KubeRay retry) to resume; one that failed on its input or model, which would
+    fail the same way again, leaves nothing."""
+    try:
+        rows = ledger.load().rows if resumable else 0
+    except Exception:  # noqa: BLE001 - the output's filesystem may be what failed; keep it as it is
+        return
+    if not rows:
+        io.discard(output)
+        return
+    say(f"{rows} row(s) written so far are kept in {output.staging}: the same command resumes the run "
+        "(--restart throws them away)")
 
 
 _RAISED = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
@@ -374,15 +443,19 @@ def _root_cause(error: BaseException) -> str:
 
 
 def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source: io.Source, schema: pa.Schema,
-         facts: list[ModelFacts], passthrough: list[str], output: io.Output) -> int:
+         facts: list[ModelFacts], passthrough: list[str], output: io.Output, ledger: Ledger,
+         history: tuple[dict, list[dict]]) -> int:
     from inferkit.job.resources import read_cluster
 
     where, embedded = _connect(verbose)
+    _contain_crashes()
     cluster = read_cluster()
     plan = make_plan(cluster, profile_models(facts, options.task), options)
     say(f"run {run_id} on {where}: model {_model_names(options, facts)}; {len(source.units)} input unit(s) of "
         f"{source.format} from {_absolute(source.uri)}"
          + (f" ({len(source.skipped)} other file(s) left out)" if source.skipped else ""))
+    progress = ledger.load(compact=True)
+    _say_resuming(source, progress, len(history[1]))
     say("plan:\n" + plan.table())
     spec = ModelSpec(
         task=options.task, models=tuple(f.model for f in facts), ensemble=options.ensemble, device=plan.device,
@@ -392,13 +465,21 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
         output_schema=_output_schema(options, schema, passthrough),
         normalization=tuple(normalization_of(f.image_processor) for f in facts if f.image_processor),
         labels=tuple(f.id2label for f in facts), fault=os.environ.get("INFERKIT_INJECT_FAULT", ""))
-    prepared = _prepared(source, facts, schema, options, plan)
-    spec, precision = _settle_precision(prepared, spec, plan)
-    predictions = _predictions(prepared, spec, plan)
+    parts = [source.part_table(p, progress.done.get(p, [])) for p in range(source.parts) if not progress.complete(p)]
     node_ids = [n.node_id for n in cluster.nodes]
     execute_started = time.time()
-    with terminal.row_progress(_listed_rows(source), 0):
-        write_mode = _write(predictions, output, node_ids, plan.io_task_cpus, embedded)
+    write_mode, stats, precision = "none: every row was written by earlier attempts", "", {"chosen": spec.precision,
+                                                                                         "checked": False}
+    if parts:
+        prepared = _prepared(source, parts, facts, schema, options, plan, spec)
+        spec, precision = _settle_precision(prepared, spec, plan)
+        _record_precision(ledger, history, spec.precision)
+        predictions = _predictions(prepared, spec, plan)
+        with terminal.row_progress(_listed_rows(source), progress.rows):
+            write_mode = _write(predictions, output, ledger, node_ids, plan.io_task_cpus, embedded)
+        stats = predictions.stats()
+    crashed_rows = _finish_incomplete_parts(ledger, source, facts, schema, options, plan, spec)
+    ledger.check_complete(ledger.load(), source.parts)
     execute_seconds = time.time() - execute_started
     files = io.output_files(output, output.staging)
     rows, errors, unreadable = io.count_rows(output, files)
@@ -419,11 +500,13 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
         "precision": precision,
         "image_size": [processor_size(f.image_processor) for f in facts if f.image_processor],
         "rows": rows, "errors": errors, "unreadable_units": unreadable, "error_fraction": fraction,
+        "rows_resumed": progress.rows, "attempts": len(history[1]), "attempt_history": history[1],
+        "rows_that_killed_their_worker": crashed_rows,
         "max_error_fraction": options.max_error_fraction,
         "error_examples": dict(list(error_counts.items())[:10]),
         "execute_seconds": round(execute_seconds, 3), "wall_seconds": round(wall, 3),
-        "throughput_rows_per_second": round(rows / execute_seconds, 3) if execute_seconds else None,
-        "ray_data_stats": predictions.stats(),
+        "throughput_rows_per_second": round((rows - progress.rows) / execute_seconds, 3) if execute_seconds else None,
+        "ray_data_stats": stats,
     }
     io.publish(output, report)
     say(f"done: {rows} rows, {errors} with errors ({fraction:.2%}), {report['throughput_rows_per_second']} rows/s, "

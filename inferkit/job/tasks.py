@@ -12,6 +12,7 @@ import dataclasses
 import io
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ import pyarrow as pa
 
 from inferkit.job.compile import FAULT as COMPILE_FAULT
 from inferkit.job.compile import ActorCompiler
+from inferkit.job.io import KEYS, PART, ROW
 from inferkit.job.plan import AGREEMENT_THRESHOLD, ModelProfile, top1_agreement
 
 ERROR = "error"
+CRASH_EXIT_CODE = 86  # what crash-on makes the process exit with
 # Model types whose layers are mostly 2-D convolutions: they run faster in channels_last.
 CONVOLUTIONAL = {"resnet", "convnext", "convnextv2", "regnet", "efficientnet", "mobilenet_v1", "mobilenet_v2",
                  "bit", "van", "poolformer", "levit", "mobilevit", "mobilevitv2"}
@@ -151,11 +154,13 @@ def text_max_length(tokenizer_limit: int | None, max_position_embeddings: int | 
 # The CPU stage for images: bytes -> RGB -> resized, cropped uint8 arrays (one per model)
 
 
-def decode_images(batch: pa.Table, *, processors: list, shapes: list[tuple[int, ...]], image_column: str) -> pa.Table:
+def decode_images(batch: pa.Table, *, processors: list, shapes: list[tuple[int, ...]], image_column: str,
+                  fault: str = "", id_column: str = "") -> pa.Table:
     """Decode and resize every image of the batch on CPU; an image that cannot be decoded gets an
     error and a blank array of the processor's output shape, and is skipped by the model."""
     from PIL import Image, UnidentifiedImageError
 
+    crash_on(fault, "crash-decode-on", batch, id_column)
     blobs = batch.column(image_column).to_pylist()
     errors = batch.column(ERROR).to_pylist() if ERROR in batch.column_names else [None] * len(blobs)
     arrays: list[list[np.ndarray]] = [[] for _ in processors]
@@ -240,7 +245,7 @@ class ModelSpec:
     normalization: tuple[Normalization, ...] = ()  # per image model: normalization_of(its processor)
     labels: tuple[dict[int, str], ...] = ()
     compile: bool = False  # torch.compile the model(s); see compile.py
-    fault: str = ""  # test hook: INFERKIT_INJECT_FAULT on the driver (crash-once:<marker>, oom-above:<rows>)
+    fault: str = ""  # test hook: INFERKIT_INJECT_FAULT on the driver; see `faults`
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -297,6 +302,8 @@ class Predictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.calls += 1
         self._inject_crash()
+        crash_on(self.spec.fault, "crash-on", batch, self.spec.passthrough[0] if self.spec.passthrough else "")
+        _trace(self.spec.fault, batch)
         errors = self._row_errors(batch)
         good = [i for i, e in enumerate(errors) if e is None]
         results = self._predict(self._columns(batch), good)
@@ -402,19 +409,7 @@ class Predictor:
         return labels.get(index, str(index))
 
     def _output(self, batch: pa.Table, good: list[int], results: list[Any], errors: list[str | None]) -> pa.Table:
-        rows = len(errors)
-        schema = self.spec.output_schema
-        columns: dict[str, Any] = {name: batch.column(name).cast(schema.field(name).type)
-                                   for name in self.spec.passthrough}
-        by_row = dict(zip(good, results, strict=True))
-        if self.spec.task == "embedding":
-            columns["embedding"] = pa.array([by_row[i].tolist() if i in by_row else None for i in range(rows)],
-                                            type=schema.field("embedding").type)
-        else:
-            columns["label"] = pa.array([by_row[i][0] if i in by_row else None for i in range(rows)], pa.string())
-            columns["score"] = pa.array([by_row[i][1] if i in by_row else None for i in range(rows)], pa.float32())
-        columns[ERROR] = pa.array(errors, type=pa.string())
-        return pa.table(columns, schema=schema)
+        return output_table(self.spec, batch, good, results, errors)
 
     # -- precision check ---------------------------------------------------------------------------
 
@@ -437,15 +432,67 @@ class Predictor:
     # -- fault injection for tests ---------------------------------------------------------------------
 
     def _inject_crash(self) -> None:
-        kind, _, arg = self.spec.fault.partition(":")
-        if kind == "crash-once" and self.calls == 2 and not os.path.exists(arg):
+        arg = faults(self.spec.fault).get("crash-once")
+        if arg and self.calls == 2 and not os.path.exists(arg):
             Path(arg).touch()
             os._exit(1)  # the actor dies mid-run, as on a lost node or a segfault
 
     def _inject_oom(self, rows: int) -> None:
-        kind, _, arg = self.spec.fault.partition(":")
-        if kind == "oom-above" and rows > int(arg):
+        arg = faults(self.spec.fault).get("oom-above")
+        if arg and rows > int(arg):
             raise RuntimeError(f"CUDA out of memory (injected: more than {arg} rows)")
+
+
+def output_table(spec: ModelSpec, batch: pa.Table, good: list[int], results: list[Any],
+                 errors: list[str | None]) -> pa.Table:
+    """The output rows of a batch: passed-through columns, results for the `good` rows, every row's error,
+    and the row keys (io.KEYS) when the batch has them, for the ledger to record and strip."""
+    rows = len(errors)
+    schema = spec.output_schema
+    columns: dict[str, Any] = {name: batch.column(name).cast(schema.field(name).type) for name in spec.passthrough}
+    by_row = dict(zip(good, results, strict=True))
+    if spec.task == "embedding":
+        columns["embedding"] = pa.array([by_row[i].tolist() if i in by_row else None for i in range(rows)],
+                                        type=schema.field("embedding").type)
+    else:
+        columns["label"] = pa.array([by_row[i][0] if i in by_row else None for i in range(rows)], pa.string())
+        columns["score"] = pa.array([by_row[i][1] if i in by_row else None for i in range(rows)], pa.float32())
+    columns[ERROR] = pa.array(errors, type=pa.string())
+    table = pa.table(columns, schema=schema)
+    for key in KEYS:
+        if key in batch.column_names:
+            table = table.append_column(key, batch.column(key))
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault injection for tests and for anyone checking: INFERKIT_INJECT_FAULT, comma-separated
+#   crash-once:<marker>      the second inference batch kills its actor, once (the marker file says it did)
+#   oom-above:<rows>         a model call on more rows raises an out-of-memory error
+#   crash-on:<id>            the process exits whenever it predicts the row whose id is <id>, every time
+#   crash-decode-on:<id>     the same in the image decoding stage
+#   slow:<seconds>           each inference batch takes this much longer (to stop a run midway)
+#   trace:<folder>           each inference batch appends the ids it computes to a file there
+
+
+def faults(spec: str) -> dict[str, str]:
+    return dict(item.partition(":")[::2] for item in spec.split(",") if item)
+
+
+def crash_on(spec: str, kind: str, batch: pa.Table, id_column: str) -> None:
+    target = faults(spec).get(kind)
+    if target and id_column in batch.column_names and target in {str(v) for v in batch.column(id_column).to_pylist()}:
+        os._exit(CRASH_EXIT_CODE)
+
+
+def _trace(spec: str, batch: pa.Table) -> None:
+    found = faults(spec)
+    if "slow" in found:
+        time.sleep(float(found["slow"]))
+    if "trace" in found and ROW in batch.column_names:
+        keys = zip(batch.column(PART).to_pylist(), batch.column(ROW).to_pylist(), strict=True)
+        with open(os.path.join(found["trace"], f"{os.getpid()}.txt"), "a") as trace:
+            trace.write("".join(f"{part}:{row}\n" for part, row in keys))
 
 
 def results_agreement(task: str, reference: list[Any], candidate: list[Any]) -> float:

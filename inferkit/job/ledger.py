@@ -1,0 +1,260 @@
+"""Resuming a run that died: a ledger of written output files, kept beside the output.
+
+A run writes into `<output>.inferkit-unfinished/` on the output's own filesystem or bucket, never on a
+node's disk, so a new attempt on another cluster (a KubeRay retry) finds it:
+
+    part-<digest>.parquet              output rows, the files that are published
+    _inferkit/job.json                 what job this is (its identity) and its attempts
+    _inferkit/ledger/<digest>.json     one entry per data file, written after the file is complete:
+                                       which input rows (part, row ranges) it holds, and its counts
+
+A data file without an entry is a write that died midway and is deleted. A data file's name is a
+digest of the rows it holds, so a write task that Ray retries overwrites its own file. Rows are keyed
+by inferkit's read units (io.Source parts: a file, a row group or a block of images) and their index in
+the part, so no id column is needed, finished parts are not even read again, and the driver holds one
+entry per output file rather than one id per row.
+
+Why not `ray.data.checkpoint` (Ray 2.60): it needs a unique id column that every operator keeps (many
+inputs have none), loads every checkpointed id into memory and ships them to filter actors (memory
+grows with rows), still reads every input row to filter it out, only plans a Read-to-Write pipeline
+(not the driver-side write inferkit uses for a local output on a growing cluster), and knows nothing of
+the job's identity, so a changed model would silently mix two models' output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from inferkit.errors import ConfigError, JobFailed
+from inferkit.job import io
+
+JOB = "job.json"
+ENTRIES = "ledger"
+LOAD_THREADS = 16  # entries are small objects; an object store answers many at once
+
+
+def identity(source: io.Source, task: str, models: tuple[str, ...], ensemble: str, schema: pa.Schema) -> dict:
+    """What must not change between attempts for their rows to belong in one output."""
+    return {"input": {"uri": source.uri, "format": source.format, "units": len(source.units),
+                      "listing": source.listing},
+            "task": task, "models": list(models), "ensemble": ensemble,
+            "output columns": [f"{f.name}: {f.type}" for f in schema]}
+
+
+def _changes(before: dict, now: dict) -> list[str]:
+    changed = []
+    for key in now:
+        if before.get(key) == now[key]:
+            continue
+        if key == "input":
+            was, now_input = before.get(key) or {}, now[key]
+            what = (f"{was.get('units')} input unit(s) then, {now_input['units']} now"
+                    if was.get("units") != now_input["units"] else "files changed in size or modification time")
+            changed.append(f"the input listing ({what})")
+        else:
+            changed.append(f"{key} ({_show(before.get(key))} then, {_show(now[key])} now)")
+    return changed
+
+
+def _show(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+@dataclass
+class Progress:
+    """What the attempts so far have written: per part, the row ranges done and the part's size."""
+
+    done: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    sizes: dict[int, int] = field(default_factory=dict)
+    rows: int = 0
+    errors: int = 0
+    unreadable: int = 0
+    files: int = 0
+    overlaps: int = 0  # rows written twice: never expected; publishing refuses them
+
+    def add(self, entry: dict) -> None:
+        self.rows += entry["rows"]
+        self.errors += entry["errors"]
+        self.unreadable += entry["unreadable"]
+        self.files += 1 if entry.get("file") else 0
+        for part, size in entry["sizes"].items():
+            self.sizes[int(part)] = size
+        for part, ranges in entry["ranges"].items():
+            merged, overlap = _merge(self.done.get(int(part), []), [tuple(r) for r in ranges])
+            self.done[int(part)] = merged
+            self.overlaps += overlap
+
+    def complete(self, part: int) -> bool:
+        return part in self.sizes and _covered(self.done.get(part, []), self.sizes[part])
+
+
+def _merge(ranges: list[tuple[int, int]], more: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], int]:
+    """Sorted, coalesced [start, end) ranges, and how many rows of `more` were already in `ranges`."""
+    merged: list[tuple[int, int]] = []
+    overlap = 0
+    for start, end in sorted(ranges + more):
+        if merged and start < merged[-1][1]:
+            overlap += min(end, merged[-1][1]) - start
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged, overlap
+
+
+def _covered(ranges: list[tuple[int, int]], size: int) -> bool:
+    return size == 0 or ranges == [(0, size)]
+
+
+def row_ranges(table: pa.Table) -> tuple[dict[str, list[list[int]]], dict[str, int]]:
+    """The (part -> [start, end) ranges) of a block's rows, and each part's size, from its keys."""
+    parts = table.column(io.PART).to_numpy()
+    rows = table.column(io.ROW).to_numpy()
+    sizes = table.column(io.PART_ROWS).to_numpy()
+    order = np.lexsort((rows, parts))
+    parts, rows, sizes = parts[order], rows[order], sizes[order]
+    breaks = np.flatnonzero((np.diff(parts) != 0) | (np.diff(rows) != 1)) + 1
+    ranges: dict[str, list[list[int]]] = {}
+    part_sizes: dict[str, int] = {}
+    for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(parts)], strict=True):
+        if start == end:
+            continue
+        part = str(int(parts[start]))
+        ranges.setdefault(part, []).append([int(rows[start]), int(rows[end - 1]) + 1])
+        part_sizes[part] = int(sizes[start])
+    return ranges, part_sizes
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The unfinished run of one output; picklable, so write tasks commit their own files."""
+
+    filesystem: pafs.FileSystem
+    staging: str
+
+    @property
+    def folder(self) -> str:
+        return posixpath.join(self.staging, io.BOOKKEEPING)
+
+    def commit(self, table: pa.Table) -> dict:
+        """Write one block as an output file, then its entry. Returns the entry (counts, no ranges)."""
+        ranges, sizes = row_ranges(table)
+        name = "part-" + hashlib.sha256(json.dumps(ranges, sort_keys=True).encode()).hexdigest()[:24]
+        data = table.drop_columns([k for k in io.KEYS if k in table.column_names])
+        errors = data.column(io.ERROR)
+        unreadable = sum(1 for e in errors.to_pylist() if e is not None and e.startswith(io.UNREADABLE))
+        entry = {"file": name + ".parquet", "rows": data.num_rows, "errors": data.num_rows - errors.null_count,
+                 "unreadable": unreadable, "ranges": ranges, "sizes": sizes}
+        if data.num_rows:
+            pq.write_table(data, posixpath.join(self.staging, entry["file"]), filesystem=self.filesystem)
+        else:
+            entry["file"] = None  # a part with no rows at all: only its entry says it is done
+        self._write(posixpath.join(self.folder, ENTRIES, name + ".json"), entry)
+        return {k: entry[k] for k in ("rows", "errors", "unreadable")}
+
+    def mark_empty(self, part: int) -> None:
+        """A part that was read and holds no row."""
+        self._write(posixpath.join(self.folder, ENTRIES, f"empty-{part}.json"),
+                    {"file": None, "rows": 0, "errors": 0, "unreadable": 0, "ranges": {}, "sizes": {str(part): 0}})
+
+    def _write(self, path: str, value: dict) -> None:
+        with self.filesystem.open_output_stream(path) as stream:
+            stream.write(json.dumps(value, separators=(",", ":")).encode())
+
+    # -- the driver's side -----------------------------------------------------------------------
+
+    def open(self, job: dict, restart: bool, run_id: str) -> list[dict]:
+        """Start an attempt: take over an unfinished run of the same job, or refuse a different one
+        (unless `restart`, which throws it away). Returns the attempts so far, this one last."""
+        fs = self.filesystem
+        previous = self._read_json(posixpath.join(self.folder, JOB))
+        if previous is not None and not restart and previous.get("job") != job:
+            changed = _changes(previous.get("job") or {}, job)
+            raise ConfigError([f"an unfinished run of another job is kept at {self.staging}: "
+                               f"{'; '.join(changed) or 'its description'} changed. Run the same job again to "
+                               "resume it, or pass --restart to throw it away and start over"])
+        if previous is None or restart:
+            fs.delete_dir_contents(self.staging, missing_dir_ok=True)
+            previous = {"attempts": []}
+        attempts = previous["attempts"] + [{"run_id": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                        time.gmtime())}]
+        fs.create_dir(posixpath.join(self.folder, ENTRIES), recursive=True)
+        self._write(posixpath.join(self.folder, JOB), {"job": job, "attempts": attempts})
+        return attempts
+
+    def note_attempt(self, job: dict, attempts: list[dict]) -> None:
+        self._write(posixpath.join(self.folder, JOB), {"job": job, "attempts": attempts})
+
+    def load(self, compact: bool = False) -> Progress:
+        """Read every entry (in parallel), delete data files that have none. With `compact`, the entries
+        are rewritten as one, so the next attempt reads one object instead of thousands."""
+        fs = self.filesystem
+        selector = pafs.FileSelector(posixpath.join(self.folder, ENTRIES), allow_not_found=True)
+        paths = [i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+        with ThreadPoolExecutor(LOAD_THREADS) as pool:
+            loaded = list(pool.map(self._read_json, paths))
+        entries: dict[str, dict] = {}
+        for path, value in zip(paths, loaded, strict=True):
+            for entry in (value or {}).get("entries", [value] if value else []):
+                key = entry["file"] or json.dumps(entry["sizes"], sort_keys=True)
+                entries[key] = entry  # a compacted entry and the entries it replaced may both exist
+        progress = Progress()
+        for entry in entries.values():
+            progress.add(entry)
+        kept = {e["file"] for e in entries.values() if e["file"]}
+        for info in fs.get_file_info(pafs.FileSelector(self.staging, allow_not_found=True)):
+            name = posixpath.basename(info.path)
+            if info.type == pafs.FileType.File and name.endswith(".parquet") and name not in kept:
+                fs.delete_file(info.path)  # its write died before its entry: its rows are not in the ledger
+        if compact and len(paths) > 1:
+            self._write(posixpath.join(self.folder, ENTRIES, f"compacted-{uuid.uuid4().hex[:12]}.json"),
+                        {"entries": list(entries.values())})
+            for path in paths:
+                fs.delete_file(path)
+        return progress
+
+    def _read_json(self, path: str) -> dict | None:
+        """An entry, or None where there is none or its write died midway (then its file goes too)."""
+        try:
+            with self.filesystem.open_input_stream(path) as stream:
+                return json.loads(stream.read())
+        except (FileNotFoundError, ValueError):
+            return None
+        except OSError as e:
+            if self.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+                return None
+            raise JobFailed(f"cannot read {path} of the unfinished run ({e})") from e
+
+    def check_complete(self, progress: Progress, parts: int) -> None:
+        """Exactly once, checked before publishing: every part written in full, no row twice."""
+        missing = [p for p in range(parts) if not progress.complete(p)]
+        if missing or progress.overlaps:
+            raise JobFailed(f"the unfinished run at {self.staging} is inconsistent ({len(missing)} part(s) "
+                            f"incomplete, {progress.overlaps} row(s) written twice); it is kept. Was another run "
+                            "writing the same output? Run again with --restart to start over")
+
+
+def write_through(dataset: Any, ledger: Ledger, ray_remote_args: dict) -> None:
+    """Write a dataset with Ray Data, one output file and ledger entry per block, so a run killed at any
+    moment loses at most the blocks being written."""
+    from ray.data.datasource import Datasink
+
+    class LedgerDatasink(Datasink[None]):
+        def write(self, blocks: Any, ctx: Any) -> None:
+            for block in blocks:
+                if block.num_rows:
+                    ledger.commit(block)
+
+    dataset.write_datasink(LedgerDatasink(), ray_remote_args=ray_remote_args)

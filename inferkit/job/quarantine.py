@@ -1,0 +1,205 @@
+"""Containing rows that kill their worker process.
+
+Ray Data retries a task whose process died, without limit by default; one image that segfaults its
+decoder or one text that makes the model's native code abort would hang a run for ever. `inferkit run`
+bounds those retries (see run.py's `_contain_crashes`) and lets Ray Data drop a block that still fails;
+the ledger then shows which input rows are missing, and this module finishes them: their parts are read
+again, and their rows go through a child process in chunks. A chunk whose process dies is split in two,
+down to single rows; a row that kills a fresh process twice becomes an error row naming how it died
+(the child's exit code or signal, which Ray does not report). The rest are written as usual.
+
+The child is a plain subprocess of a Ray actor that holds an inference actor's CPUs and GPUs, so it runs
+where inference runs, and its death is seen exactly (a Ray actor's death only says "connection error").
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pyarrow as pa
+
+from inferkit.console import say
+from inferkit.errors import JobFailed
+from inferkit.job import io
+from inferkit.job.ledger import Ledger, Progress
+from inferkit.job.tasks import ModelSpec, decode_images, output_table
+
+DIED = "the worker process died on this row: "
+DEATHS_PER_ROW = 2  # a row that kills this many fresh processes is an error row, not a victim of chance
+SUPERVISOR_RESTARTS = 3  # the actor itself (not its child) lost, as with a lost node
+
+
+def how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class TaskFailed(JobFailed):
+    """A read, decode or inference task raised (it did not die): the same rows would fail the same way
+    again, so the run is not kept for resuming."""
+
+
+class Quarantine:
+    """A Ray actor that runs reading, decoding and inference in a child process and reports the child's
+    death instead of dying with it."""
+
+    def __init__(self, setup: dict):
+        self.setup = setup
+        self.child: subprocess.Popen | None = None
+
+    def call(self, command: str, table: pa.Table) -> tuple[str, Any]:
+        """("ok", table), ("error", text) for an exception, or ("died", how) when the child died."""
+        if self.child is None:
+            self.child = subprocess.Popen([sys.executable, "-m", "inferkit.job.quarantine"], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE)
+            pickle.dump(self.setup, self.child.stdin)
+        try:
+            pickle.dump((command, table), self.child.stdin)
+            self.child.stdin.flush()
+            return pickle.load(self.child.stdout)
+        except (EOFError, BrokenPipeError, pickle.UnpicklingError):
+            child, self.child = self.child, None
+            child.kill()  # nothing if it is gone; a child that broke the protocol is not trusted again
+            return "died", how_it_ended(child.wait())
+
+
+def _serve() -> None:
+    """The child: the setup, then (command, table) requests until its parent closes the pipe."""
+    from inferkit.job.tasks import Predictor
+
+    inbox = sys.stdin.buffer
+    outbox = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # what libraries print goes to stderr, never into the replies
+    setup = pickle.load(inbox)
+    predictor = None
+    while True:
+        try:
+            command, table = pickle.load(inbox)
+        except EOFError:
+            return
+        try:
+            if command == "read":
+                result = io.read_units(table, **setup["read"])
+            else:
+                if predictor is None:
+                    predictor = Predictor(setup["spec"])
+                if setup["decode"]:
+                    table = decode_images(table, **setup["decode"])
+                result = predictor(table)
+            reply: tuple[str, Any] = ("ok", result)
+        except Exception as e:  # noqa: BLE001 - reported to the driver, which fails the run with it
+            reply = ("error", f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
+        pickle.dump(reply, outbox)
+        outbox.flush()
+
+
+class Rescue:
+    """The driver's side: finish the parts the pipeline left incomplete, one chunk at a time (so the
+    driver holds at most one part's remaining rows)."""
+
+    def __init__(self, ledger: Ledger, source: io.Source, spec: ModelSpec, setup: dict, chunk_rows: int,
+                 actor_options: dict):
+        self.ledger, self.source, self.spec, self.chunk_rows = ledger, source, spec, chunk_rows
+        self.setup, self.actor_options = setup, actor_options
+        self.actor: Any = None
+        self.crashed_rows = 0
+        self.deaths = 0
+
+    def finish(self, progress: Progress) -> int:
+        """Completes every incomplete part; returns the rows written."""
+        incomplete = [p for p in range(self.source.parts) if not progress.complete(p)]
+        if not incomplete:
+            return 0
+        say(f"finishing {len(incomplete)} input part(s) that the pipeline did not complete, one chunk at a time")
+        written = 0
+        try:
+            for part in incomplete:
+                written += self._part(part, progress)
+        finally:
+            if self.actor is not None:
+                import ray
+
+                ray.kill(self.actor)
+        return written
+
+    def _call(self, command: str, table: pa.Table) -> tuple[str, Any]:
+        import ray
+        from ray.exceptions import RayActorError
+
+        for _ in range(SUPERVISOR_RESTARTS):
+            if self.actor is None:
+                self.actor = ray.remote(Quarantine).options(max_restarts=0, **self.actor_options).remote(self.setup)
+            try:
+                return ray.get(self.actor.call.remote(command, table))
+            except RayActorError:
+                self.actor = None
+        raise JobFailed(f"the actor that finishes crashed rows was lost {SUPERVISOR_RESTARTS} times in a row")
+
+    def _part(self, part: int, progress: Progress) -> int:
+        state, result = self._call("read", self.source.part_table(part, progress.done.get(part, [])))
+        if state == "error":
+            raise TaskFailed(f"the run failed: {result}")
+        if state == "died":
+            result = self._unreadable(part, progress, f"the worker process died reading it ({result})")
+            self.ledger.commit(result)
+            return result.num_rows
+        if result.num_rows == 0:
+            if part not in progress.sizes:
+                self.ledger.mark_empty(part)
+            return 0
+        pending = [result.slice(i, self.chunk_rows) for i in range(0, result.num_rows, self.chunk_rows)][::-1]
+        deaths: dict[int, int] = {}
+        written = 0
+        while pending:
+            chunk = pending.pop()
+            state, out = self._call("run", chunk)
+            if state == "error":
+                raise TaskFailed(f"the run failed: {out}")
+            if state == "ok":
+                self.ledger.commit(out)
+                written += out.num_rows
+                continue
+            self.deaths += 1
+            if chunk.num_rows > 1:
+                half = chunk.num_rows // 2
+                pending += [chunk.slice(half), chunk.slice(0, half)]
+                continue
+            row = chunk.column(io.ROW)[0].as_py()
+            deaths[row] = deaths.get(row, 0) + 1
+            if deaths[row] < DEATHS_PER_ROW:
+                pending.append(chunk)
+                continue
+            say(f"input part {part} row {row} killed its worker process {deaths[row]} times ({out}): written as "
+                "an error row")
+            self.crashed_rows += 1
+            self.ledger.commit(output_table(self.spec, chunk, [], [], [DIED + out]))
+            written += 1
+        return written
+
+    def _unreadable(self, part: int, progress: Progress, why: str) -> pa.Table:
+        """Error rows for a part whose reading kills its process: one per missing row where its size is
+        known, else one for the part, as for a file that cannot be read."""
+        files = sorted({u for u in self.source.part_table(part).column("file").to_pylist()})
+        size = progress.sizes.get(part, 1)
+        missing = [r for r in range(size) if not any(a <= r < b for a, b in progress.done.get(part, []))]
+        message = f"{io.UNREADABLE}{', '.join(files)[:300]}: {why}"
+        columns = {name: pa.nulls(len(missing), self.spec.output_schema.field(name).type)
+                   for name in self.spec.output_schema.names}
+        columns[io.ERROR] = pa.array([message] * len(missing), pa.string())
+        table = pa.table(columns, schema=self.spec.output_schema)
+        return (table.append_column(io.PART, pa.array([part] * len(missing), pa.int64()))
+                .append_column(io.ROW, pa.array(missing, pa.int64()))
+                .append_column(io.PART_ROWS, pa.array([size] * len(missing), pa.int64())))
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,335 @@
+"""Runs that die and are run again: every row exactly once, only the missing rows computed again,
+another job's leftovers refused; and rows that kill their worker process contained as error rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import tiny
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ROWS, ROWS_PER_GROUP = 480, 40
+UNFINISHED = ".inferkit-unfinished"
+# A driver that lets the output live on pyarrow's SubTreeFileSystem, which is not a local filesystem to
+# inferkit: the object-store way of writing and publishing (no folder rename), as on s3:// or gs://.
+SUBTREE_DRIVER = """
+import sys, pyarrow.fs as pafs
+from inferkit.job import io
+plain = io.open_filesystem
+def open_filesystem(uri):
+    if uri.startswith("subtree://"):
+        return pafs.SubTreeFileSystem(sys.argv[1], pafs.LocalFileSystem()), uri.removeprefix("subtree://")
+    return plain(uri)
+io.open_filesystem = open_filesystem
+from inferkit.cli import main
+main(sys.argv[2:])
+"""
+
+
+def _parquet_input(folder: Path, rows: int = ROWS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"id": list(range(rows)), "text": [f"the film {i} was good and the plot was fun" for i in range(rows)]})
+    pq.write_table(table, folder / "in.parquet", row_group_size=ROWS_PER_GROUP)
+    return folder / "in.parquet"
+
+
+def _command(model: str, source: Path, output: str, *extra: str, subtree: Path | None = None) -> list[str]:
+    prefix = [sys.executable, "-c", SUBTREE_DRIVER, str(subtree)] if subtree else [sys.executable, "-m", "inferkit"]
+    return [*prefix, "run", "--task", "text-classification", "--model", model, "--input", str(source), "--output",
+            output, "--batch-size", "8", "--precision", "fp32", *extra]
+
+
+def _env(**faults: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["INFERKIT_INJECT_FAULT"] = ",".join(f"{k.replace('_', '-')}:{v}" for k, v in faults.items())
+    return env
+
+
+def _ledger_rows(staging: Path) -> int:
+    rows = 0
+    for entry in (staging / "_inferkit" / "ledger").glob("*.json"):
+        try:
+            rows += json.loads(entry.read_text())["rows"]
+        except (ValueError, KeyError):
+            pass  # being written
+    return rows
+
+
+def _kill_midway(command: list[str], env: dict, staging: Path, at_rows: int, log: Path) -> None:
+    """Start a run in a process group of its own (the driver and the Ray it starts) and SIGKILL the whole
+    group once the ledger holds `at_rows` rows, as a node loss or an evicted pod would."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 600
+    while _ledger_rows(staging) < at_rows:
+        assert process.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    for _ in range(100):  # the group's other processes (Ray's) go as the kernel reaps them
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+
+
+def _computed(trace: Path) -> Counter:
+    """(part, row) keys the inference actors computed, from the trace hook's files."""
+    return Counter(line for f in trace.glob("*.txt") for line in f.read_text().split())
+
+
+def _published(out: Path) -> tuple[pd.DataFrame, dict]:
+    assert (out / "_SUCCESS").exists()
+    assert not (out / "_inferkit").exists() and not Path(str(out) + UNFINISHED).exists()
+    schemas = {pq.read_schema(f).to_string() for f in out.glob("*.parquet")}
+    assert len(schemas) == 1, schemas
+    return pd.read_parquet(out), json.loads((out / "_inferkit_report.json").read_text())
+
+
+def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
+    """Killed at a quarter, resumed and killed again at 70%, then run to the end: exactly once."""
+    source = _parquet_input(tmp_path / "in")
+    out = tmp_path / "out"
+    staging = Path(str(out) + UNFINISHED)
+    traces = [tmp_path / f"trace{i}" for i in range(3)]
+    for trace in traces:
+        trace.mkdir()
+    # The fault setting (slow, trace) is not part of the job, so it never stands in the way of a resume.
+    command = _command(tiny_models["classifier"], source, str(out))
+    _kill_midway(command, _env(slow="0.1", trace=str(traces[0])), staging, ROWS // 4, tmp_path / "first.log")
+    first_kept = _ledger_rows(staging)
+    _kill_midway(command, _env(slow="0.1", trace=str(traces[1])), staging, int(ROWS * 0.7), tmp_path / "second.log")
+    assert "resuming: " in (tmp_path / "second.log").read_text()
+    assert not out.exists()
+
+    third = subprocess.run(command, env=_env(trace=str(traces[2])), capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    frame, report = _published(out)
+    assert Counter(frame.id) == Counter(range(ROWS)) and frame.error.isna().all()  # exactly once
+    resumed = report["rows_resumed"]
+    assert resumed >= int(ROWS * 0.7) and report["attempts"] == 3
+    assert f"resuming: {resumed} of {ROWS} rows already done" in third.stderr
+    # Each attempt computed only rows no earlier attempt had written, each once; the last exactly the rest.
+    second_computed, third_computed = _computed(traces[1]), _computed(traces[2])
+    assert sum(second_computed.values()) <= ROWS - first_kept and max(second_computed.values()) == 1
+    assert sum(third_computed.values()) == ROWS - resumed and max(third_computed.values()) == 1
+
+
+def test_injected_actor_crash_and_an_object_store_output_resume(tiny_models, tmp_path):
+    """The first attempt loses an inference actor and is then killed; the output is on a filesystem that
+    is not local to inferkit (written by the workers, published by copying, as on s3://)."""
+    source = _parquet_input(tmp_path / "in")
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    command = _command(tiny_models["classifier"], source, "subtree://results/out", subtree=bucket)
+    marker = tmp_path / "crashed"
+    _kill_midway(command, _env(crash_once=str(marker), slow="0.1"), bucket / "results" / f"out{UNFINISHED}",
+                 ROWS // 2, tmp_path / "first.log")
+    assert marker.exists(), "the actor did crash"
+    second = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    frame, report = _published(bucket / "results" / "out")
+    assert Counter(frame.id) == Counter(range(ROWS)) and frame.error.isna().all()
+    assert report["rows_resumed"] >= ROWS // 2 and report["output"]["write"] == "distributed"
+    assert not (bucket / "results" / f"out{UNFINISHED}").exists()
+
+
+def test_another_job_is_refused_restart_starts_over_and_a_finished_output_needs_overwrite(
+        inferkit, ray_local, tiny_models, tmp_path):
+    source = _parquet_input(tmp_path / "in")
+    out = tmp_path / "out"
+    staging = Path(str(out) + UNFINISHED)
+    args = ["--input", str(source), "--output", str(out), "--batch-size", "8", "--precision", "fp32"]
+    _kill_midway(_command(tiny_models["classifier"], source, str(out)), _env(slow="0.1"), staging, 1,
+                 tmp_path / "first.log")
+    kept = sorted(p.name for p in staging.glob("*.parquet"))
+    assert kept
+
+    other_model = inferkit("run", "--task", "text-classification", "--model",
+                           tiny_models["classifier_other_vocabulary"], *args)
+    assert other_model.code == 2 and "Traceback" not in other_model.stderr
+    assert f"an unfinished run of another job is kept at {staging}: models (" in other_model.stderr
+    assert "pass --restart to throw it away and start over" in other_model.stderr
+    other_task = inferkit("run", "--task", "embedding", "--model", tiny_models["classifier"], *args)
+    assert other_task.code == 2 and "task (text-classification then, embedding now)" in other_task.stderr
+    assert sorted(p.name for p in staging.glob("*.parquet")) == kept  # refusing touched nothing
+
+    restarted = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], *args,
+                         "--restart")
+    assert restarted.code == 0, restarted.stderr
+    assert "resuming" not in restarted.stderr
+    frame, report = _published(out)
+    assert Counter(frame.id) == Counter(range(ROWS))
+    assert (report["rows_resumed"], report["attempts"]) == (0, 1)
+
+    again = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], *args)
+    assert again.code == 2 and "already exists; pass --overwrite to replace it" in again.stderr
+    replaced = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], *args,
+                        "--overwrite")
+    assert replaced.code == 0, replaced.stderr
+    assert Counter(_published(out)[0].id) == Counter(range(ROWS))
+
+
+def test_a_row_that_kills_its_worker_every_time_becomes_an_error_row(inferkit, ray_local, tiny_models, tmp_path,
+                                                                       monkeypatch):
+    rows = 3000
+    source = _parquet_input(tmp_path / "in", rows)
+    monkeypatch.setenv("INFERKIT_INJECT_FAULT", "crash-on:1234")
+    out = tmp_path / "out"
+    result = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], "--input",
+                      str(source), "--output", str(out), "--precision", "fp32", "--max-error-fraction", "0.001")
+    assert result.code == 0, result.stderr
+    frame, report = _published(out)
+    assert Counter(frame.id) == Counter(range(rows))
+    frame = frame.set_index("id")
+    assert frame.loc[1234, "error"] == "the worker process died on this row: exit code 86"
+    assert frame.drop(index=1234).error.isna().all() and frame.drop(index=1234).label.notna().all()
+    assert report["rows_that_killed_their_worker"] == 1 and report["errors"] == 1
+
+
+def test_an_image_that_kills_its_decoder_becomes_an_error_row(inferkit, ray_local, tiny_models, tmp_path,
+                                                                monkeypatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(40):
+        (images / f"{i:02d}.png").write_bytes(tiny.image_bytes("RGB", "PNG", seed=i))
+    killer = str(images / "17.png")
+    monkeypatch.setenv("INFERKIT_INJECT_FAULT", f"crash-decode-on:{killer}")
+    out = tmp_path / "out"
+    result = inferkit("run", "--task", "image-classification", "--model", tiny_models["resnet"], "--input",
+                      str(images), "--output", str(out), "--max-error-fraction", "0.05")
+    assert result.code == 0, result.stderr
+    frame, report = _published(out)
+    assert Counter(frame.path) == Counter(str(p) for p in images.glob("*.png"))
+    frame = frame.set_index("path")
+    assert frame.loc[killer, "error"] == "the worker process died on this row: exit code 86"
+    assert frame.drop(index=killer).error.isna().all()
+    assert report["rows_that_killed_their_worker"] == 1
+
+
+def test_a_retried_rayjob_resumes_on_a_new_cluster(tiny_models, tmp_path):
+    """As a KubeRay retry: the first cluster (a head without CPUs and a worker) dies with its driver, a new
+    cluster runs the same entrypoint and finishes from what the output's folder holds."""
+    from conftest import RayCluster
+
+    source = _parquet_input(tmp_path / "in")
+    out = tmp_path / "out"
+    command = _command(tiny_models["classifier"], source, str(out))
+    for attempt in (1, 2):
+        cluster = RayCluster(tmp_path / f"cluster{attempt}")
+        (tmp_path / f"cluster{attempt}").mkdir()
+        try:
+            cluster.start(head_cpus=0, workers=(2,))
+            env = {**cluster.env, "RAY_ADDRESS": cluster.address}
+            if attempt == 1:
+                env["INFERKIT_INJECT_FAULT"] = "slow:0.1"
+                _kill_midway(command, env, Path(str(out) + UNFINISHED), ROWS // 2, tmp_path / "first.log")
+            else:
+                second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        finally:
+            cluster.stop()
+    assert second.returncode == 0, second.stderr[-3000:]
+    frame, report = _published(out)
+    assert Counter(frame.id) == Counter(range(ROWS))
+    assert report["rows_resumed"] >= ROWS // 2 and report["attempts"] == 2
+    assert len(report["cluster"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger itself, without Ray
+
+
+def _block(part: int, rows: list[int], size: int, error: str | None = None) -> pa.Table:
+    from inferkit.job import io
+
+    return pa.table({"id": [f"{part}-{r}" for r in rows], "label": ["x"] * len(rows),
+                     io.ERROR: pa.array([error] * len(rows), pa.string()),
+                     io.PART: pa.array([part] * len(rows), pa.int64()), io.ROW: pa.array(rows, pa.int64()),
+                     io.PART_ROWS: pa.array([size] * len(rows), pa.int64())})
+
+
+def _ledger(tmp_path):
+    import pyarrow.fs as pafs
+
+    from inferkit.job.ledger import Ledger
+
+    ledger = Ledger(pafs.LocalFileSystem(), str(tmp_path / f"out{UNFINISHED}"))
+    ledger.open({"task": "t"}, restart=False, run_id="one")
+    return ledger
+
+
+def test_row_ranges_are_coalesced_per_part_whatever_the_order():
+    from inferkit.job.ledger import row_ranges
+
+    table = pa.concat_tables([_block(3, [5, 1, 2], 9), _block(0, [0, 1], 2), _block(3, [3, 8], 9)])
+    assert row_ranges(table) == ({"0": [[0, 2]], "3": [[1, 4], [5, 6], [8, 9]]}, {"0": 2, "3": 9})
+
+
+def test_the_ledger_keeps_committed_blocks_and_forgets_torn_writes(tmp_path):
+    ledger = _ledger(tmp_path)
+    staging = Path(ledger.staging)
+    ledger.commit(_block(0, [0, 1, 2], 5))
+    ledger.commit(_block(0, [0, 1, 2], 5))  # a retried write task: the same file again, not a second copy
+    ledger.commit(_block(1, [0], 1, error="cannot read x: broken"))
+    (staging / "part-torn.parquet").write_bytes(b"PAR1 half a file")  # its entry was never written
+    (staging / "_inferkit" / "ledger" / "torn.json").write_text('{"file": "part-')  # killed mid-entry
+    progress = ledger.load(compact=True)
+    assert (progress.rows, progress.errors, progress.unreadable, progress.overlaps) == (4, 1, 1, 0)
+    assert progress.done == {0: [(0, 3)], 1: [(0, 1)]} and progress.sizes == {0: 5, 1: 1}
+    assert not progress.complete(0) and progress.complete(1)
+    assert not (staging / "part-torn.parquet").exists()
+    assert len(list(staging.glob("*.parquet"))) == 2
+    assert [p.name[:10] for p in (staging / "_inferkit" / "ledger").iterdir()] == ["compacted-"]
+    ledger.commit(_block(0, [3, 4], 5))
+    again = ledger.load()
+    assert again.complete(0) and again.rows == 6
+    ledger.check_complete(again, parts=2)
+    ledger.commit(_block(0, [4], 5))  # the same row in another file: exactly once is broken
+    from inferkit.errors import JobFailed
+
+    with pytest.raises(JobFailed, match=r"1 row\(s\) written twice"):
+        ledger.check_complete(ledger.load(), parts=2)
+    with pytest.raises(JobFailed, match=r"1 part\(s\) incomplete"):
+        ledger.check_complete(ledger.load(), parts=3)
+
+
+def test_another_job_is_refused_by_name_and_restart_empties_the_run(tmp_path):
+    from inferkit.errors import ConfigError
+
+    ledger = _ledger(tmp_path)
+    ledger.commit(_block(0, [0], 1))
+    with pytest.raises(ConfigError, match=r"task \(t then, u now\) changed.*pass --restart"):
+        ledger.open({"task": "u"}, restart=False, run_id="two")
+    assert ledger.load().rows == 1
+    attempts = ledger.open({"task": "t"}, restart=False, run_id="three")
+    assert [a["run_id"] for a in attempts] == ["one", "three"]
+    assert [a["run_id"] for a in ledger.open({"task": "u"}, restart=True, run_id="four")] == ["four"]
+    assert ledger.load().rows == 0 and not list(Path(ledger.staging).glob("*.parquet"))
+
+
+def test_reading_a_part_again_leaves_out_the_rows_already_written(tmp_path):
+    import pyarrow.fs as pafs
+
+    from inferkit.job import io
+
+    source = io.discover(str(_parquet_input(tmp_path / "in")), "auto")
+    assert (source.parts, source.part_rows(2)) == (ROWS // ROWS_PER_GROUP, ROWS_PER_GROUP)
+    table = io.read_units(source.part_table(2, [(0, 10), (30, 35)]), filesystem=pafs.LocalFileSystem(),
+                          fmt="parquet", schema=io.sample_schema(source))
+    assert table.column("id").to_pylist() == [80 + r for r in range(10, 30)] + [80 + r for r in range(35, 40)]
+    assert table.column(io.ROW).to_pylist() == list(range(10, 30)) + list(range(35, 40))
+    assert set(table.column(io.PART).to_pylist()) == {2} and set(table.column(io.PART_ROWS).to_pylist()) == {40}
