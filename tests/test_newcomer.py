@@ -144,7 +144,7 @@ def test_nested_object_store_paths_are_refused_at_render(inferkit):
 def _inferkit(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env or {})
     return subprocess.run([sys.executable, "-m", "inferkit", *args], cwd=cwd, env=environment, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=900)  # a guard only: a loaded machine is slow
 
 
 def test_device_gpu_on_a_machine_without_one_is_refused_before_ray(tmp_path):
@@ -290,3 +290,30 @@ def test_the_progress_line_counts_rows_with_rate_and_time_left():
     resumed = RowProgress(total=None, done_before=200, stream=io.StringIO(), now=0.0)
     resumed.update(3, now=2.0)
     assert resumed.line(2.0) == "203 rows, 1.5 rows/s"
+
+
+def test_ray_native_lines_known_harmless_are_dropped_and_the_rest_pass(tmp_path):
+    """What reaches the terminal from fd 2: the C++ line about Ray Data's own object-store arguments is
+    dropped; a real C++ error, Python's lines and a progress redraw without a newline pass unchanged."""
+    from inferkit.job import terminal
+
+    harmless = (b"[2026-12-01 14:29:12,300 E 4083 4083] core_worker.cc:2465: Actor with class name: "
+                b"'MapWorker(MapBatches(Predictor))' and ID: '98' has constructor arguments in the object store "
+                b"and max_restarts > 0. If the arguments in the object store go out of scope or are lost, the actor "
+                b"restart will fail.\n")
+    real_error = b"[2026-12-01 14:29:13,001 E 4083 4083] core_worker.cc:900: Failed to connect to the GCS\n"
+    source_read, source_write = os.pipe()
+    sink = tmp_path / "terminal"
+    with open(sink, "wb") as out:
+        os.write(source_write, b"14:29:12 plan:\n" + harmless + real_error + b"\r\x1b[K12 / 100 rows")
+        os.close(source_write)
+        terminal._forward(source_read, out.fileno())
+    assert sink.read_bytes() == b"14:29:12 plan:\n" + real_error + b"\r\x1b[K12 / 100 rows"
+
+
+def test_error_kinds_group_messages_by_what_went_wrong():
+    from inferkit.job.terminal import error_kinds
+
+    counts = {"empty text": 4, "cannot decode image: UnidentifiedImageError: cannot identify image file 1": 1,
+              "cannot decode image: UnidentifiedImageError: cannot identify image file 2": 2}
+    assert error_kinds(counts) == "4 empty text, 3 cannot decode image"
