@@ -340,8 +340,8 @@ def _probe_shared(output: io.Output, node_ids: list[str]) -> bool:
 
 
 def _listed_rows(source: io.Source) -> int | None:
-    """The input's rows when its listing tells them (one row per image); None for tables, counted as read."""
-    return len(source.units) if source.format == "images" else None
+    """The input's rows when its listing tells them (parquet footers, images); None for text files."""
+    return sum(source.unit_rows) if source.unit_rows and None not in source.unit_rows else None
 
 
 def _error_examples(output: io.Output, files: list[str], limit: int | None = 10) -> dict[str, int]:
