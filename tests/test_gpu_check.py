@@ -123,3 +123,19 @@ def test_gpu_processes_are_sampled_while_a_run_goes(gpu_check, tmp_path, monkeyp
         while not processes.peak and time.monotonic() < deadline:
             time.sleep(0.2)
     assert processes.peak == ["101, ray::MapWorker, 2048 MiB", "102, ray::IDLE, 900 MiB"]
+
+
+def test_the_out_of_memory_lines_it_counts_are_the_predictors(gpu_check, tiny_models, capsys):
+    """The check counts halvings from the actors' log lines: the pattern must match what the predictor prints."""
+    import pyarrow as pa
+
+    from inferkit.job.tasks import ModelSpec, Predictor
+
+    schema = pa.schema([("embedding", pa.list_(pa.float32())), ("error", pa.string())])
+    spec = ModelSpec(task="embedding", models=(tiny_models["embedder"],), ensemble="mean", device="cpu",
+                     precision="fp32", threads=1, batch_size=8, channels_last=False, trust_remote_code=False,
+                     text_column="text", passthrough=(), output_schema=schema, fault="oom-above:2")
+    predictor = Predictor(spec)
+    capsys.readouterr()
+    predictor._predict({"text": ["the movie was good"] * 8}, list(range(8)))
+    assert gpu_check.OOM_LINE.findall(capsys.readouterr().err) == [("8", "4"), ("4", "2")]
