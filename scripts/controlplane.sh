@@ -131,7 +131,8 @@ wait_for() {  # what seconds command...: poll until the command succeeds
     local what=$1 limit=$2; shift 2
     local deadline=$((SECONDS + limit))
     until "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $deadline ] || { tail -n 30 "$STATE"/*.log >&2 || true; die "$what did not come up in $limit s (logs in $STATE)"; }
+        [ $SECONDS -lt $deadline ] || { tail -n 30 "$STATE"/*.log >&2 || true; stop_processes
+                                        die "$what did not come up in $limit s (logs in $STATE)"; }
         sleep 0.5
     done
 }
@@ -149,7 +150,7 @@ apiVersion: v1
 kind: Config
 clusters:
 - name: controlplane
-  cluster: {server: "https://127.0.0.1:$API_PORT", insecure-skip-tls-verify: true}
+  cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$STATE/pki/apiserver.crt"}
 users:
 - name: admin
   user: {token: "$TOKEN"}
@@ -158,7 +159,8 @@ contexts:
   context: {cluster: controlplane, user: admin, namespace: default}
 current-context: controlplane
 EOF
-    chmod 600 "$STATE/kubeconfig"
+    chmod 600 "$STATE/kubeconfig"  # apiserver.crt: the self-signed serving certificate and its CA, which
+    # kube-apiserver writes into --cert-dir as it starts (for 127.0.0.1)
     cat > "$STATE/egress.yaml" <<EOF
 apiVersion: apiserver.k8s.io/v1beta1
 kind: EgressSelectorConfiguration
@@ -171,7 +173,8 @@ egressSelections:
 EOF
 }
 
-nodes() {  # the kwok node pools: 2 CPU nodes, 2 GPU nodes of one GPU each (nvidia.com/gpu, the GPU taint, an accelerator label)
+nodes() {  # the kwok node pools: 2 CPU nodes, 2 GPU nodes of one GPU each (nvidia.com/gpu, the GPU taint, an
+    # accelerator label). No node lifecycle controller runs, so no not-ready taint is added (nor would be lifted)
     local name pool cpu memory gpu
     for spec in cpu-1:cpu:16:64Gi:0 cpu-2:cpu:16:64Gi:0 gpu-1:gpu:16:64Gi:1 gpu-2:gpu:16:64Gi:1; do
         IFS=: read -r name pool cpu memory gpu <<< "$spec"
@@ -218,8 +221,9 @@ up() {
         --authorization-mode RBAC --service-account-issuer https://kubernetes.default.svc \
         --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key" \
         --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
-        --egress-selector-config-file "$STATE/egress.yaml" --profiling=false
-    wait_for kube-apiserver 120 kubectl_ get --raw /readyz
+        --egress-selector-config-file "$STATE/egress.yaml" --profiling=false \
+        --disable-admission-plugins TaintNodesByCondition
+    wait_for kube-apiserver 180 kubectl_ get --raw /readyz
     start kube-controller-manager "$(cached kube-controller-manager "$K8S" kube-controller-manager)" \
         --kubeconfig "$STATE/kubeconfig" --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
         --service-account-private-key-file "$STATE/pki/sa.key" --use-service-account-credentials=false \
@@ -229,21 +233,21 @@ up() {
     start kwok "$(cached kwok "$KWOK" kwok)" --kubeconfig "$STATE/kubeconfig" --config "$(cached kwok "$KWOK" stages.yaml)" \
         --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake --server-address "127.0.0.1:$(free_port)"
     kubectl_ apply --server-side -f "$CRD_DIR" -f "$CACHE/kuberay-operator-$KUBERAY_VERSION/ray.io_rayservices.yaml" >/dev/null
-    wait_for "the KubeRay CRDs" 60 kubectl_ wait --for condition=Established --timeout 1s \
+    wait_for "the KubeRay CRDs" 180 kubectl_ wait --for condition=Established --timeout 10s \
         crd/rayjobs.ray.io crd/rayclusters.ray.io crd/rayservices.ray.io
     nodes | kubectl_ apply -f - >/dev/null
     CLUSTER_DOMAIN="cluster.local@$POD_HOST" KUBECONFIG="$STATE/kubeconfig" \
         start kuberay-operator "$(cached kuberay-operator "$KUBERAY_VERSION" kuberay-operator)" \
         --metrics-addr "127.0.0.1:$(free_port)" --health-probe-bind-address "127.0.0.1:$(free_port)" \
         --enable-leader-election=false
-    wait_for "the default service account" 60 kubectl_ get serviceaccount default
-    wait_for "the kwok nodes" 60 kubectl_ wait --for condition=Ready --timeout 1s node --all
-    wait_for "the KubeRay operator" 60 grep -q "Starting workers" "$STATE/kuberay-operator.log"
+    wait_for "the default service account" 180 kubectl_ get serviceaccount default
+    wait_for "the kwok nodes" 180 kubectl_ wait --for condition=Ready --timeout 10s node --all
+    wait_for "the KubeRay operator" 180 grep -q "Starting workers" "$STATE/kuberay-operator.log"
     note "up in $((SECONDS - began)) s: $STATE/kubeconfig"
 }
 
-down() {
-    [ -f "$STATE/pids" ] || { rm -rf "$STATE"; return 0; }
+stop_processes() {
+    [ -f "$STATE/pids" ] || return 0
     local pid name
     # The operator and controllers first, then the API server, then etcd: the reverse of the start.
     tac "$STATE/pids" | while read -r pid name; do
@@ -251,6 +255,11 @@ down() {
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL -- "-$pid" 2>/dev/null || true
     done
+    rm -f "$STATE/pids"
+}
+
+down() {
+    stop_processes
     rm -rf "$STATE"
 }
 

@@ -1,0 +1,146 @@
+"""The real control plane of the `controlplane` tests (scripts/controlplane.sh): kube-apiserver, etcd,
+kube-controller-manager, kube-scheduler, kwok nodes and the KubeRay operator, started once per session,
+and a real `ray start --head` that stands in for head pods (its dashboard listens where the operator
+and the API server's service proxy reach every head: the pod host, port 8265)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "controlplane.sh"
+UNAVAILABLE = 3  # scripts/controlplane.sh: nothing to build from here (no Go, no module proxy, no operator source)
+# A cold build of every binary takes tens of minutes on two busy cores; a warm start takes seconds.
+UP_TIMEOUT = 3600
+DASHBOARD_PORT = 8265  # the head Service's dashboard port that KubeRay gives every RayCluster
+
+
+@dataclass
+class ControlPlane:
+    state: Path
+    kubeconfig: Path
+    kubectl_path: str
+    pod_host: str
+    started_in: float
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args], input=stdin,
+                                capture_output=True, text=True, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def get(self, kind: str, name: str, namespace: str) -> dict | None:
+        result = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def items(self, kind: str, namespace: str, *selector: str) -> list[dict]:
+        return json.loads(self.kubectl("get", kind, "-n", namespace, "-o", "json", *selector).stdout)["items"]
+
+    def new_namespace(self, prefix: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        self.kubectl("create", "namespace", name)
+        # Pods need the namespace's default ServiceAccount, which the controller manager creates.
+        wait_until(lambda: self.get("serviceaccount", "default", name), 60, f"ServiceAccount default in {name}")
+        return name
+
+    def log(self, component: str) -> str:
+        return (self.state / f"{component}.log").read_text(errors="replace")
+
+
+def wait_until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def start_control_plane(state: Path) -> ControlPlane:
+    """`controlplane.sh up`; skips (one line, the script's reason) where Go, the module proxy or the
+    operator's source cannot be had."""
+    if shutil.which("go") is None:
+        pytest.skip("controlplane: no Go toolchain on PATH; the real control plane is built from Go modules "
+                    "(scripts/controlplane.sh)")
+    began = time.monotonic()
+    up = subprocess.run(["bash", str(SCRIPT), "up", str(state)], capture_output=True, text=True, timeout=UP_TIMEOUT)
+    if up.returncode == UNAVAILABLE:
+        pytest.skip(up.stderr.strip().splitlines()[-1])
+    if up.returncode != 0:
+        raise RuntimeError(f"scripts/controlplane.sh up failed ({up.returncode}):\n{up.stderr[-6000:]}")
+    env = dict(line.removeprefix("export ").split("=", 1) for line in subprocess.run(
+        ["bash", str(SCRIPT), "env", str(state)], capture_output=True, text=True, check=True).stdout.splitlines())
+    kubectl = shutil.which("kubectl", path=env["PATH"].split(":", 1)[0])
+    return ControlPlane(state, Path(env["KUBECONFIG"]), kubectl, env["INFERKIT_POD_HOST"], time.monotonic() - began)
+
+
+def stop_control_plane(state: Path) -> None:
+    subprocess.run(["bash", str(SCRIPT), "down", str(state)], capture_output=True, text=True, timeout=120)
+
+
+class RayHead:
+    """A real `ray start --head` standing in for head pods: its dashboard listens on the pod host at the
+    head Service's port, so the operator (HTTPMode submission) and the API server's service proxy (the
+    driver's log) reach it. Its own process group, torn down without touching another Ray."""
+
+    def __init__(self, host: str, tmp: Path):
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        # The entrypoint (`inferkit run`) must be on the head's PATH, as in the job image.
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": path}
+        self.env.pop("RAY_ADDRESS", None)
+        self.host = host
+        self.tmp = tmp
+        self.ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, cpus: int = 2) -> RayHead:
+        from conftest import _free_port
+
+        ports = [_free_port() for _ in range(3)]
+        with open(self.tmp / "ray-head.log", "w") as log:
+            self.process = subprocess.Popen(
+                [self.ray, "start", "--head", "--block", f"--node-ip-address={self.host}", f"--port={ports[0]}",
+                 f"--num-cpus={cpus}", "--include-dashboard=true", f"--dashboard-host={self.host}",
+                 f"--dashboard-port={DASHBOARD_PORT}", f"--dashboard-agent-listen-port={ports[1]}",
+                 f"--ray-client-server-port={ports[2]}", "--object-store-memory=300000000", "--disable-usage-stats"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.tmp)
+        wait_until(self._answers, 120, f"the Ray dashboard on {self.host}:{DASHBOARD_PORT} "
+                                       f"(log: {self.tmp / 'ray-head.log'})")
+        return self
+
+    def _answers(self) -> bool:
+        import urllib.request
+
+        if self.process.poll() is not None:
+            raise RuntimeError(f"ray start exited: {(self.tmp / 'ray-head.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{DASHBOARD_PORT}/api/version", timeout=5) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)

@@ -1,0 +1,230 @@
+"""inferkit's real CLI against a real control plane (tests/controlplane.py, scripts/controlplane.sh): the
+API server's own validation, the KubeRay operator v1.7.0's own statuses, events and names, the scheduler's
+own reasons, and one job end to end through the operator and a real Ray. What a real server cannot be
+made to do on demand (dropped watches, 5xx/429, lost replies) stays in tests/test_submit.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controlplane import RayHead, start_control_plane, stop_control_plane, wait_until
+from test_render import SHAPES
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
+
+GOLDEN = Path(__file__).parent / "golden"
+PRESETS = ("kind", "gke-gpu", "eks-gpu")
+
+
+@pytest.fixture(scope="session")
+def controlplane(tmp_path_factory):
+    state = tmp_path_factory.mktemp("controlplane")
+    plane = start_control_plane(state)
+    print(f"\ncontrol plane up in {plane.started_in:.1f} s", file=sys.stderr)
+    yield plane
+    stop_control_plane(state)
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch):
+    monkeypatch.setattr("inferkit.submit.POLL_SECONDS", 0.5)
+    monkeypatch.setattr("inferkit.submit.DASHBOARD_POLL_SECONDS", 0.5)
+
+
+@pytest.fixture
+def namespace(controlplane, request):
+    return controlplane.new_namespace(request.node.name.removeprefix("test_")[:20].replace("_", "-").rstrip("-"))
+
+
+def kube_args(controlplane, namespace) -> list[str]:
+    return ["--kubeconfig", str(controlplane.kubeconfig), "-n", namespace]
+
+
+def render(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "inferkit", "render", *args], capture_output=True, text=True,
+                            check=True)
+    return result.stdout
+
+
+# -- the API server's validation ----------------------------------------------------------------------
+
+
+def test_server_dry_run_accepts_every_golden_and_preset_render(controlplane, namespace, inferkit):
+    """The real API server's CRD validation (strict field validation, CEL rules, formats), not only
+    jsonschema's: kubectl's server-side dry run of every golden and preset render, and submit's own."""
+    controlplane.kubectl("create", "namespace", "ml-batch", check=False)  # the full-values golden's namespace
+    for golden in sorted(GOLDEN.glob("*.yaml")):
+        obj = yaml.safe_load(golden.read_text())
+        where = [] if obj["metadata"].get("namespace") else ["-n", namespace]
+        applied = controlplane.kubectl("apply", "--dry-run=server", *where, "-f", str(golden))
+        assert applied.stdout == f"{obj['kind'].lower()}.ray.io/{obj['metadata']['name']} created (server dry run)\n"
+        assert applied.stderr == "", golden.name
+    for preset in PRESETS:
+        applied = controlplane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                                       stdin=render("--preset", preset))
+        assert applied.stdout == "rayjob.ray.io/inferkit created (server dry run)\n" and applied.stderr == ""
+    shapes = [args for shape, args in SHAPES.items() if "--raycluster" not in args]
+    for args in shapes + [["--preset", preset] for preset in PRESETS]:
+        result = inferkit("submit", "--dry-run", *kube_args(controlplane, namespace), *args)
+        assert result.code == 0, (args, result.stderr)
+        name = yaml.safe_load(result.stdout)["metadata"]["name"]
+        assert f"dry run: RayJob {name} passed the pre-flight checks and the server-side dry run; nothing " \
+               "created" in result.stderr
+    assert controlplane.items("rayjobs.ray.io", namespace) == []
+
+
+def test_server_rejects_what_the_crd_forbids(controlplane, namespace):
+    """The other way round: the API server refuses a field the CRD does not know (a typo is never
+    pruned away silently under kubectl's strict field validation)."""
+    obj = yaml.safe_load(render("--cpu-nodes", "1"))
+    obj["spec"]["shutdownAfterJobFinish"] = True
+    applied = controlplane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(obj),
+                                   check=False)
+    assert applied.returncode == 1
+    assert 'unknown field "spec.shutdownAfterJobFinish"' in applied.stderr
+
+
+# -- the operator's validation --------------------------------------------------------------------------
+
+
+def test_operator_validation_failed_is_followed_to_its_end(controlplane, namespace, inferkit):
+    """A spec the operator refuses (utils/validation.go: rayStartParams labels): inferkit refuses it before
+    creating anything, with the operator's own rule; forced in with kubectl, the real operator marks it
+    ValidationFailed and inferkit's follower (the one `submit` uses) ends on it with exit 1 and its words."""
+    args = ["--name", "refused", "--cpu-nodes", "1", "--set", "cpuWorkers.rayStartParams.labels=team=a"]
+    local = inferkit("submit", *kube_args(controlplane, namespace), *args)
+    assert local.code == 2 and local.stdout == ""
+    assert "rayStartParams.labels: not supported by KubeRay; use the group's labels field" in local.stderr
+    assert controlplane.items("rayjobs.ray.io", namespace) == []
+
+    obj = yaml.safe_load(render("--cpu-nodes", "1", "--name", "refused"))
+    obj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"]["labels"] = "team=a"
+    controlplane.kubectl("create", "-n", namespace, "-f", "-", stdin=json.dumps(obj))
+    result = inferkit("logs", "-f", "refused", "--timeout", "120", *kube_args(controlplane, namespace))
+    assert result.code == 1, result.stderr
+    assert result.stdout == ""
+    assert ("RayJob refused: the operator refused the RayJob, so nothing ran: The RayJob spec is invalid: "
+            "rayStartParams['labels'] is not supported for cpu-workers group") in result.stderr
+    shown = inferkit("status", "refused", "-o", "json", *kube_args(controlplane, namespace))
+    assert json.loads(shown.stdout)["jobDeploymentStatus"] == "ValidationFailed"
+    assert controlplane.items("rayclusters.ray.io", namespace) == []
+
+
+# -- the scheduler, quotas, priority classes ----------------------------------------------------------
+
+
+def test_unschedulable_gpu_workers_time_out_with_the_schedulers_reason(controlplane, namespace, inferkit):
+    """Four 1-GPU workers and two GPU nodes of one GPU each: two workers stay Pending, submit shows the
+    scheduler's own reason and gives up at --timeout (124); delete removes the RayJob and its cluster."""
+    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "gpus", "--gpu-nodes", "4",
+                      "--timeout", "30")
+    assert result.code == 124, result.stderr
+    assert "warning: only 2 of the 4 GPU pods (1 x nvidia.com/gpu each) fit on the nodes that match (any node)" \
+        in result.stderr
+    # The scheduler's own words: the GPU nodes are full, the CPU nodes have no nvidia.com/gpu.
+    reason = "0/4 nodes are available: 2 Insufficient memory, 4 Insufficient nvidia.com/gpu."
+    assert result.stderr.count(f"cannot be scheduled: {reason}") == 2
+    assert result.stderr.count(f": FailedScheduling: {reason}") == 2
+    assert "--timeout reached; RayJob gpus is still" in result.stderr
+    cluster = controlplane.get("rayjob", "gpus", namespace)["status"]["rayClusterName"]
+    pending = [p for p in controlplane.items("pods", namespace, "-l", f"ray.io/cluster={cluster}")
+               if p["status"]["phase"] == "Pending"]
+    assert len(pending) == 2
+
+    deleted = inferkit("delete", "gpus", "-y", *kube_args(controlplane, namespace))
+    assert deleted.code == 0 and deleted.stderr.endswith(f" deleted RayJob gpus in namespace {namespace}\n")
+    wait_until(lambda: controlplane.get("rayjob", "gpus", namespace) is None, 60, "the RayJob to go")
+    wait_until(lambda: controlplane.get("raycluster", cluster, namespace) is None, 60, "its RayCluster to go")
+    wait_until(lambda: not controlplane.items("pods", namespace, "-l", f"ray.io/cluster={cluster}"), 60,
+               "its pods to go")
+
+
+def test_resource_quota_refusal_shows_the_rayclusters_event(controlplane, namespace, inferkit):
+    controlplane.kubectl("create", "quota", "two-pods", "--hard=pods=1", "-n", namespace)
+    wait_until(lambda: (controlplane.get("resourcequota", "two-pods", namespace).get("status") or {}).get("hard"),
+               60, "the quota controller to count the quota")
+    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "quota", "--cpu-nodes", "2",
+                      "--timeout", "30")
+    assert result.code == 124, result.stderr
+    assert "FailedToCreateWorkerPod" in result.stderr
+    assert "exceeded quota: two-pods, requested: pods=1, used: pods=1, limited: pods=1" in result.stderr
+    assert "(a ResourceQuota of the namespace is used up" in result.stderr
+
+
+def test_missing_priority_class_shows_the_rayclusters_event(controlplane, namespace, inferkit):
+    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "prio", "--cpu-nodes", "1",
+                      "--set", "priorityClassName=no-such-class", "--timeout", "30")
+    assert result.code == 124, result.stderr
+    assert "RayCluster prio-" in result.stderr and "FailedToCreateHeadPod" in result.stderr
+    assert "no PriorityClass with name no-such-class was found" in result.stderr
+    assert "(the PriorityClass does not exist: create it or fix priorityClassName)" in result.stderr
+
+
+# -- K8sJobMode as far as it goes without containers --------------------------------------------------
+
+
+def test_k8s_job_mode_creates_cluster_pods_and_submitter_job(controlplane, namespace, inferkit):
+    """kwok runs the head and worker pods (Running, Ready) without containers; the operator then
+    creates the submitter Job, whose pod kwok completes without running `ray job submit`."""
+    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "k8sjob", "--cpu-nodes", "2",
+                      "--detach")
+    assert result.code == 0, result.stderr
+    assert f"created RayJob k8sjob in namespace {namespace} (context controlplane)" in result.stderr
+    job = wait_until(lambda: controlplane.get("job", "k8sjob", namespace), 90, "the submitter Job")
+    cluster = controlplane.get("rayjob", "k8sjob", namespace)["status"]["rayClusterName"]
+    assert cluster.startswith("k8sjob-")
+    pods = controlplane.items("pods", namespace, "-l", f"ray.io/cluster={cluster}")
+    assert sorted(p["metadata"]["labels"]["ray.io/node-type"] for p in pods) == ["head", "worker", "worker"]
+    assert all(p["status"]["phase"] == "Running" for p in pods)
+    assert job["spec"]["template"]["spec"]["containers"][0]["name"] == "ray-job-submitter"
+
+    listed = inferkit("list", *kube_args(controlplane, namespace))
+    assert listed.code == 0 and listed.stdout.splitlines()[1].split()[0] == "k8sjob"
+    shown = inferkit("status", "k8sjob", "-o", "json", *kube_args(controlplane, namespace))
+    assert shown.code == 0 and json.loads(shown.stdout)["rayClusterName"] == cluster
+
+
+# -- one job end to end through the operator and a real Ray ---------------------------------------------
+
+
+@pytest.fixture
+def ray_head(controlplane, tmp_path):
+    head = RayHead(controlplane.pod_host, tmp_path).start()
+    yield head
+    head.stop()
+
+
+def http_mode_values(tmp_path: Path) -> Path:
+    """The output on a "mounted volume" whose path is the same on this machine, where the real Ray runs."""
+    values = tmp_path / "http.yaml"
+    values.write_text(yaml.safe_dump({
+        "volumes": [{"name": "out", "hostPath": {"path": str(tmp_path)}}],
+        "volumeMounts": [{"name": "out", "mountPath": str(tmp_path)}],
+    }))
+    return values
+
+
+@pytest.mark.ray
+def test_http_mode_job_runs_through_the_operator_on_a_real_ray(controlplane, namespace, inferkit, ray_head, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "e2e", "--cpu-nodes", "1",
+                      "-f", str(http_mode_values(tmp_path)), "--set", "job.submissionMode=HTTPMode",
+                      "--output", str(out), "--timeout", "600")
+    assert result.code == 0, result.stderr
+    assert "RayJob e2e: the job succeeded" in result.stderr
+    assert (out / "_SUCCESS").exists()
+    assert sorted(pq.read_table(out, columns=["id"]).column("id").to_pylist()) == sample_ids()
+
+
+def sample_ids() -> list[str]:
+    from inferkit.job.run import SAMPLE
+
+    return sorted(json.loads(line)["id"] for line in SAMPLE.read_text().splitlines() if line.strip())
