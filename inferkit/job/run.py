@@ -25,6 +25,8 @@ from inferkit.config import RunOptions, is_remote_uri, nesting_problem
 from inferkit.console import say
 from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed
 from inferkit.job import io, terminal
+from inferkit.job.compile import read_tally, start_tally
+from inferkit.job.compile import settle as settle_compile
 from inferkit.job.ledger import Ledger, Progress, identity, write_through
 from inferkit.job.plan import Plan, make_plan, settle_precision
 from inferkit.job.quarantine import Rescue, TaskFailed
@@ -450,7 +452,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     where, embedded = _connect(verbose)
     _contain_crashes()
     cluster = read_cluster()
-    plan = make_plan(cluster, profile_models(facts, options.task), options)
+    plan = make_plan(cluster, profile_models(facts, options.task), options, _listed_rows(source))
     say(f"run {run_id} on {where}: model {_model_names(options, facts)}; {len(source.units)} input unit(s) of "
         f"{source.format} from {_absolute(source.uri)}"
          + (f" ({len(source.skipped)} other file(s) left out)" if source.skipped else ""))
@@ -464,16 +466,20 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
         text_column=options.text_column, passthrough=tuple(passthrough),
         output_schema=_output_schema(options, schema, passthrough),
         normalization=tuple(normalization_of(f.image_processor) for f in facts if f.image_processor),
-        labels=tuple(f.id2label for f in facts), fault=os.environ.get("INFERKIT_INJECT_FAULT", ""))
+        labels=tuple(f.id2label for f in facts), fault=os.environ.get("INFERKIT_INJECT_FAULT", ""),
+        compile=plan.compile)
     parts = [source.part_table(p, progress.done.get(p, [])) for p in range(source.parts) if not progress.complete(p)]
     node_ids = [n.node_id for n in cluster.nodes]
     execute_started = time.time()
     write_mode, stats, precision = "none: every row was written by earlier attempts", "", {"chosen": spec.precision,
                                                                                          "checked": False}
+    compiled, tally = {"on": False}, None
     if parts:
         prepared = _prepared(source, parts, facts, schema, options, plan, spec)
         spec, precision = _settle_precision(prepared, spec, plan)
         _record_precision(ledger, history, spec.precision)
+        spec, compiled = settle_compile(prepared, spec, plan, PRECISION_SAMPLE_ROWS)
+        tally = start_tally() if spec.compile else None
         predictions = _predictions(prepared, spec, plan)
         with terminal.row_progress(_listed_rows(source), progress.rows):
             write_mode = _write(predictions, output, ledger, node_ids, plan.io_task_cpus, embedded)
@@ -498,6 +504,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
         "plan": {k: v for k, v in dataclasses.asdict(plan).items() if k != "decisions"}
         | {"decisions": [dataclasses.asdict(d) for d in plan.decisions]},
         "precision": precision,
+        "compile": {"mode": options.compile, **compiled, "actors": read_tally(tally) if tally else {}},
         "image_size": [processor_size(f.image_processor) for f in facts if f.image_processor],
         "rows": rows, "errors": errors, "unreadable_units": unreadable, "error_fraction": fraction,
         "rows_resumed": progress.rows, "attempts": len(history[1]), "attempt_history": history[1],
@@ -540,7 +547,7 @@ def _dry_run(options: RunOptions, run_id: str, source: io.Source, schema: pa.Sch
         cluster = read_cluster()
     else:
         where, cluster = "this machine (an embedded Ray would start here)", _this_machine()
-    plan = make_plan(cluster, profile_models(facts, options.task), options)
+    plan = make_plan(cluster, profile_models(facts, options.task), options, _listed_rows(source))
     output = _absolute(options.output or os.path.join("inferkit-output", run_id))
     skipped = f"; {len(source.skipped)} other file(s) left out" if source.skipped else ""
     print(f"input:  {_absolute(source.uri)} ({len(source.units)} unit(s) of {source.format}{skipped})\n"
