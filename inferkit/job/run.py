@@ -261,18 +261,31 @@ def _predictions(prepared: Any, spec: ModelSpec, plan: Plan) -> Any:
 
 def _settle_precision(prepared: Any, spec: ModelSpec, plan: Plan) -> tuple[ModelSpec, dict]:
     """bf16 stays only if it agrees with fp32 on the first rows; the check runs where actors run."""
-    import ray
-
     if not plan.precision_check:
         return spec, {"chosen": spec.precision, "checked": False}
-    sample = prepared.limit(PRECISION_SAMPLE_ROWS).take_batch(PRECISION_SAMPLE_ROWS, batch_format="pyarrow")
-    task = ray.remote(check_precision).options(num_cpus=plan.num_cpus_per_actor,
-                                               num_gpus=plan.num_gpus_per_actor or None)
-    result = ray.get(task.remote(spec, sample))
+    result = _precision_sample_checked(prepared, spec, plan)
     chosen = settle_precision(spec.precision, result["agreement"])
     found = result.get("why") or f"{spec.precision} agrees with fp32 on {result['agreement']:.1%} of {result['rows']} rows"
     say(f"precision: {found} -> {chosen}")
     return dataclasses.replace(spec, precision=chosen), {"chosen": chosen, "checked": True, **result}
+
+
+def _precision_sample_checked(prepared: Any, spec: ModelSpec, plan: Plan) -> dict:
+    """check_precision on the first rows still to do; none left (earlier attempts wrote them) or a check
+    whose process keeps dying compares nothing, so fp32 is kept."""
+    import ray
+    from ray.exceptions import WorkerCrashedError
+
+    try:
+        sample = prepared.limit(PRECISION_SAMPLE_ROWS).take_batch(PRECISION_SAMPLE_ROWS, batch_format="pyarrow")
+    except ValueError:  # Ray Data's "the dataset is empty"
+        return {"agreement": 0.0, "rows": 0, "why": "no row left to compare with fp32"}
+    task = ray.remote(check_precision).options(num_cpus=plan.num_cpus_per_actor, max_retries=TASK_RETRIES,
+                                               num_gpus=plan.num_gpus_per_actor or None)
+    try:
+        return ray.get(task.remote(spec, sample))
+    except WorkerCrashedError:
+        return {"agreement": 0.0, "rows": 0, "why": "the check's worker process died on the first rows"}
 
 
 def _contain_crashes() -> None:
