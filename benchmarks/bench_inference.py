@@ -9,9 +9,14 @@ differenced into a steady-state throughput), with the peak memory (PSS) of its w
   static-advice   the seeds' advice: actors with num_cpus=2, batch 16, pool = CPUs // 2
   inferkit        `inferkit run`, which plans everything itself
 
-Also: top-1 agreement of inferkit's predictions with the bare fp32 loop, and the planner alone on
-synthetic clusters from one 1-CPU node to 1000 nodes of 8 GPUs. Weights are random (saved from a
-config: the Hub is out of reach), which is enough for speed, memory and agreement.
+ResNet-50's weights are random (saved from a config: the Hub is out of reach), which is enough for
+speed and memory but not for agreement: it gives nearly every image the same label, so any
+preprocessing "agrees" with any other. Top-1 agreement of inferkit with the bare fp32 loop (the Hugging
+Face processor and tokenizer called directly) is therefore also measured on two tiny models trained for
+a second on generated data (tests/tiny.py: coloured stripes, sentiment texts), whose labels follow the
+input, beside deliberately wrong preprocessing (channels swapped, no normalisation, another vocabulary)
+to show the figure can fall. Also: the planner alone on synthetic clusters from one 1-CPU node to 1000
+nodes of 8 GPUs.
 
     python benchmarks/bench_inference.py [--sizes 64 320] [--repeats 2] [--device auto|cpu|gpu] [--out DIR]
     python benchmarks/bench_inference.py compile [--sizes 64 320]   # eager vs `--compile on` (issue 13)
@@ -34,6 +39,10 @@ from pathlib import Path
 
 HANG_SECONDS = 90
 BATCH = 16
+REPO = Path(__file__).resolve().parents[1]
+TINY_ROWS = 64
+# Bare-loop variants that preprocess wrongly on purpose: agreement with them must fall.
+WRONG_IMAGE_PREPROCESSING = {"channels swapped": "bgr", "not normalised": "unnormalised"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,28 +92,36 @@ def _load(model_dir: str, dtype, device):
     return model, AutoImageProcessor.from_pretrained(model_dir, backend="pil")
 
 
-def _predict(model, processor, paths: list[str], dtype, device) -> list[int]:
+def _predict(model, processor, paths: list[str], dtype, device, variant: str = "") -> list[int]:
+    """Labels from the processor called directly; `variant` bgr or unnormalised preprocesses wrongly."""
     import torch
     from PIL import Image
 
     images = [Image.open(p).convert("RGB") for p in paths]
-    pixels = torch.from_numpy(processor(images, return_tensors="np")["pixel_values"]).to(device, dtype=dtype)
+    options = {"do_normalize": False} if variant == "unnormalised" else {}
+    pixels = torch.from_numpy(processor(images, return_tensors="np", **options)["pixel_values"])
+    if variant == "bgr":
+        pixels = pixels.flip(1)
     with torch.inference_mode():
-        return model(pixel_values=pixels).logits.argmax(-1).tolist()
+        return model(pixel_values=pixels.to(device, dtype=dtype)).logits.argmax(-1).tolist()
 
 
-def child_bare(model_dir: str, images: str, out: str, precision: str, device_name: str) -> None:
+def bare_labels(model_dir: str, images: str, precision: str, device_name: str, variant: str = "") -> dict[str, int]:
     import torch
 
     device = _device(device_name)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model, processor = _load(model_dir, dtype, device)
-    paths = sorted(str(p) for p in Path(images).glob("*.jpg"))
+    paths = sorted(str(p) for p in Path(images).iterdir() if p.suffix in (".jpg", ".png"))
     labels = {}
     for start in range(0, len(paths), BATCH):
         chunk = paths[start:start + BATCH]
-        labels.update(zip(chunk, _predict(model, processor, chunk, dtype, device), strict=True))
-    Path(out).write_text(json.dumps(labels))
+        labels.update(zip(chunk, _predict(model, processor, chunk, dtype, device, variant), strict=True))
+    return labels
+
+
+def child_bare(model_dir: str, images: str, out: str, precision: str, device_name: str) -> None:
+    Path(out).write_text(json.dumps(bare_labels(model_dir, images, precision, device_name)))
 
 
 def child_ray(kind: str, model_dir: str, images: str, out: str, device_name: str) -> None:
@@ -208,23 +225,108 @@ def measure(command: list[str], timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         import signal
 
-        os.killpg(process.pid, signal.SIGKILL)
+        import psutil
+
+        # The driver's Ray daemons run in sessions of their own: kill its whole process tree (never
+        # `ray stop`, which would stop every other Ray on the machine too).
+        tree = [process.pid, *(p.pid for p in psutil.Process(process.pid).children(recursive=True))]
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         output, _ = process.communicate()
         outcome = f"hung (no result after {timeout:.0f} s)"
-        # The killed driver's Ray daemons run in sessions of their own: stop them too.
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     seconds = time.perf_counter() - started
     peak = memory.stop()
     return {"seconds": seconds, "peak_bytes": peak, "outcome": outcome, "log_tail": output[-2000:]}
 
 
-def labels_of(result_file: Path, config: str) -> dict[str, int]:
-    if config == "inferkit":
-        import pandas as pd
+# ---------------------------------------------------------------------------------------------
+# Agreement: inferkit's labels against the bare fp32 loop's, and wrong preprocessing against it
 
-        frame = pd.read_parquet(result_file)
-        return {p: int(str(label).removeprefix("LABEL_")) for p, label in zip(frame.path, frame.label, strict=True)}
-    return json.loads(result_file.read_text())
+
+def named(labels: dict[str, int], model_dir: str) -> dict[str, str]:
+    """Label indices as the model's label names (what inferkit writes)."""
+    from transformers import AutoConfig
+
+    id2label = AutoConfig.from_pretrained(model_dir).id2label
+    return {key: id2label[index] for key, index in labels.items()}
+
+
+def inferkit_labels(output: Path, key: str) -> dict[str, str]:
+    import pandas as pd
+
+    frame = pd.read_parquet(output)
+    return dict(zip(frame[key].astype(str), frame.label, strict=True))
+
+
+def run_inferkit(args: list[str], output: Path, device_name: str) -> Path:
+    command = [sys.executable, "-m", "inferkit", "run", *args, "--output", str(output), "--overwrite"]
+    result = subprocess.run(command + ([] if device_name == "auto" else ["--device", device_name]),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"inferkit run failed ({result.returncode}): {result.stderr[-3000:]}")
+    return output
+
+
+def text_labels(model_dir: str, texts: dict[str, str]) -> dict[str, str]:
+    """Labels from the tokenizer and model called directly, in fp32."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    keys = list(texts)
+    with torch.inference_mode():
+        indices = model(**tokenizer([texts[k] for k in keys], padding=True, return_tensors="pt")).logits.argmax(-1)
+    return {key: model.config.id2label[int(i)] for key, i in zip(keys, indices, strict=True)}
+
+
+def agreement_row(model: str, reference: dict[str, str], ours: dict[str, str],
+                  wrong: dict[str, dict[str, str]]) -> dict:
+    from inferkit.job.plan import top1_agreement
+
+    keys = sorted(reference)
+
+    def versus(labels: dict[str, str]) -> float:
+        return top1_agreement([reference[k] for k in keys], [labels.get(k) for k in keys])
+
+    return {"model": model, "rows": len(keys), "distinct_reference_labels": len(set(reference.values())),
+            "inferkit": versus(ours), "wrong_preprocessing": {name: versus(labels) for name, labels in wrong.items()}}
+
+
+def trained_tiny_agreement(work: Path, device_name: str) -> list[dict]:
+    """Agreement on two tiny models trained for a second (tests/tiny.py), whose labels vary with the input."""
+    import shutil
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import tiny
+
+    cnn = tiny.trained_cnn(work / "stripes-cnn")
+    images = work / "stripes"
+    images.mkdir()
+    for i in range(TINY_ROWS):
+        (images / f"{i:03d}.png").write_bytes(tiny.stripes_png(i % len(tiny.STRIPES), seed=10_000 + i))
+    wrong = {name: named(bare_labels(cnn, str(images), "fp32", device_name, variant), cnn)
+             for name, variant in WRONG_IMAGE_PREPROCESSING.items()}
+    output = run_inferkit(["--task", "image-classification", "--model", cnn, "--input", str(images)],
+                          work / "stripes-out", device_name)
+    rows = [agreement_row("tiny CNN trained on coloured stripes", named(bare_labels(cnn, str(images), "fp32",
+                                                                                   device_name), cnn),
+                          inferkit_labels(output, "path"), wrong)]
+
+    bert = tiny.trained_bert(work / "sentiment-bert")
+    other = work / "sentiment-bert-other-vocabulary"
+    shutil.copytree(bert, other)
+    tiny.save_tokenizer(other, words=tuple(reversed(tiny.WORDS)))
+    texts = {str(i): tiny.sentiment_text(i % len(tiny.SENTIMENT_LABELS), seed=10_000 + i) for i in range(TINY_ROWS)}
+    (work / "texts.jsonl").write_text("".join(json.dumps({"id": k, "text": t}) + "\n" for k, t in texts.items()))
+    output = run_inferkit(["--task", "text-classification", "--model", bert, "--input", str(work / "texts.jsonl")],
+                          work / "sentiment-out", device_name)
+    rows.append(agreement_row("tiny BERT trained on sentiment texts", text_labels(bert, texts),
+                              inferkit_labels(output, "id"), {"another vocabulary": text_labels(str(other), texts)}))
+    return rows
 
 
 def planner_timings() -> list[dict]:
@@ -302,6 +404,18 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def agreement_table(rows: list[dict]) -> str:
+    wrong = sorted({name for row in rows for name in row["wrong_preprocessing"]})
+    lines = ["| model | rows | labels the bare fp32 loop gives | inferkit vs bare fp32 | "
+             + " | ".join(f"{name} vs bare fp32" for name in wrong) + " |",
+             "| --- | ---: | ---: | ---: |" + " ---: |" * len(wrong)]
+    for row in rows:
+        cells = [f"{row['wrong_preprocessing'][n]:.1%}" if n in row["wrong_preprocessing"] else "-" for n in wrong]
+        lines.append(f"| {row['model']} | {row['rows']} | {row['distinct_reference_labels']} | "
+                     f"{row['inferkit']:.1%} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs=2, default=[64, 320], help="two input sizes (images)")
@@ -321,7 +435,8 @@ def main() -> None:
     sizes = sorted(args.sizes)
     image_dirs = {n: build_images(work / f"images-{n}", n) for n in sizes}
     script = str(Path(__file__).resolve())
-    rows, agreement = [], None
+    rows: list[dict] = []
+    agreement: list[dict] = []
     for config in configs:
         runs = []
         for n in sizes:
@@ -353,18 +468,22 @@ def main() -> None:
         steady = (sizes[1] - sizes[0]) / (runs[1]["seconds"] - runs[0]["seconds"]) if ok else None
         rows.append({"config": config, "steady_rows_per_second": steady, "outcome": runs[-1]["outcome"],
                      "seconds": [r["seconds"] for r in runs], "peak_bytes": [r["peak_bytes"] for r in runs]})
-    if {"bare-fp32", "inferkit"} <= set(configs):
-        reference = labels_of(work / f"bare-fp32-{sizes[1]}.out", "bare-fp32")
-        ours = labels_of(work / f"inferkit-{sizes[1]}.out", "inferkit")
-        agreement = sum(ours[p] == label for p, label in reference.items()) / len(reference)
-    results = {"hardware": hw, "sizes": sizes, "configs": rows, "top1_agreement_inferkit_vs_bare_fp32": agreement,
+    ok = {r["config"] for r in rows if r["outcome"] == "ok"}
+    if {"bare-fp32", "inferkit"} <= ok:
+        images = image_dirs[sizes[1]]
+        wrong = {name: named(bare_labels(model, images, "fp32", args.device, variant), model)
+                 for name, variant in WRONG_IMAGE_PREPROCESSING.items()}
+        agreement.append(agreement_row("ResNet-50, random weights",
+                                       named(json.loads((work / f"bare-fp32-{sizes[1]}.out").read_text()), model),
+                                       inferkit_labels(work / f"inferkit-{sizes[1]}.out", "path"), wrong))
+    agreement += trained_tiny_agreement(work, args.device)
+    results = {"hardware": hw, "sizes": sizes, "configs": rows, "agreement_with_bare_fp32": agreement,
                "planner": planner_timings(), "date": time.strftime("%Y-%m-%d")}
     tag = "gpu" if hw["gpu"] else "cpu"
     (out / f"{tag}.json").write_text(json.dumps(results, indent=2))
     plot(results, out / f"{tag}-throughput.png")
     print(table(results))
-    if agreement is not None:
-        print(f"\ntop-1 agreement, inferkit vs bare fp32 on {sizes[1]} images: {agreement:.2%}")
+    print("\n" + agreement_table(agreement))
     print("\n| planner on | time | plan |\n| --- | ---: | --- |")
     for row in results["planner"]:
         print(f"| {row['cluster']} | {row['microseconds']:.0f} us | {row['plan']} |")
