@@ -317,3 +317,14 @@ def test_error_kinds_group_messages_by_what_went_wrong():
     counts = {"empty text": 4, "cannot decode image: UnidentifiedImageError: cannot identify image file 1": 1,
               "cannot decode image: UnidentifiedImageError: cannot identify image file 2": 2}
     assert error_kinds(counts) == "4 empty text, 3 cannot decode image"
+
+
+def test_the_default_output_counts_inside_the_input_and_only_there(inferkit, tmp_path, monkeypatch, no_ray,
+                                                                   tiny_models):
+    monkeypatch.chdir(tmp_path)
+    _texts(tmp_path)
+    line = _one_line_error(inferkit("run", "--input", ".", "--model", tiny_models["embedder"]), "--output")
+    assert f"'{tmp_path}/inferkit-output/" in line and f"is inside the input '{tmp_path}'" in line
+    _texts(tmp_path / "data")  # a subfolder of the working directory: the default output is beside it
+    done = _inferkit("run", "--dry-run", "--input", "data", "--model", tiny_models["embedder"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr

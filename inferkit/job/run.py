@@ -114,12 +114,13 @@ def _architecture_problem(options: RunOptions, facts: ModelFacts) -> str | None:
             f"class for that); choose a model made for {options.task}")
 
 
-def _check_nesting(options: RunOptions) -> None:
-    """config's check compares the paths as typed; here local ones are resolved (relative, symlinks)."""
+def _check_nesting(options: RunOptions, output: str) -> None:
+    """config's check compares the paths as typed; here local ones are resolved (relative, symlinks), and
+    the default output (inferkit-output/<run id> here) counts too: `--input .` would read it next time."""
     def resolved(path: str) -> str:
         return path if is_remote_uri(path) else os.path.realpath(os.path.expanduser(path))
 
-    problem = nesting_problem(resolved(options.input), resolved(options.output)) if options.input else None
+    problem = nesting_problem(resolved(options.input), resolved(output)) if options.input else None
     if problem:
         raise ConfigError([f"--output: {problem}"])
 
@@ -132,6 +133,10 @@ def _check_gpu_here(options: RunOptions) -> None:
             and not torch.cuda.is_available():
         raise ConfigError(["--device gpu: this machine has no GPU that torch can use, and with no RAY_ADDRESS the "
                            "run is on this machine; use --device cpu or auto, or set RAY_ADDRESS to a GPU cluster"])
+
+
+def _output_uri(options: RunOptions, run_id: str) -> str:
+    return options.output or os.path.join("inferkit-output", run_id)
 
 
 def _model_names(options: RunOptions, facts: list[ModelFacts]) -> str:
@@ -383,7 +388,7 @@ def _versions() -> dict[str, str]:
 def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -> int:
     started = time.time()
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    _check_nesting(options)
+    _check_nesting(options, _output_uri(options, run_id))
     source = io.discover(options.input or str(SAMPLE), options.input_format)
     schema = io.sample_schema(source)
     problems = _check_columns(options, source, schema)
@@ -400,7 +405,7 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
     passthrough = _passthrough(options, source, schema)
     if dry_run:
         return _dry_run(options, run_id, source, schema, facts, verbose)
-    output = io.prepare_output(options.output or os.path.join("inferkit-output", run_id), options.overwrite)
+    output = io.prepare_output(_output_uri(options, run_id), options.overwrite)
     ledger = Ledger(output.filesystem, output.staging)
     job = identity(source, options.task, tuple(f.model for f in facts), options.ensemble,
                    _output_schema(options, schema, passthrough))
@@ -561,7 +566,7 @@ def _dry_run(options: RunOptions, run_id: str, source: io.Source, schema: pa.Sch
     else:
         where, cluster = "this machine (an embedded Ray would start here)", _this_machine()
     plan = make_plan(cluster, profile_models(facts, options.task), options, _listed_rows(source))
-    output = _absolute(options.output or os.path.join("inferkit-output", run_id))
+    output = _absolute(_output_uri(options, run_id))
     skipped = f"; {len(source.skipped)} other file(s) left out" if source.skipped else ""
     print(f"input:  {_absolute(source.uri)} ({len(source.units)} unit(s) of {source.format}{skipped})\n"
           f"schema: {', '.join(f'{f.name} {f.type}' for f in schema)}\n"
