@@ -219,9 +219,30 @@ def test_http_mode_job_runs_through_the_operator_on_a_real_ray(controlplane, nam
                       "-f", str(http_mode_values(tmp_path)), "--set", "job.submissionMode=HTTPMode",
                       "--output", str(out), "--timeout", "600")
     assert result.code == 0, result.stderr
+    assert "RayJob e2e: deployment Complete, job SUCCEEDED: Job finished successfully." in result.stderr
     assert "RayJob e2e: the job succeeded" in result.stderr
+    # The driver's log, read from the head's dashboard through the API server's service proxy.
+    assert "Running entrypoint for job e2e-" in result.stdout and f"inferkit run --output {out}\n" in result.stdout
+    assert result.stdout.count("done: 100 rows, 0 with errors (0.00%)") == 1
+    assert f"-> {controlplane.pod_host}:8265" in controlplane.log("pod-network")
     assert (out / "_SUCCESS").exists()
     assert sorted(pq.read_table(out, columns=["id"]).column("id").to_pylist()) == sample_ids()
+
+
+@pytest.mark.ray
+def test_http_mode_job_whose_entrypoint_fails_exits_1_with_the_reason(controlplane, namespace, inferkit, ray_head,
+                                                                     tmp_path):
+    missing = tmp_path / "no-such-input.jsonl"
+    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "broken", "--cpu-nodes", "1",
+                      "-f", str(http_mode_values(tmp_path)), "--set", "job.submissionMode=HTTPMode",
+                      "--input", str(missing), "--output", str(tmp_path / "out"), "--timeout", "600")
+    assert result.code == 1, result.stderr
+    refusal = f"Error: --input {missing}: no such file or folder"
+    assert result.stdout.count(refusal + "\n") == 1
+    assert ("RayJob broken: the job failed (deployment Failed, job FAILED): AppFailed: Job entrypoint command failed "
+            "with exit code 2") in result.stderr
+    assert refusal in result.stderr  # the operator's message carries the end of the driver's log
+    assert not (tmp_path / "out").exists()
 
 
 def sample_ids() -> list[str]:
