@@ -148,7 +148,8 @@ class ActorCompiler:
 
             if is_out_of_memory(e):
                 raise  # the predictor halves its micro-batch; a smaller shape compiles once more
-            self.fallback = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            reason = str(e).split("Set TORCHDYNAMO_VERBOSE")[0]  # dynamo's debugging advice is not for users
+            self.fallback = f"{type(e).__name__}: {' '.join(reason.split())[:300]}"
             if self.announce:
                 print(f"[inferkit] compiling failed, this actor runs eager from now on: {self.fallback}",
                       file=sys.stderr, flush=True)
