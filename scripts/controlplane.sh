@@ -105,10 +105,21 @@ build_operator() {  # built as its own module (its go.mod has no replace directi
 
 build() {
     command -v go >/dev/null || unavailable "no Go toolchain on PATH (go 1.26 or newer builds the control plane)"
-    local log; log=$(cd "$MODULE" && go mod download 2>&1) \
+    local log
+    K8S=$(module_version k8s.io/kubernetes 2>/dev/null) && ETCD=$(module_version go.etcd.io/etcd/server/v3) \
+        && KWOK=$(module_version sigs.k8s.io/kwok) \
+        || { log=$(cd "$MODULE" && go mod download 2>&1) \
+             || unavailable "cannot download the Go modules of $MODULE (is the Go module proxy reachable?): ${log%%$'\n'*}"
+             K8S=$(module_version k8s.io/kubernetes) ETCD=$(module_version go.etcd.io/etcd/server/v3)
+             KWOK=$(module_version sigs.k8s.io/kwok); }
+    local wanted=(etcd-$ETCD/etcd kube-apiserver-$K8S/kube-apiserver kube-controller-manager-$K8S/kube-controller-manager
+                  kube-scheduler-$K8S/kube-scheduler kubectl-$K8S/kubectl kwok-$KWOK/kwok kwok-$KWOK/stages.yaml
+                  kuberay-operator-$KUBERAY_VERSION/kuberay-operator kuberay-operator-$KUBERAY_VERSION/ray.io_rayservices.yaml)
+    local have=0 path
+    for path in "${wanted[@]}"; do [ -e "$CACHE/$path" ] && have=$((have + 1)); done
+    [ "$have" -eq "${#wanted[@]}" ] && return 0  # all cached: no module proxy needed
+    log=$(cd "$MODULE" && go mod download 2>&1) \
         || unavailable "cannot download the Go modules of $MODULE (is the Go module proxy reachable?): ${log%%$'\n'*}"
-    K8S=$(module_version k8s.io/kubernetes) ETCD=$(module_version go.etcd.io/etcd/server/v3) \
-        KWOK=$(module_version sigs.k8s.io/kwok)
     build_tool etcd "$ETCD" go.etcd.io/etcd/server/v3
     build_tool kube-apiserver "$K8S" k8s.io/kubernetes/cmd/kube-apiserver
     build_tool kube-controller-manager "$K8S" k8s.io/kubernetes/cmd/kube-controller-manager
