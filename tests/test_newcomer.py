@@ -255,21 +255,20 @@ def test_a_terminal_shows_progress_in_rows_and_the_error_kinds(tmp_path, tiny_mo
 
 
 @pytest.mark.ray
-def test_off_a_terminal_progress_is_a_line_every_few_seconds(inferkit, ray_local, tiny_models, tmp_path, monkeypatch):
-    from inferkit.job import terminal
-
-    monkeypatch.setattr(terminal, "LOG_EVERY_SECONDS", 0.0)  # every step of the executor, for the test
+@pytest.mark.slow
+def test_off_a_terminal_progress_is_a_line_every_few_seconds(tiny_models, tmp_path):
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"id": i, "text": "" if i == 3 else f"w {i}"}) + "\n"
                                               for i in range(40)))
-    result = inferkit("run", "--model", tiny_models["embedder"], "--input", str(tmp_path / "t.jsonl"), "--output",
-                      str(tmp_path / "out"), "--max-error-fraction", "0.5", "--batch-size", "8")
-    assert result.code == 0, result.stderr
-    lines = result.stderr.splitlines()
+    done = _inferkit("run", "--model", tiny_models["embedder"], "--input", str(tmp_path / "t.jsonl"), "--output",
+                     str(tmp_path / "out"), "--max-error-fraction", "0.5", "--batch-size", "8", cwd=tmp_path,
+                     env=_fresh_env(tmp_path) | {"INFERKIT_PROGRESS_SECONDS": "0.001"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
     progress = [line for line in lines if " progress: " in line]
-    assert progress and all(line.split(" progress: ")[1].split(" rows, ")[0].replace(",", "").isdigit()
+    assert progress and all(re.match(r"^[\d,]+ rows, [\d.,]+ rows/s$", line.split(" progress: ")[1])
                             for line in progress), lines
     assert progress[-1].split(" progress: ")[1].startswith("40 rows, "), progress
-    assert "\r" not in result.stderr and "\x1b" not in result.stderr
+    assert "\r" not in done.stderr and "\x1b" not in done.stderr
     assert lines[-1].endswith("errors by kind: 1 empty text")
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from inferkit.console import say
 
-# Off a terminal (a log file, a pod's log), one progress line this often.
-LOG_EVERY_SECONDS = 30.0
+# Off a terminal (a log file, a pod's log), one progress line this often (INFERKIT_PROGRESS_SECONDS).
+LOG_EVERY_SECONDS = float(os.environ.get("INFERKIT_PROGRESS_SECONDS") or 30)
 # On a terminal, the line is redrawn at most this often.
 REDRAW_SECONDS = 0.5
 # Substrings of Ray's C++ log lines that are kept off the terminal (they stay in the driver's log file,
@@ -98,8 +98,12 @@ def install_progress(context: Any) -> None:
 
     class RowsInferred(ExecutionCallback):
         def on_execution_step(self, executor: Any) -> None:
-            if _shown:
+            if not _shown:
+                return
+            try:
                 _shown[-1].update(_rows_inferred(executor), time.monotonic())
+            except Exception:  # noqa: BLE001 - the display must never fail the run: it goes, the run goes on
+                _shown.clear()
 
         def after_execution_succeeds(self, executor: Any) -> None:
             self.on_execution_step(executor)
