@@ -327,3 +327,18 @@ def test_the_default_output_counts_inside_the_input_and_only_there(inferkit, tmp
     _texts(tmp_path / "data")  # a subfolder of the working directory: the default output is beside it
     done = _inferkit("run", "--dry-run", "--input", "data", "--model", tiny_models["embedder"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+
+
+def test_an_embedded_ray_gets_token_auth_chosen_so_ray_has_nothing_to_warn_about(tmp_path):
+    """Ray warns when it picks token authentication for a new local cluster itself; inferkit chooses it
+    (Ray's cached config must see the choice, or the cluster's processes and the driver disagree)."""
+    probe = ("import os; from inferkit.job.run import _choose_token_auth; _choose_token_auth(); "
+             "from ray._raylet import AuthenticationMode, get_authentication_mode; "
+             "print(os.environ['RAY_AUTH_MODE'], get_authentication_mode() == AuthenticationMode.TOKEN)")
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    done = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True,
+                          timeout=900, cwd=tmp_path)
+    assert done.stdout.split() == ["token", "True"], done.stderr
+    kept = subprocess.run([sys.executable, "-c", probe], env=environment | {"RAY_AUTH_MODE": "disabled"},
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert kept.stdout.split() == ["disabled", "False"], kept.stderr
