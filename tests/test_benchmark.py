@@ -19,8 +19,10 @@ TRAINED = ("tiny CNN trained on coloured stripes", "tiny BERT trained on sentime
 def test_benchmark_smoke(tmp_path):
     pytest.importorskip("matplotlib")
     pytest.importorskip("psutil")
+    # Generous hang limits: on a loaded 2-core machine one `inferkit run` can take minutes to start.
     result = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "4", "12", "--configs", "bare-fp32", "inferkit",
-                             "--repeats", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+                             "--repeats", "1", "--hang-seconds", "600", "--out", str(tmp_path)], capture_output=True,
+                            text=True, timeout=2400)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "cpu.json").read_text())
     rows = {r["config"]: r for r in results["configs"]}
