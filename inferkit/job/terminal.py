@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ray.data._internal.execution.execution_callback import ExecutionCallback
+
 from inferkit.console import say
 
 # Off a terminal (a log file, a pod's log), one progress line this often (INFERKIT_PROGRESS_SECONDS).
@@ -92,23 +94,28 @@ def _is_tty(stream: Any) -> bool:
 _shown: list[RowProgress] = []  # the display of the execution now running, if any
 
 
+class RowsInferred(ExecutionCallback):
+    """Feeds the display with the inference operator's output rows at each step of an execution.
+
+    Defined at module level so that cloudpickle ships it to workers by reference with the DataContext:
+    a class made inside a function travels by value, with `_shown` and the stream it holds.
+    """
+
+    def on_execution_step(self, executor: Any) -> None:
+        if not _shown:
+            return
+        try:
+            _shown[-1].update(_rows_inferred(executor), time.monotonic())
+        except Exception:  # noqa: BLE001 - the display must never fail the run: it goes, the run goes on
+            _shown.clear()
+
+    def after_execution_succeeds(self, executor: Any) -> None:
+        self.on_execution_step(executor)
+
+
 def install_progress(context: Any) -> None:
     """Register the callback on Ray Data's context; datasets made afterwards report to `row_progress`."""
-    from ray.data._internal.execution.execution_callback import ExecutionCallback
-
-    class RowsInferred(ExecutionCallback):
-        def on_execution_step(self, executor: Any) -> None:
-            if not _shown:
-                return
-            try:
-                _shown[-1].update(_rows_inferred(executor), time.monotonic())
-            except Exception:  # noqa: BLE001 - the display must never fail the run: it goes, the run goes on
-                _shown.clear()
-
-        def after_execution_succeeds(self, executor: Any) -> None:
-            self.on_execution_step(executor)
-
-    if not any(c.__name__ == RowsInferred.__name__ for c in context.custom_execution_callback_classes):
+    if RowsInferred not in context.custom_execution_callback_classes:
         context.custom_execution_callback_classes.append(RowsInferred)
 
 
