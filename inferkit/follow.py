@@ -43,6 +43,10 @@ REFUSAL_HINTS = (  # (lowercase part of the message, hint)
                              "pod-security.kubernetes.io/enforce label or tighten the pod's securityContext"),
 )
 DEADLINE_EXCEEDED = "DeadlineExceeded"
+# Ray's job supervisor (ray/dashboard/modules/job/job_supervisor.py) ends a failed job's message with the
+# driver's last log lines after this marker, and the operator copies it into status.message
+# (rayjob_controller.go); those lines were streamed already and `inferkit logs` shows them all.
+RAY_LOG_TAIL = re.compile(r",?\s*last available logs \(truncated[^)]*\):")
 DASHBOARD_READ_RATE = 512 * 1024  # characters a second an HTTPMode log may be re-read at (a 1 MiB log: every 2 s)
 DASHBOARD_LONGEST_WAIT = 30.0  # seconds: the longest wait between two reads of an HTTPMode log
 
@@ -63,6 +67,8 @@ class JobState:
     job_id: str = ""
     cluster_kept_for: int | None = None  # seconds a finished job's RayCluster outlives its end; None: until deleted
     created: str = ""  # the RayJob's creationTimestamp
+    name: str = ""
+    namespace: str = ""
 
     @classmethod
     def of(cls, obj: dict) -> JobState:
@@ -82,6 +88,7 @@ class JobState:
             mode=spec.get("submissionMode") or "K8sJobMode", job_id=status.get("jobId") or "",
             cluster_kept_for=cluster_removal_ttl(spec, deployment, job),
             created=metadata.get("creationTimestamp") or "",
+            name=metadata.get("name") or "", namespace=metadata.get("namespace") or "",
         )
 
     @property
@@ -100,11 +107,9 @@ def state_change(previous: JobState | None, current: JobState) -> str | None:
     key = (current.deployment, current.job, current.reason)
     if previous is not None and key == (previous.deployment, previous.job, previous.reason):
         return None
-    line = current.describe()
+    line = current.describe()  # a terminal state's message is the outcome's to tell, once
     if current.suspended and current.deployment in ("Suspended", "Suspending", ""):
         line += f" (waiting for Kueue to admit it{f' from queue {current.queue}' if current.queue else ''})"
-    if current.message and current.deployment in TERMINAL_DEPLOYMENT:
-        line += f": {current.message}"
     return line
 
 
@@ -125,12 +130,22 @@ def outcome(state: JobState) -> Outcome | None:
         # (rayjob_controller.go: ValidationFailed is not a terminal state it stamps).
         return Outcome(EXIT_JOB_FAILED, f"the operator refused the RayJob, so nothing ran: {state.message or '-'}; "
                                         "the RayJob stays until you delete it or submit again with --replace")
-    detail = ": ".join(p for p in (state.reason, state.message) if p) or "no reason given"
+    message, had_log = without_log_tail(state.message)
+    detail = ": ".join(p for p in (state.reason, message) if p) or "no reason given"
     summary = (f"the job {'failed' if state.job != 'STOPPED' else 'was stopped'} "
                f"(deployment {state.deployment}, job {state.job or '-'}): {detail}")
+    if had_log:
+        namespace = f" -n {state.namespace}" if state.namespace else ""
+        summary += f"; the driver's log: inferkit logs {state.name or 'NAME'}{namespace}"
     if state.reason == DEADLINE_EXCEEDED:
         summary += "; " + _after_deadline(state)
     return Outcome(EXIT_JOB_FAILED, summary)
+
+
+def without_log_tail(message: str) -> tuple[str, bool]:
+    """A job's message without the driver's log lines Ray appends to it, and whether it had them."""
+    cut = RAY_LOG_TAIL.search(message)
+    return (message[:cut.start()], True) if cut else (message, False)
 
 
 def _after_deadline(state: JobState) -> str:

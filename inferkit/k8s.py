@@ -38,6 +38,10 @@ WATCH_READ_MARGIN = 30  # seconds a watch may be silent past its server-side tim
 LOG_READ_TIMEOUT = 300
 REQUEST_TIMEOUT = (10, 60)  # connect, read: a dead connection (a laptop that slept, a dropped VPN) must not hang
 SUBMISSION_ANNOTATION = "inferkit.io/submission"  # one per `inferkit submit`, to recognise our own create
+# A 500 that names no server fault: the API server cannot reach the kubelet of the pod's node, which it needs
+# to read a pod's log (the message comes from k8s.io/kubernetes pkg/util/node GetPreferredNodeAddress, via
+# the kubelet client's connection-info lookup). Retrying will not help; saying so at once does.
+KUBELET_UNREACHABLE = ("no preferred addresses found",)
 
 
 class LogRefused(ApiError):
@@ -63,6 +67,10 @@ def _message(error: ApiException) -> tuple[str, dict]:
     if not isinstance(body, dict):  # a proxied answer may be any JSON
         body = {}
     return body.get("message") or error.reason or "", body
+
+
+def _kubelet_unreachable(error: ApiException) -> bool:
+    return error.status == 500 and any(part in _message(error)[0] for part in KUBELET_UNREACHABLE)
 
 
 class Kube:
@@ -95,6 +103,11 @@ class Kube:
             self.context = "in-cluster"
             default_namespace = "default"
         configuration.retries = False  # retries happen in _call, where they are counted and bounded
+        # insecure-skip-tls-verify: the caller says so once (tls_unverified); urllib3's warning on every
+        # request would bury the output.
+        self.tls_unverified = configuration.host.startswith("https:") and not configuration.verify_ssl
+        if self.tls_unverified:
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self.server = configuration.host
         self.namespace = namespace or default_namespace
         self.api = client.ApiClient(configuration)
@@ -114,7 +127,7 @@ class Kube:
             try:
                 return function(*args, **kwargs)
             except ApiException as e:
-                if e.status in RETRIED_STATUSES and attempt < ATTEMPTS - 1:
+                if e.status in RETRIED_STATUSES and not _kubelet_unreachable(e) and attempt < ATTEMPTS - 1:
                     self._sleep(self._backoff(attempt, e))
                     continue
                 if e.status in handled:
@@ -152,6 +165,10 @@ class Kube:
             causes = (body.get("details") or {}).get("causes") or []
             fields = "; ".join(f"{c.get('field', '?')}: {c.get('message', '')}" for c in causes) or message
             return ApiError(f"{what}: the API server rejected it (422): {fields}")
+        if _kubelet_unreachable(error):
+            return ApiError(f"{what}: the API server cannot reach the kubelet of the pod's node, which serves pod "
+                            f"logs ({error.status}: {message}); check the node is Ready and has an address "
+                            "(kubectl get nodes -o wide)")
         if error.status in RETRIED_STATUSES:
             return ApiError(f"{what}: the API server kept failing ({error.status} {error.reason}) after {ATTEMPTS} "
                             f"tries: {message}")

@@ -45,7 +45,11 @@ class Connection:
     def open(self) -> Kube:
         from inferkit.k8s import Kube
 
-        return Kube(self.kubeconfig, self.context, self.namespace)
+        kube = Kube(self.kubeconfig, self.context, self.namespace)
+        if kube.tls_unverified:
+            say(f"warning: context {kube.context} sets insecure-skip-tls-verify: the API server's TLS certificate "
+                f"at {kube.server} is not verified")
+        return kube
 
 
 @dataclass(frozen=True)

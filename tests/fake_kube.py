@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -60,7 +62,9 @@ def pod(name: str, labels: dict, phase: str = "Pending", *, unschedulable: str |
 
 
 class FakeKube:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, tls: bool = False):
+        """`tls`: serve HTTPS with a self-signed certificate, as a real API server does, behind a kubeconfig
+        that sets insecure-skip-tls-verify (as kind and many dev clusters' kubeconfigs do)."""
         self.lock = threading.Condition()
         self.namespaces = {"default", "ml"}
         self.crd_installed = True
@@ -85,14 +89,20 @@ class FakeKube:
         self.node_clock_skew = 0.0  # seconds the nodes' clock (log timestamps, sinceSeconds) runs ahead
         self.dashboard_logs: dict[tuple[str, str, str], str] = {}  # (namespace, head service, Ray job id) -> log
         self.services: set[tuple[str, str]] = set()  # (namespace, name) of the RayClusters' head Services
+        # The node's kubelet cannot be reached: the API server answers a log read with a 500 that names it.
+        self.kubelet_unreachable = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
+        if tls:
+            self.server.socket = _self_signed(tmp).wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         self.kubeconfig = tmp / "kubeconfig"
         self.kubeconfig.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{self.server.server_port}"}}],
+            "clusters": [{"name": "fake", "cluster": {
+                "server": f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_port}",
+                **({"insecure-skip-tls-verify": True} if tls else {})}}],
             "users": [{"name": "tester", "user": {"token": "fake-token"}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tester", "namespace": "default"}}],
         }))
@@ -407,6 +417,8 @@ class FakeKube:
     def _pod_log(self, h, namespace: str, name: str, query: dict):
         if name not in self.pods or self.pods[name]["metadata"]["namespace"] != namespace:
             return h._status(404, "NotFound", f'pods "{name}" not found')
+        if self.kubelet_unreachable:  # as a real API server answered for a node without a usable address
+            return h._status(500, "InternalError", "no preferred addresses found; known addresses: []")
         containers = [c["name"] for c in self.pods[name]["spec"]["containers"]]
         container = query.get("container")
         if container is None and len(containers) > 1:
@@ -437,6 +449,17 @@ class FakeKube:
                     return
             if not follow or finished:
                 return h._close_stream()
+
+
+def _self_signed(tmp: Path) -> ssl.SSLContext:
+    """A server TLS context with a fresh self-signed certificate for 127.0.0.1."""
+    key, cert = tmp / "fake-kube.key", tmp / "fake-kube.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def stamp_of(moment: datetime) -> str:
@@ -504,6 +527,14 @@ def http_mode_path(name: str, chunks: list[str], *, final: tuple[str, str] = ("C
     steps.append((0.3, lambda f: f.set_status(name, jobDeploymentStatus=deployment, jobStatus=job,
                                               endTime=now_rfc3339())))
     return steps
+
+
+def ray_failure_message(exit_code: int, log_lines: list[str]) -> str:
+    """A failed Ray job's message as Ray's job supervisor writes it (ray/dashboard/modules/job/
+    job_supervisor.py: the driver's last log lines after a marker) and the operator copies into
+    status.message (rayjob_controller.go)."""
+    return (f"Job entrypoint command failed with exit code {exit_code}, last available logs (truncated to 20,000 "
+            "chars):\n" + "".join(f"{line}\n" for line in log_lines))
 
 
 def validation_failed(name: str, message: str) -> list[Step]:

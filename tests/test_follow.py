@@ -27,6 +27,17 @@ def test_failed_outcome_names_reason_and_message():
     assert result.summary.endswith("AppFailed: Job entrypoint command failed with exit code 1")
 
 
+def test_a_failed_jobs_message_is_told_once_without_the_driver_log_ray_appends():
+    """Ray's job supervisor appends the driver's last lines to the message: they were streamed already."""
+    message = ("Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000 chars):\n"
+               "Traceback (most recent call last):\nValueError: boom\n")
+    obj = _rayjob({}, jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed", message=message)
+    state = JobState.of({**obj, "metadata": {"name": "j", "namespace": "ml"}})
+    assert outcome(state).summary == ("the job failed (deployment Failed, job FAILED): AppFailed: Job entrypoint "
+                                      "command failed with exit code 1; the driver's log: inferkit logs j -n ml")
+    assert state_change(None, state) == "deployment Failed, job FAILED, reason AppFailed"
+
+
 def test_state_change_only_on_a_new_phase():
     running = JobState(deployment="Running", job="RUNNING")
     assert state_change(None, running) == "deployment Running, job RUNNING"

@@ -9,14 +9,16 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
+import urllib3
 import yaml
 
 from datetime import datetime, timedelta, timezone
 
 from fake_kube import (FakeKube, cluster_labels, generated_pod, happy_path, http_mode_path, now_rfc3339, pod,
-                       validation_failed)
+                       ray_failure_message, validation_failed)
 
 LINES = [f"driver line {i}: rows={i * 10}" for i in range(12)]
 
@@ -65,6 +67,36 @@ def test_failure_reports_reason_and_message(inferkit, fake):
     assert result.stdout.splitlines() == LINES[:3]
     assert "the job failed (deployment Failed, job FAILED): AppFailed: Job entrypoint command failed with exit code 1" \
         in result.stderr
+
+
+def test_a_failed_jobs_message_leaves_the_driver_log_to_stdout_and_is_told_once(inferkit, fake):
+    """Ray appends the driver's last lines to a failed job's message; they were streamed on stdout already."""
+    fake.scenario = happy_path("inferkit", LINES[:3], final=("Failed", "FAILED", "AppFailed",
+                                                             ray_failure_message(1, LINES[:3])))
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 1
+    assert result.stdout.splitlines() == LINES[:3]
+    assert not any(line in result.stderr for line in LINES[:3])
+    assert result.stderr.count("failed with exit code 1") == 1
+    assert ("AppFailed: Job entrypoint command failed with exit code 1; the driver's log: inferkit logs inferkit "
+            "-n default") in result.stderr
+
+
+def test_an_unverified_tls_context_is_said_once_not_warned_per_request(inferkit, tmp_path):
+    """A kubeconfig with insecure-skip-tls-verify: one line says so, urllib3 does not warn on every call."""
+    server = FakeKube(tmp_path, tls=True)
+    try:
+        server.scenario = happy_path("inferkit", LINES[:3])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = submit(inferkit, server, "--cpu-nodes", "1")
+    finally:
+        server.close()
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == LINES[:3]
+    assert [w for w in caught if issubclass(w.category, urllib3.exceptions.InsecureRequestWarning)] == []
+    assert result.stderr.count("TLS certificate") == 1
+    assert "context fake sets insecure-skip-tls-verify" in result.stderr
 
 
 def test_pending_on_insufficient_gpu_then_success(inferkit, fake):
@@ -396,6 +428,21 @@ def test_status_list_logs_delete(inferkit, fake):
     assert deleted.code == 0 and fake.rayjobs == {}
     missing = inferkit("status", "inferkit", *connection)
     assert missing.code == 3 and "no RayJob named inferkit in namespace default" in missing.stderr
+
+
+def test_logs_say_at_once_that_the_nodes_kubelet_cannot_be_reached(inferkit, fake):
+    """The API server's 500 for a node it cannot reach is no flaky server: retrying does not help."""
+    fake.scenario = happy_path("inferkit", LINES[:3])
+    assert submit(inferkit, fake, "--cpu-nodes", "1").code == 0
+    fake.kubelet_unreachable = True
+    before = len(fake.requests)
+    result = inferkit("logs", "inferkit", "--kubeconfig", str(fake.kubeconfig))
+    assert result.code == 3
+    assert result.stderr.startswith("Error: reading the log of pod inferkit-submitter: the API server cannot reach "
+                                    "the kubelet of the pod's node") and len(result.stderr.splitlines()) == 1
+    assert "no preferred addresses found" in result.stderr
+    assert [p for _, p, _ in fake.requests[before:] if p.endswith("/log")] == [
+        "/api/v1/namespaces/default/pods/inferkit-submitter/log"]
 
 
 def test_following_without_leave_to_list_events_still_reaches_the_end(inferkit, fake):
