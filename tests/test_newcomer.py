@@ -199,7 +199,7 @@ def test_a_clean_run_prints_nothing_alarming_and_names_its_model(tmp_path):
     work.mkdir()
     done = _inferkit("run", cwd=work, env=_fresh_env(tmp_path))
     assert done.returncode == 0, done.stderr
-    for noise in ("WARNING", "core_worker", "Progress bars", "Traceback"):
+    for noise in ("WARNING", "Warning", "core_worker", "Progress bars", "Traceback"):
         assert noise not in done.stderr, done.stderr
     start = next(line for line in done.stderr.splitlines() if " run " in line and "model" in line)
     assert "model the bundled all-MiniLM-L6-v2 (/" in start and "from /" in start

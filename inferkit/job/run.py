@@ -13,6 +13,7 @@ import os
 import re
 import time
 import uuid
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ PRECISION_SAMPLE_ROWS = 64
 # Retries of a read, decode, inference or write task whose process died (Ray Data's default is without
 # limit): a block that still fails is dropped by Ray Data and finished row by row (quarantine.py).
 TASK_RETRIES = 2
+# Ray 2.60 has no named parameter for those retry bounds (dataset.py's named remote parameters stop at
+# label_selector ... runtime_env), so they go through ray_remote_args, which warns of its removal in 2.64 on
+# every map_batches. Ray is pinned to 2.60; the warning is ours to act on when Ray moves, not the user's.
+warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
 
 log = logging.getLogger("inferkit")
 
