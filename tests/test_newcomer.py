@@ -342,3 +342,17 @@ def test_an_embedded_ray_gets_token_auth_chosen_so_ray_has_nothing_to_warn_about
     kept = subprocess.run([sys.executable, "-c", probe], env=environment | {"RAY_AUTH_MODE": "disabled"},
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert kept.stdout.split() == ["disabled", "False"], kept.stderr
+
+
+def test_a_text_model_whose_tokenizer_transformers_does_not_list_may_embed(inferkit, tmp_path, no_ray):
+    """llama is in no tokenizer table of transformers (its tokenizer comes from tokenizer_config.json), yet
+    llama-based embedders exist: only a model without a vocabulary is refused for embeddings."""
+    from transformers import LlamaConfig
+
+    model = tmp_path / "llama"
+    LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=2).save_pretrained(model)
+    result = inferkit("run", "--task", "embedding", "--model", str(model), "--input", str(_texts(tmp_path / "in")),
+                      "--output", str(tmp_path / "out"))
+    assert "cannot do --task" not in result.stderr
+    assert "Ray was started" in result.stderr, result.stderr  # it got past every check before Ray

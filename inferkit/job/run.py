@@ -101,7 +101,7 @@ def _architecture_problem(options: RunOptions, facts: ModelFacts) -> str | None:
     """Whether transformers has a class for this model type and task, from the model's config alone, so a
     wrong model fails here and not in the actors after Ray started. Models that bring their own code
     (--trust-remote-code, or a type transformers does not know) are left to loading."""
-    from transformers.models.auto import configuration_auto, modeling_auto, tokenization_auto
+    from transformers.models.auto import configuration_auto, modeling_auto
 
     kind = facts.model_type
     if options.trust_remote_code or kind not in configuration_auto.CONFIG_MAPPING_NAMES:
@@ -110,9 +110,9 @@ def _architecture_problem(options: RunOptions, facts: ModelFacts) -> str | None:
         classes = modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
     elif options.task == "image-classification":
         classes = modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
-    else:  # embeddings of text: any model with a tokenizer
-        classes = {k: v for k, v in modeling_auto.MODEL_MAPPING_NAMES.items()
-                   if k in tokenization_auto.TOKENIZER_MAPPING_NAMES}
+    else:  # embeddings of text: any base model with a vocabulary (transformers' tokenizer table misses many,
+        # e.g. llama, whose tokenizer comes from tokenizer_config.json)
+        classes = modeling_auto.MODEL_MAPPING_NAMES if facts.reads_text else {}
     if kind in classes:
         return None
     return (f"--model {facts.model}: a {kind!r} model cannot do --task {options.task} (transformers has no "

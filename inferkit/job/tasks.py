@@ -59,6 +59,7 @@ class ModelFacts:
     hidden_size: int
     weight_bytes: int
     image_processor: Any = None  # a PIL-backed transformers image processor, for image tasks
+    reads_text: bool = True  # its (text) config has a vocabulary: it can embed text
 
 
 def _weight_bytes(model: str) -> int:
@@ -107,6 +108,7 @@ def read_model_facts(model: str, task: str, trust_remote_code: bool) -> ModelFac
         hidden_size=int(getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or [768])[-1]),
         weight_bytes=_weight_bytes(model),
         image_processor=processor,
+        reads_text=getattr(config.get_text_config(), "vocab_size", None) is not None,
     )
 
 
