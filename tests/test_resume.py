@@ -291,13 +291,14 @@ def test_the_ledger_keeps_committed_blocks_and_forgets_torn_writes(tmp_path):
     assert (progress.rows, progress.errors, progress.unreadable, progress.overlaps) == (4, 1, 1, 0)
     assert progress.done == {0: [(0, 3)], 1: [(0, 1)]} and progress.sizes == {0: 5, 1: 1}
     assert not progress.complete(0) and progress.complete(1)
-    assert not (staging / "part-torn.parquet").exists()
-    assert len(list(staging.glob("*.parquet"))) == 2
+    assert (staging / "part-torn.parquet").exists()  # it may be a write under way: only publishing removes it
     assert [p.name[:10] for p in (staging / "_inferkit" / "ledger").iterdir()] == ["compacted-"]
     ledger.commit(_block(0, [3, 4], 5))
     again = ledger.load()
     assert again.complete(0) and again.rows == 6
-    ledger.check_complete(again, parts=2)
+    files = ledger.files_to_publish(parts=2)
+    assert sorted(files) == sorted(str(f) for f in staging.glob("*.parquet")) and len(files) == 3
+    assert not (staging / "part-torn.parquet").exists()
     ledger.commit(_block(0, [4], 5))  # the same row in another file: exactly once is broken
     from inferkit.errors import JobFailed
 
@@ -333,3 +334,56 @@ def test_reading_a_part_again_leaves_out_the_rows_already_written(tmp_path):
     assert table.column("id").to_pylist() == [80 + r for r in range(10, 30)] + [80 + r for r in range(35, 40)]
     assert table.column(io.ROW).to_pylist() == list(range(10, 30)) + list(range(35, 40))
     assert set(table.column(io.PART).to_pylist()) == {2} and set(table.column(io.PART_ROWS).to_pylist()) == {40}
+
+
+def test_an_entry_whose_file_is_gone_or_another_size_does_not_count_and_is_not_published(tmp_path):
+    """A write that finishes its file, then its entry, while an attempt loads the ledger must keep its file:
+    load deletes nothing, and an entry without its whole file leaves its rows to be computed again."""
+    from inferkit.errors import JobFailed
+
+    ledger = _ledger(tmp_path)
+    staging = Path(ledger.staging)
+    ledger.commit(_block(0, [0, 1], 2))
+    (first,) = ledger.load().files
+    ledger.commit(_block(1, [0, 1, 2], 3))
+    (second,) = set(ledger.load().files) - {first}
+    under_way = staging / "part-under-way.parquet"
+    under_way.write_bytes(b"PAR1 a write whose entry is not written yet")
+    assert ledger.load(compact=True).rows == 5 and under_way.exists()
+
+    (staging / first).unlink()
+    progress = ledger.load()
+    assert progress.rows == 3 and not progress.complete(0) and progress.files == [second]
+    with pytest.raises(JobFailed, match=r"1 part\(s\) incomplete"):
+        ledger.files_to_publish(parts=2)
+    ledger.commit(_block(0, [0, 1], 2))  # computed again
+
+    pq.write_table(pa.table({"other": [1]}), staging / second)  # the same name, another file
+    progress = ledger.load()
+    assert progress.rows == 2 and not progress.complete(1)
+    ledger.commit(_block(1, [0, 1, 2], 3))
+    assert sorted(Path(f).name for f in ledger.files_to_publish(parts=2)) == sorted([first, second])
+    assert not under_way.exists() and len(list(staging.glob("*.parquet"))) == 2
+
+
+def test_a_task_that_raises_keeps_the_rows_written_for_resuming(inferkit, tmp_path, monkeypatch):
+    """The rescue meets a row whose task raises (max_errored_blocks=-1 dropped its block): the run fails,
+    but what other blocks wrote is kept for the same command to resume once the cause is fixed."""
+    import pyarrow.fs as pafs
+
+    from inferkit.job import run
+    from inferkit.job.ledger import Ledger
+    from inferkit.job.quarantine import TaskFailed
+
+    def write_a_block_then_raise(*args):
+        ledger = next(a for a in args if isinstance(a, Ledger))
+        ledger.commit(_block(0, [0, 1], ROWS_PER_GROUP))
+        raise TaskFailed.of("ValueError: a bad row")
+
+    monkeypatch.setattr(run, "_run", write_a_block_then_raise)
+    out = tmp_path / "out"
+    result = inferkit(*_command(tiny.bert(tmp_path / "model", classifier=True), _parquet_input(tmp_path / "in"),
+                                str(out))[3:])
+    assert result.code == 1, result.stderr
+    assert "ValueError: a bad row" in result.stderr and "fix the cause and run the same command" in result.stderr
+    assert Ledger(pafs.LocalFileSystem(), str(out) + UNFINISHED).load().rows == 2

@@ -8,8 +8,11 @@ node's disk, so a new attempt on another cluster (a KubeRay retry) finds it:
     _inferkit/ledger/<digest>.json     one entry per data file, written after the file is complete:
                                        which input rows (part, row ranges) it holds, and its counts
 
-A data file without an entry is a write that died midway and is deleted. A data file's name is a
-digest of the rows it holds, so a write task that Ray retries overwrites its own file. Rows are keyed
+An entry names its data file and that file's size; an entry whose file is missing or has another size
+does not count (its rows are computed again). A data file that no entry names is a write that died
+midway, or one still under way: it is never published, and deleted only just before publishing, when
+no write of this attempt is left running. A data file's name is a digest of the rows it holds, so a
+write task that Ray retries overwrites its own file. Rows are keyed
 by inferkit's read units (io.Source parts: a file, a row group or a block of images) and their index in
 the part, so no id column is needed, finished parts are not even read again, and the driver holds one
 entry per output file rather than one id per row.
@@ -81,14 +84,15 @@ class Progress:
     rows: int = 0
     errors: int = 0
     unreadable: int = 0
-    files: int = 0
+    files: list[str] = field(default_factory=list)  # the data files the counted entries name
     overlaps: int = 0  # rows written twice: never expected; publishing refuses them
 
     def add(self, entry: dict) -> None:
         self.rows += entry["rows"]
         self.errors += entry["errors"]
         self.unreadable += entry["unreadable"]
-        self.files += 1 if entry.get("file") else 0
+        if entry.get("file"):
+            self.files.append(entry["file"])
         for part, size in entry["sizes"].items():
             self.sizes[int(part)] = size
         for part, ranges in entry["ranges"].items():
@@ -158,7 +162,9 @@ class Ledger:
         entry = {"file": name + ".parquet", "rows": data.num_rows, "errors": data.num_rows - errors.null_count,
                  "unreadable": unreadable, "ranges": ranges, "sizes": sizes}
         if data.num_rows:
-            pq.write_table(data, posixpath.join(self.staging, entry["file"]), filesystem=self.filesystem)
+            path = posixpath.join(self.staging, entry["file"])
+            pq.write_table(data, path, filesystem=self.filesystem)
+            entry["bytes"] = self.filesystem.get_file_info(path).size
         else:
             entry["file"] = None  # a part with no rows at all: only its entry says it is done
         self._write(posixpath.join(self.folder, ENTRIES, name + ".json"), entry)
@@ -180,6 +186,10 @@ class Ledger:
         (unless `restart`, which throws it away). Returns the attempts so far, this one last."""
         fs = self.filesystem
         previous = self._read_json(posixpath.join(self.folder, JOB))
+        if previous is None and not restart and self._entry_paths():
+            raise ConfigError([f"the unfinished run at {self.staging} has written rows, but its "
+                               f"{io.BOOKKEEPING}/{JOB} cannot be read, so it is not known which job they belong "
+                               "to; they are kept. Pass --restart to throw them away and start over"])
         if previous is not None and not restart and previous.get("job") != job:
             changed = _changes(previous.get("job") or {}, job)
             raise ConfigError([f"an unfinished run of another job is kept at {self.staging}: "
@@ -191,18 +201,27 @@ class Ledger:
         attempts = previous["attempts"] + [{"run_id": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                         time.gmtime())}]
         fs.create_dir(posixpath.join(self.folder, ENTRIES), recursive=True)
-        self._write(posixpath.join(self.folder, JOB), {"job": job, "attempts": attempts})
+        self.note_attempt(job, attempts)
         return attempts
 
     def note_attempt(self, job: dict, attempts: list[dict]) -> None:
-        self._write(posixpath.join(self.folder, JOB), {"job": job, "attempts": attempts})
+        """Rewrite job.json whole or not at all (a new file renamed over it): a torn job.json would leave
+        the rows written so far without a job."""
+        path = posixpath.join(self.folder, JOB)
+        temporary = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+        self._write(temporary, {"job": job, "attempts": attempts})
+        self.filesystem.move(temporary, path)
+
+    def _entry_paths(self) -> list[str]:
+        selector = pafs.FileSelector(posixpath.join(self.folder, ENTRIES), allow_not_found=True)
+        return [i.path for i in self.filesystem.get_file_info(selector) if i.type == pafs.FileType.File]
 
     def load(self, compact: bool = False) -> Progress:
-        """Read every entry (in parallel), delete data files that have none. With `compact`, the entries
+        """Read every entry (in parallel); count those whose data file is there with the size they name.
+        Deletes no data file: a write of this attempt may be under way. With `compact`, the counted entries
         are rewritten as one, so the next attempt reads one object instead of thousands."""
         fs = self.filesystem
-        selector = pafs.FileSelector(posixpath.join(self.folder, ENTRIES), allow_not_found=True)
-        paths = [i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+        paths = self._entry_paths()
         with ThreadPoolExecutor(LOAD_THREADS) as pool:
             loaded = list(pool.map(self._read_json, paths))
         entries: dict[str, dict] = {}
@@ -210,20 +229,25 @@ class Ledger:
             for entry in (value or {}).get("entries", [value] if value else []):
                 key = entry["file"] or json.dumps(entry["sizes"], sort_keys=True)
                 entries[key] = entry  # a compacted entry and the entries it replaced may both exist
+        # Listed after the entries were read: a file is complete before its entry is written, so an entry
+        # read above whose file is not here now (or is another size) has lost its file.
+        sizes = self._data_files()
+        entries = {k: e for k, e in entries.items() if not e["file"] or sizes.get(e["file"]) == e.get("bytes")}
         progress = Progress()
         for entry in entries.values():
             progress.add(entry)
-        kept = {e["file"] for e in entries.values() if e["file"]}
-        for info in fs.get_file_info(pafs.FileSelector(self.staging, allow_not_found=True)):
-            name = posixpath.basename(info.path)
-            if info.type == pafs.FileType.File and name.endswith(".parquet") and name not in kept:
-                fs.delete_file(info.path)  # its write died before its entry: its rows are not in the ledger
         if compact and len(paths) > 1:
             self._write(posixpath.join(self.folder, ENTRIES, f"compacted-{uuid.uuid4().hex[:12]}.json"),
                         {"entries": list(entries.values())})
             for path in paths:
                 fs.delete_file(path)
         return progress
+
+    def _data_files(self) -> dict[str, int]:
+        """The data files in the staging folder, by name, with their sizes."""
+        infos = self.filesystem.get_file_info(pafs.FileSelector(self.staging, allow_not_found=True))
+        return {posixpath.basename(i.path): i.size for i in infos
+                if i.type == pafs.FileType.File and i.path.endswith(".parquet")}
 
     def _read_json(self, path: str) -> dict | None:
         """An entry, or None where there is none or its write died midway (then its file goes too)."""
@@ -241,9 +265,26 @@ class Ledger:
         """Exactly once, checked before publishing: every part written in full, no row twice."""
         missing = [p for p in range(parts) if not progress.complete(p)]
         if missing or progress.overlaps:
-            raise JobFailed(f"the unfinished run at {self.staging} is inconsistent ({len(missing)} part(s) "
-                            f"incomplete, {progress.overlaps} row(s) written twice); it is kept. Was another run "
-                            "writing the same output? Run again with --restart to start over")
+            self._inconsistent(f"{len(missing)} part(s) incomplete, {progress.overlaps} row(s) written twice")
+
+    def files_to_publish(self, parts: int) -> list[str]:
+        """Call only once no write of this attempt is left running. Checks exactly once (every part in
+        full, no row twice, the named files hold the ledger's rows), deletes the data files no entry names
+        (writes that died midway) and returns the paths of the files to publish."""
+        progress = self.load()
+        self.check_complete(progress, parts)
+        named = set(progress.files)
+        for name in self._data_files().keys() - named:
+            self.filesystem.delete_file(posixpath.join(self.staging, name))
+        files = sorted(posixpath.join(self.staging, name) for name in named)
+        held = sum(pq.read_metadata(f, filesystem=self.filesystem).num_rows for f in files)
+        if held != progress.rows:
+            self._inconsistent(f"its files hold {held} row(s), its ledger {progress.rows}")
+        return files
+
+    def _inconsistent(self, what: str) -> None:
+        raise JobFailed(f"the unfinished run at {self.staging} is inconsistent ({what}); it is kept. Was another "
+                        "run writing the same output? Run again with --restart to start over")
 
 
 def write_through(dataset: Any, ledger: Ledger, ray_remote_args: dict) -> None:

@@ -45,7 +45,12 @@ def how_it_ended(returncode: int) -> str:
 
 class TaskFailed(JobFailed):
     """A read, decode or inference task raised (it did not die): the same rows would fail the same way
-    again, so the run is not kept for resuming."""
+    again until its cause is fixed, so the run stops; the rows written so far are kept for resuming."""
+
+    @classmethod
+    def of(cls, error: str) -> TaskFailed:
+        return cls(f"the run failed: {error}. The rows written so far are kept: fix the cause and run the same "
+                   "command to resume (--restart throws them away)")
 
 
 class Quarantine:
@@ -147,7 +152,7 @@ class Rescue:
     def _part(self, part: int, progress: Progress) -> int:
         state, result = self._call("read", self.source.part_table(part, progress.done.get(part, [])))
         if state == "error":
-            raise TaskFailed(f"the run failed: {result}")
+            raise TaskFailed.of(result)
         if state == "died":
             result = self._unreadable(part, progress, f"the worker process died reading it ({result})")
             self.ledger.commit(result)
@@ -163,7 +168,7 @@ class Rescue:
             chunk = pending.pop()
             state, out = self._call("run", chunk)
             if state == "error":
-                raise TaskFailed(f"the run failed: {out}")
+                raise TaskFailed.of(out)
             if state == "ok":
                 self.ledger.commit(out)
                 written += out.num_rows

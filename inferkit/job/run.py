@@ -30,7 +30,7 @@ from inferkit.job.compile import read_tally, start_tally
 from inferkit.job.compile import settle as settle_compile
 from inferkit.job.ledger import Ledger, Progress, identity, write_through
 from inferkit.job.plan import Plan, make_plan, settle_precision
-from inferkit.job.quarantine import Rescue, TaskFailed
+from inferkit.job.quarantine import Rescue
 from inferkit.job.tasks import (ERROR, ModelFacts, ModelSpec, Predictor, check_precision, decode_images, demo_model,
                                 normalization_of, processor_shape, processor_size, profile_models,
                                 read_model_facts)
@@ -420,8 +420,8 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
                     (job, attempts))
     except io.PublishInterrupted:
         raise
-    except InferkitError as e:
-        _keep_for_resuming(ledger, output, resumable=not isinstance(e, TaskFailed))
+    except InferkitError:
+        _keep_for_resuming(ledger, output)
         raise
     except Exception as e:
         _keep_for_resuming(ledger, output)
@@ -431,12 +431,12 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
         raise
 
 
-def _keep_for_resuming(ledger: Ledger, output: io.Output, resumable: bool = True) -> None:
-    """A run that died or failed on the way (a lost cluster, an I/O error, Ctrl-C) keeps what it wrote, for
-    the same command (or a KubeRay retry) to resume; one that failed on its input or model, which would
-    fail the same way again, leaves nothing."""
+def _keep_for_resuming(ledger: Ledger, output: io.Output) -> None:
+    """A run that died or failed on the way (a lost cluster, an I/O error, Ctrl-C, a task that raised)
+    keeps what it wrote, for the same command (or a KubeRay retry) to resume once the cause is fixed;
+    only a run that wrote nothing leaves nothing."""
     try:
-        rows = ledger.load().rows if resumable else 0
+        rows = ledger.load().rows
     except Exception:  # noqa: BLE001 - the output's filesystem may be what failed; keep it as it is
         return
     if not rows:
@@ -508,9 +508,8 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
             write_mode = _write(predictions, output, ledger, node_ids, plan.io_task_cpus, embedded)
         stats = predictions.stats()
     crashed_rows = _finish_incomplete_parts(ledger, source, facts, schema, options, plan, spec)
-    ledger.check_complete(ledger.load(), source.parts)
+    files = ledger.files_to_publish(source.parts)  # the pipeline and the rescue are done: no write is left
     execute_seconds = time.time() - execute_started
-    files = io.output_files(output, output.staging)
     rows, errors, unreadable = io.count_rows(output, files)
     if source.format == "images":
         unreadable = 0  # an unreadable image is an error row of its own, not rows lost with a file
