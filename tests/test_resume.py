@@ -387,3 +387,32 @@ def test_a_task_that_raises_keeps_the_rows_written_for_resuming(inferkit, tmp_pa
     assert result.code == 1, result.stderr
     assert "ValueError: a bad row" in result.stderr and "fix the cause and run the same command" in result.stderr
     assert Ledger(pafs.LocalFileSystem(), str(out) + UNFINISHED).load().rows == 2
+
+
+def test_a_job_json_torn_or_unreadable_never_costs_the_rows_written(tmp_path, monkeypatch):
+    """job.json is replaced whole (a write killed midway leaves the old one); one that cannot be read
+    beside written rows is refused rather than taken for "no earlier run", which would empty the folder."""
+    from inferkit.errors import ConfigError
+    from inferkit.job.ledger import Ledger
+
+    ledger = _ledger(tmp_path)
+    ledger.commit(_block(0, [0], 1))
+    job = Path(ledger.staging) / "_inferkit" / "job.json"
+
+    def killed_midway(self, path, value):
+        with self.filesystem.open_output_stream(path) as stream:
+            stream.write(json.dumps(value).encode()[:10])
+        raise OSError("killed while writing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Ledger, "_write", killed_midway)
+        with pytest.raises(OSError):
+            ledger.note_attempt({"task": "t"}, [{"run_id": "two"}])
+    assert [a["run_id"] for a in json.loads(job.read_text())["attempts"]] == ["one"]
+
+    job.write_text('{"job": {"ta')
+    with pytest.raises(ConfigError, match=r"job.json cannot be read.*they are kept\. Pass --restart"):
+        ledger.open({"task": "t"}, restart=False, run_id="three")
+    assert ledger.load().rows == 1
+    assert [a["run_id"] for a in ledger.open({"task": "t"}, restart=True, run_id="four")] == ["four"]
+    assert ledger.load().rows == 0
