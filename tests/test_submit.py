@@ -457,7 +457,8 @@ def test_following_without_leave_to_list_events_still_reaches_the_end(inferkit, 
 
 
 def _interrupted_submit(fake, ready, *extra: str) -> str:
-    """Runs `inferkit submit` as a user would, presses Ctrl-C once `ready(fake)`, returns its stderr."""
+    """Runs `inferkit submit` as a user would, presses Ctrl-C once `ready(fake)` (an API request the CLI
+    makes only past the point under test, so no sleep guesses when it got there), returns its stderr."""
     args = [sys.executable, "-m", "inferkit", "submit", "--kubeconfig", str(fake.kubeconfig), "--cpu-nodes", "1",
             *extra]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -466,7 +467,6 @@ def _interrupted_submit(fake, ready, *extra: str) -> str:
     while not ready(fake):
         assert time.monotonic() < deadline, "never got ready for Ctrl-C"
         time.sleep(0.1)
-    time.sleep(1)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
@@ -477,9 +477,11 @@ def _interrupted_submit(fake, ready, *extra: str) -> str:
 @pytest.mark.parametrize("cancel", [False, True])
 def test_ctrl_c_stops_following_and_optionally_cancels(fake, cancel):
     fake.scenario = happy_path("inferkit", LINES[:2])[:4]  # runs forever
-    stderr = _interrupted_submit(
-        fake, lambda f: (f.rayjobs.get("inferkit") or {}).get("status", {}).get("jobStatus") == "RUNNING",
-        *(["--cancel-on-interrupt"] if cancel else []))
+    def following_the_driver_log(f) -> bool:
+        running = (f.rayjobs.get("inferkit") or {}).get("status", {}).get("jobStatus") == "RUNNING"
+        return running and any(path.endswith("/log") for _, path, _ in f.requests)
+
+    stderr = _interrupted_submit(fake, following_the_driver_log, *(["--cancel-on-interrupt"] if cancel else []))
     if cancel:
         assert "interrupted: RayJob inferkit deleted" in stderr and "inferkit" not in fake.rayjobs
     else:
