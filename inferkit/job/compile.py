@@ -209,7 +209,7 @@ def check_compiled(spec: Any, batch: pa.Table) -> dict:
 def settle(prepared: Any, spec: Any, plan: Any, sample_rows: int) -> tuple[Any, dict]:
     """Compiling stays on only if the first batch compiles and agrees with eager fp32; says which, once."""
     import ray
-    from ray.exceptions import WorkerCrashedError
+    from ray.exceptions import OutOfMemoryError, RayTaskError, WorkerCrashedError
 
     if not spec.compile:
         return spec, {"on": False}
@@ -217,12 +217,15 @@ def settle(prepared: Any, spec: Any, plan: Any, sample_rows: int) -> tuple[Any, 
         sample = prepared.limit(sample_rows).take_batch(sample_rows, batch_format="pyarrow")
     except ValueError:  # Ray Data's "the dataset is empty": earlier attempts wrote every row
         return dataclasses.replace(spec, compile=False), {"on": False, "why": "no row left to compute"}
-    task = ray.remote(check_compiled).options(num_cpus=plan.num_cpus_per_actor,
+    task = ray.remote(check_compiled).options(num_cpus=plan.num_cpus_per_actor, max_retries=0,
                                               num_gpus=plan.num_gpus_per_actor or None)
     try:
         result = ray.get(task.remote(spec, sample))
-    except WorkerCrashedError:  # compiling can crash a process (the compiler, memory): eager is safe
-        result = {"agreement": 0.0, "rows": 0, "why": "the check's worker process died while compiling"}
+    except (WorkerCrashedError, OutOfMemoryError) as e:  # compiling can kill a process (compiler, memory)
+        result = {"agreement": 0.0, "rows": 0, "why": f"the check's worker process died while compiling "
+                                                      f"({type(e).__name__})"}
+    except RayTaskError as e:  # e.g. two copies of the model do not fit: eager needs only one
+        result = {"agreement": 0.0, "rows": 0, "why": f"the check failed: {str(e).strip().splitlines()[-1][:200]}"}
     keep = result["agreement"] >= AGREEMENT_THRESHOLD
     found = result.get("why") or (f"compiled agrees with eager fp32 on {result['agreement']:.1%} of "
                                   f"{result['rows']} rows, {result['compile_seconds']:g} s compiling")

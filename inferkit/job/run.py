@@ -293,7 +293,8 @@ def _precision_sample_checked(prepared: Any, spec: ModelSpec, plan: Plan) -> dic
     task = ray.remote(check_precision).options(num_cpus=plan.num_cpus_per_actor, max_retries=TASK_RETRIES,
                                                num_gpus=plan.num_gpus_per_actor or None)
     try:
-        return ray.get(task.remote(spec, sample))
+        # eager: compiling, if on, is checked after the precision is chosen (compile.settle), against eager fp32
+        return ray.get(task.remote(dataclasses.replace(spec, compile=False), sample))
     except WorkerCrashedError:
         return {"agreement": 0.0, "rows": 0, "why": "the check's worker process died on the first rows"}
 
@@ -330,6 +331,7 @@ def _finish_incomplete_parts(ledger: Ledger, source: io.Source, facts: list[Mode
                              options: RunOptions, plan: Plan, spec: ModelSpec) -> int:
     """Parts whose blocks Ray Data dropped (their tasks kept dying) are done chunk by chunk in a child
     process; returns the rows that killed it and became error rows."""
+    spec = dataclasses.replace(spec, compile=False)  # a process restarted per crash would compile each time
     read, decode = _stage_arguments(source, facts, schema, options, spec)
     rescue = Rescue(ledger, source, spec, {"spec": spec, "read": read, "decode": decode}, plan.batch_size,
                     {"num_cpus": plan.num_cpus_per_actor, "num_gpus": plan.num_gpus_per_actor or None})
