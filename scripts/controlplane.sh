@@ -30,6 +30,12 @@ KUBERAY_MODULE=github.com/ray-project/kuberay/ray-operator
 # local git clone of ray-project/kuberay (tag ray-operator/$KUBERAY_VERSION).
 KUBERAY_GIT=${INFERKIT_KUBERAY_GIT:-/work/.mirror/ray-project+kuberay/repo}
 POD_HOST=${INFERKIT_POD_HOST:-127.0.0.2}
+# Every pod address is dialled at POD_HOST (pod_network.py) and the operator's head URL ends in it: it must be
+# this machine's loopback, never an address elsewhere.
+if ! [[ $POD_HOST =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]]; then
+    echo "controlplane: INFERKIT_POD_HOST must be a loopback address (127.x.y.z), not '$POD_HOST'" >&2
+    exit 2
+fi
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MODULE=$HERE/controlplane

@@ -249,3 +249,12 @@ def sample_ids() -> list[str]:
     from inferkit.job.run import SAMPLE
 
     return sorted(json.loads(line)["id"] for line in SAMPLE.read_text().splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "127.evil.example", "0.0.0.0"])
+def test_the_pod_host_can_only_be_loopback(host, tmp_path):
+    """Pod traffic and the operator's head URL go to INFERKIT_POD_HOST: nothing but loopback is accepted."""
+    script = Path(__file__).parents[1] / "scripts" / "controlplane.sh"
+    done = subprocess.run(["bash", str(script), "env", str(tmp_path)], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "INFERKIT_POD_HOST": host})
+    assert done.returncode == 2 and "must be a loopback address" in done.stderr, done.stderr
