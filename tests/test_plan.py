@@ -194,6 +194,19 @@ def test_gpu_plans_are_bounded_by_the_gpus(gpus, nodes, gpu_gib):
     assert 1 <= plan.batch_size <= 1024
 
 
+def test_output_files_are_few_for_big_jobs_and_several_per_actor_for_small_ones():
+    """Each file is one ledger entry and what a killed run loses at most per write under way."""
+    one_actor = cluster(cpu_node(2))
+    small = make_plan(one_actor, MINILM, options(batch_size=8), rows=480)
+    assert small.rows_per_file == 30  # 16 files for the one actor
+    assert make_plan(one_actor, MINILM, options(batch_size=64), rows=480).rows_per_file == 64  # never under a batch
+    huge = make_plan(cluster(*(gpu_node(8, name=f"g{i}") for i in range(4))), RESNET50, options(), rows=10**8)
+    assert huge.rows_per_file == 20_000  # 5,000 files for 100M rows, not millions
+    unknown = make_plan(one_actor, MINILM, options(batch_size=8), rows=None)
+    assert unknown.rows_per_file == 8 * 32
+    assert "output files" in small.table() and "30 rows each" in small.table()
+
+
 def test_precision_falls_back_to_fp32_below_99_percent():
     assert settle_precision("bf16", 0.99) == "bf16"
     assert settle_precision("bf16", 0.989) == "fp32"

@@ -40,12 +40,13 @@ main(sys.argv[2:])
 
 def _parquet_input(folder: Path, rows: int = ROWS) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"id": list(range(rows)), "text": [f"the film {i} was good and the plot was fun" for i in range(rows)]})
+    table = pa.table({"id": list(range(rows)), "text": [f"the film {i} was good and the plot was fun" for i in range(rows)],
+                      "title": [f"film {i}" for i in range(rows)]})
     pq.write_table(table, folder / "in.parquet", row_group_size=ROWS_PER_GROUP)
     return folder / "in.parquet"
 
 
-def _command(model: str, source: Path, output: str, *extra: str, subtree: Path | None = None) -> list[str]:
+def _command(model: str, source: Path | str, output: str, *extra: str, subtree: Path | None = None) -> list[str]:
     prefix = [sys.executable, "-c", SUBTREE_DRIVER, str(subtree)] if subtree else [sys.executable, "-m", "inferkit"]
     return [*prefix, "run", "--task", "text-classification", "--model", model, "--input", str(source), "--output",
             output, "--batch-size", "8", "--precision", "fp32", *extra]
@@ -108,14 +109,17 @@ def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
     for trace in traces:
         trace.mkdir()
     # The fault setting (slow, trace) is not part of the job, so it never stands in the way of a resume.
-    command = _command(tiny_models["classifier"], source, str(out))
+    command = _command(tiny_models["classifier"], source.parent, str(out))
     _kill_midway(command, _env(slow="0.1", trace=str(traces[0])), staging, ROWS // 4, tmp_path / "first.log")
     first_kept = _ledger_rows(staging)
     _kill_midway(command, _env(slow="0.1", trace=str(traces[1])), staging, int(ROWS * 0.7), tmp_path / "second.log")
     assert "resuming: " in (tmp_path / "second.log").read_text()
     assert not out.exists()
 
-    third = subprocess.run(command, env=_env(trace=str(traces[2])), capture_output=True, text=True, timeout=600)
+    # The input copied again (new modification times) and spelled another way is the same job.
+    os.utime(source, (0, 0))
+    again = _command(tiny_models["classifier"], f"{source.parent}/", str(out))
+    third = subprocess.run(again, env=_env(trace=str(traces[2])), capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
     frame, report = _published(out)
     assert Counter(frame.id) == Counter(range(ROWS)) and frame.error.isna().all()  # exactly once
@@ -165,6 +169,9 @@ def test_another_job_is_refused_restart_starts_over_and_a_finished_output_needs_
     assert "pass --restart to throw it away and start over" in other_model.stderr
     other_task = inferkit("run", "--task", "embedding", "--model", tiny_models["classifier"], *args)
     assert other_task.code == 2 and "task (text-classification then, embedding now)" in other_task.stderr
+    other_column = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], *args,
+                            "--text-column", "title")
+    assert other_column.code == 2 and "input column (text then, title now)" in other_column.stderr
     assert sorted(p.name for p in staging.glob("*.parquet")) == kept  # refusing touched nothing
 
     restarted = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], *args,
@@ -174,6 +181,9 @@ def test_another_job_is_refused_restart_starts_over_and_a_finished_output_needs_
     frame, report = _published(out)
     assert Counter(frame.id) == Counter(range(ROWS))
     assert (report["rows_resumed"], report["attempts"]) == (0, 1)
+    # Blocks of 8 rows are gathered into files of the plan's size, not written one file each.
+    per_file = report["plan"]["rows_per_file"]
+    assert per_file > 8 and len(report["output"]["files"]) <= ROWS // per_file + 2
 
     again = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], *args)
     assert again.code == 2 and "already exists; pass --overwrite to replace it" in again.stderr
@@ -415,3 +425,55 @@ def test_a_job_json_torn_or_unreadable_never_costs_the_rows_written(tmp_path, mo
     assert ledger.load().rows == 1
     assert [a["run_id"] for a in ledger.open({"task": "t"}, restart=True, run_id="four")] == ["four"]
     assert ledger.load().rows == 0
+
+
+def test_a_model_is_known_by_its_files_or_its_hub_revision_not_by_when_it_was_copied(tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+
+    from inferkit.job.tasks import WHOLE_FILE_BYTES, model_version
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    weights = model / "model.safetensors"
+    weights.write_bytes(os.urandom(3 * WHOLE_FILE_BYTES))
+    (model / ".cache").mkdir()
+    (model / ".cache" / "lock").write_text("hidden: not part of the model")
+    version = model_version(str(model))
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    os.utime(copy / "model.safetensors", (0, 0))
+    (copy / ".cache" / "lock").write_text("another lock")
+    assert model_version(str(copy)) == version  # copied, touched: the same weights
+    for offset in (10, 3 * WHOLE_FILE_BYTES - 10):  # a retrained head or embedding, same size
+        data = bytearray(weights.read_bytes())
+        data[offset] ^= 0xFF
+        (copy / "model.safetensors").write_bytes(bytes(data))
+        assert model_version(str(copy)) != version
+    (copy / "model.safetensors").write_bytes(weights.read_bytes())
+    (copy / "config.json").write_text('{"model_type": "bert", "num_labels": 3}')
+    assert model_version(str(copy)) != version
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--tiny"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert model_version("org/tiny") == f"revision {commit}"
+    assert model_version("org/other") == "revision unknown"
+
+
+def test_an_input_copied_again_is_the_same_input_but_a_changed_file_is_not(tmp_path):
+    """A KubeRay retry on a new pod may download its input again: new modification times, same files."""
+    from inferkit.job import io
+
+    source = _parquet_input(tmp_path / "in")
+    listing = io.discover(str(source.parent), "auto").listing
+    os.utime(source, (0, 0))
+    assert io.discover(str(source.parent) + "/", "auto").listing == listing
+    pq.write_table(pq.read_table(source).slice(1), source, row_group_size=ROWS_PER_GROUP)
+    assert io.discover(str(source.parent), "auto").listing != listing

@@ -12,6 +12,7 @@ import json
 import os
 import posixpath
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ ERROR = "error"
 PATH = "path"
 IMAGES_PER_READ_TASK = 64
 UNREADABLE = "cannot read "  # how an unreadable unit's error row starts
+OBJECT_STORE_THREADS = 16  # requests at once: an object store answers many small ones in parallel
 # Every row carries where it came from until it is written: its part (one block of read units, the unit
 # of resuming), its index in that part, and the part's row count. They never reach the output.
 PART, ROW, PART_ROWS = "_inferkit_part", "_inferkit_row", "_inferkit_part_rows"
@@ -66,7 +68,7 @@ class Source:
     units: tuple[tuple[str, int], ...]  # (file, parquet row group or -1)
     skipped: tuple[str, ...]  # files of other types found beside the input
     unit_rows: tuple[int | None, ...] = ()  # rows per unit where the listing tells (parquet footers, images)
-    listing: str = ""  # digest of the chosen files with their sizes and modification times
+    listing: str = ""  # digest of the chosen files with their sizes (see _listing_digest)
 
     @property
     def units_per_part(self) -> int:
@@ -141,17 +143,19 @@ def discover(uri: str, input_format: str) -> Source:
     if not units:
         raise ConfigError([f"--input {uri}: its parquet files hold no rows"])
     return Source(uri=uri, filesystem=filesystem, format=input_format, units=tuple(units), skipped=skipped,
-                  unit_rows=tuple(unit_rows), listing=_listing_digest(uri, input_format, units, infos))
+                  unit_rows=tuple(unit_rows), listing=_listing_digest(input_format, units, unit_rows, infos))
 
 
-def _listing_digest(uri: str, input_format: str, units: list[tuple[str, int]], infos: dict) -> str:
-    """What a resumed run must find unchanged: the units, and each file's size and modification time."""
-    digest = hashlib.sha256(f"{uri}\0{input_format}".encode())
-    for file, row_group in units:
+def _listing_digest(input_format: str, units: list[tuple[str, int]], unit_rows: list[int | None],
+                    infos: dict) -> str:
+    """What a resumed run must find unchanged: the units, each file's size and each row group's rows.
+    Not modification times: an input copied or downloaded again for a retry (a KubeRay retry on a new
+    pod fetching its data) is the same input, and its rows are kept."""
+    digest = hashlib.sha256(input_format.encode())
+    for (file, row_group), rows in zip(units, unit_rows, strict=True):
         info = infos.get(file)
-        mtime = info.mtime_ns if info is not None and info.mtime_ns is not None else -1
         size = info.size if info is not None and info.size is not None else -1
-        digest.update(f"\0{file}\0{row_group}\0{size}\0{mtime}".encode())
+        digest.update(f"\0{file}\0{row_group}\0{size}\0{rows}".encode())
     return digest.hexdigest()
 
 
@@ -345,14 +349,15 @@ def _copy_over(fs: pafs.FileSystem, output: Output) -> str:
     marker = posixpath.join(output.path, SUCCESS)
     if _exists(fs, marker):
         fs.delete_file(marker)
-    written = set()
     bookkeeping = posixpath.join(output.staging, BOOKKEEPING) + "/"
-    for info in fs.get_file_info(pafs.FileSelector(output.staging, recursive=True)):
-        if info.type == pafs.FileType.File and not info.path.startswith(bookkeeping):
-            target = posixpath.join(output.path, posixpath.relpath(info.path, output.staging))
-            fs.create_dir(posixpath.dirname(target), recursive=True)
-            fs.copy_file(info.path, target)
-            written.add(target)
+    copies = {posixpath.join(output.path, posixpath.relpath(info.path, output.staging)): info.path
+              for info in fs.get_file_info(pafs.FileSelector(output.staging, recursive=True))
+              if info.type == pafs.FileType.File and not info.path.startswith(bookkeeping)}
+    for folder in {posixpath.dirname(target) for target in copies}:
+        fs.create_dir(folder, recursive=True)
+    with ThreadPoolExecutor(OBJECT_STORE_THREADS) as pool:
+        list(pool.map(lambda target: fs.copy_file(copies[target], target), copies))
+    written = set(copies)
     for info in fs.get_file_info(pafs.FileSelector(output.path, recursive=True, allow_not_found=True)):
         if info.type == pafs.FileType.File and info.path not in written:
             fs.delete_file(info.path)

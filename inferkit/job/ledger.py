@@ -45,14 +45,16 @@ from inferkit.job import io
 
 JOB = "job.json"
 ENTRIES = "ledger"
-LOAD_THREADS = 16  # entries are small objects; an object store answers many at once
 
 
-def identity(source: io.Source, task: str, models: tuple[str, ...], ensemble: str, schema: pa.Schema) -> dict:
-    """What must not change between attempts for their rows to belong in one output."""
-    return {"input": {"uri": source.uri, "format": source.format, "units": len(source.units),
+def identity(input_uri: str, source: io.Source, task: str, payload: str, models: list[str], ensemble: str,
+             schema: pa.Schema) -> dict:
+    """What must not change between attempts for their rows to belong in one output. `input_uri` is the
+    input as resolved (absolute, no trailing slash), so `data` and `./data/` are one input; `models` name
+    each model with its version (tasks.model_version)."""
+    return {"input": {"uri": input_uri, "format": source.format, "units": len(source.units),
                       "listing": source.listing},
-            "task": task, "models": list(models), "ensemble": ensemble,
+            "task": task, "input column": payload, "models": models, "ensemble": ensemble,
             "output columns": [f"{f.name}: {f.type}" for f in schema]}
 
 
@@ -64,7 +66,9 @@ def _changes(before: dict, now: dict) -> list[str]:
         if key == "input":
             was, now_input = before.get(key) or {}, now[key]
             what = (f"{was.get('units')} input unit(s) then, {now_input['units']} now"
-                    if was.get("units") != now_input["units"] else "files changed in size or modification time")
+                    if was.get("units") != now_input["units"] else
+                    f"{was.get('uri')} then, {now_input['uri']} now" if was.get("uri") != now_input["uri"] else
+                    "files renamed, added, removed or changed in size")
             changed.append(f"the input listing ({what})")
         else:
             changed.append(f"{key} ({_show(before.get(key))} then, {_show(now[key])} now)")
@@ -153,7 +157,7 @@ class Ledger:
         return posixpath.join(self.staging, io.BOOKKEEPING)
 
     def commit(self, table: pa.Table) -> dict:
-        """Write one block as an output file, then its entry. Returns the entry (counts, no ranges)."""
+        """Write rows as one output file, then its entry. Returns the entry (counts, no ranges)."""
         ranges, sizes = row_ranges(table)
         name = "part-" + hashlib.sha256(json.dumps(ranges, sort_keys=True).encode()).hexdigest()[:24]
         data = table.drop_columns([k for k in io.KEYS if k in table.column_names])
@@ -222,7 +226,7 @@ class Ledger:
         are rewritten as one, so the next attempt reads one object instead of thousands."""
         fs = self.filesystem
         paths = self._entry_paths()
-        with ThreadPoolExecutor(LOAD_THREADS) as pool:
+        with ThreadPoolExecutor(io.OBJECT_STORE_THREADS) as pool:
             loaded = list(pool.map(self._read_json, paths))
         entries: dict[str, dict] = {}
         for path, value in zip(paths, loaded, strict=True):
@@ -287,15 +291,19 @@ class Ledger:
                         "run writing the same output? Run again with --restart to start over")
 
 
-def write_through(dataset: Any, ledger: Ledger, ray_remote_args: dict) -> None:
-    """Write a dataset with Ray Data, one output file and ledger entry per block, so a run killed at any
-    moment loses at most the blocks being written."""
+def write_through(dataset: Any, ledger: Ledger, rows_per_file: int, ray_remote_args: dict) -> None:
+    """Write a dataset with Ray Data, blocks gathered into files of about `rows_per_file` rows, each with
+    its ledger entry, so a run killed at any moment loses at most the files being gathered or written."""
     from ray.data.datasource import Datasink
 
     class LedgerDatasink(Datasink[None]):
+        @property
+        def min_rows_per_write(self) -> int:
+            return rows_per_file
+
         def write(self, blocks: Any, ctx: Any) -> None:
-            for block in blocks:
-                if block.num_rows:
-                    ledger.commit(block)
+            tables = [block for block in blocks if block.num_rows]
+            if tables:
+                ledger.commit(pa.concat_tables(tables))
 
     dataset.write_datasink(LedgerDatasink(), ray_remote_args=ray_remote_args)

@@ -38,6 +38,12 @@ TEXT_COMPILE_SHAPES = 3  # length buckets a text job typically meets, each compi
 ROWS_PER_COMPILE_SECOND = {"cpu": 80, "gpu": 1600}
 # auto compiles only for jobs this many times longer than the break-even, so it never slows a short one.
 COMPILE_PAYBACK_MARGIN = 2
+# Output files (each one ledger entry, the unit a killed run loses or keeps): large enough that 100M rows
+# make thousands of files, not millions; small enough that a short job still writes several per actor,
+# so a run killed midway keeps most of what it computed.
+MAX_ROWS_PER_FILE = 20_000
+FILES_PER_ACTOR = 16
+BATCHES_PER_FILE_UNKNOWN_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class Plan:
     precision_check: bool
     channels_last: bool
     compile: bool = False
+    rows_per_file: int = MAX_ROWS_PER_FILE
     decisions: tuple[Decision, ...] = field(default=())
 
     def table(self) -> str:
@@ -254,10 +261,20 @@ def _compile(options: RunOptions, profile: ModelProfile, device: str, rows: int 
     return True, f"{per_node:,.0f} rows per node repay ~{seconds:.0f} s of compiling ({how}){checked}"
 
 
+def _rows_per_file(rows: int | None, batch: int, actors: int) -> tuple[int, str]:
+    lost = "a run killed midway loses at most the file each write has under way"
+    if rows is None:
+        size = min(MAX_ROWS_PER_FILE, batch * BATCHES_PER_FILE_UNKNOWN_ROWS)
+        return size, f"{BATCHES_PER_FILE_UNKNOWN_ROWS} batches (row count unknown before reading); {lost}"
+    size = min(MAX_ROWS_PER_FILE, max(batch, rows // (FILES_PER_ACTOR * actors)))
+    return size, f"~{FILES_PER_ACTOR} files per actor, at most {MAX_ROWS_PER_FILE:,} rows; {lost}"
+
+
 def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions,
               rows: int | None = None) -> Plan:
-    """Actor resources, pool bounds, batch size, threads, precision and compiling for this cluster, model
-    and number of input rows (None: not known); every flag the user gave wins over the planned value."""
+    """Actor resources, pool bounds, batch size, threads, precision, compiling and output files for this
+    cluster, model and number of input rows still to do (None: not known); every flag the user gave wins
+    over the planned value."""
     decisions: list[Decision] = []
     if not cluster.workers and not options.actors:
         raise ConfigError(["the cluster has no CPUs or GPUs for work yet (the head runs none; no worker joined)"])
@@ -286,11 +303,13 @@ def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     nodes = sum(1 for n in cluster.workers if (n.gpus if device == "gpu" else n.cpus) > 0)
     compiled, compile_why = _compile(options, profile, device, rows, nodes)
     decisions.append(Decision("compile", "on" if compiled else "off", compile_why))
+    rows_per_file, file_why = _rows_per_file(rows, batch, high)
+    decisions.append(Decision("output files", f"{rows_per_file:,} rows each", file_why))
     return Plan(
         device=device, actors_min=low, actors_max=high, num_cpus_per_actor=planned["num_cpus"],
         num_gpus_per_actor=planned["num_gpus"], threads_per_actor=planned["threads"], batch_size=batch,
         io_task_cpus=IO_TASK_CPUS, precision=precision, precision_check=check, channels_last=channels_last,
-        compile=compiled, decisions=tuple(decisions),
+        compile=compiled, rows_per_file=rows_per_file, decisions=tuple(decisions),
     )
 
 

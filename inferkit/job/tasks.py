@@ -60,6 +60,7 @@ class ModelFacts:
     weight_bytes: int
     image_processor: Any = None  # a PIL-backed transformers image processor, for image tasks
     reads_text: bool = True  # its (text) config has a vocabulary: it can embed text
+    version: str = ""  # which weights: a Hub revision or a local folder's digest (see model_version)
 
 
 def _weight_bytes(model: str) -> int:
@@ -75,6 +76,39 @@ def _weight_bytes(model: str) -> int:
         return sum(safetensors) or sum(sizes)
     except Exception:  # noqa: BLE001 - offline or private: plan with a conservative guess
         return 2 * 2**30
+
+
+# A local model's digest reads files this small whole, and of larger ones (weights) their size and first
+# and last MiB: enough to tell retrained weights apart (a changed head or embedding) in well under a
+# second, where hashing every byte of a 15 GB model would take about 10 s at each start.
+WHOLE_FILE_BYTES = 2**20
+
+
+def model_version(model: str) -> str:
+    """What a resumed run must find unchanged about a model. A local folder: a digest of its files
+    (hidden ones aside). A Hub id: the revision its cached snapshot is (the cache's snapshots/<commit>
+    folder, as huggingface_hub lays it out), read from the cache without asking the Hub."""
+    import hashlib
+
+    path = Path(model)
+    if not path.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+        from transformers.utils.hub import extract_commit_hash
+
+        cached = try_to_load_from_cache(model, "config.json")
+        commit = extract_commit_hash(cached, None) if isinstance(cached, str) else None
+        return f"revision {commit}" if commit else "revision unknown"
+    digest = hashlib.sha256()
+    for file in sorted(f for f in path.rglob("*") if f.is_file()
+                       and not any(p.startswith(".") for p in f.relative_to(path).parts)):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path)}\0{size}\0".encode())
+        with open(file, "rb") as handle:
+            digest.update(handle.read(WHOLE_FILE_BYTES))
+            if size > WHOLE_FILE_BYTES:
+                handle.seek(max(WHOLE_FILE_BYTES, size - WHOLE_FILE_BYTES))
+                digest.update(handle.read())
+    return "files " + digest.hexdigest()[:16]
 
 
 def read_model_facts(model: str, task: str, trust_remote_code: bool) -> ModelFacts:
@@ -109,6 +143,7 @@ def read_model_facts(model: str, task: str, trust_remote_code: bool) -> ModelFac
         weight_bytes=_weight_bytes(model),
         image_processor=processor,
         reads_text=getattr(config.get_text_config(), "vocab_size", None) is not None,
+        version=model_version(model),
     )
 
 
