@@ -45,6 +45,48 @@ def test_text_lengths_are_padded_to_a_few_buckets():
     assert text_bucket(700, None) == 700
 
 
+def test_padding_keeps_a_channels_last_batch_channels_last():
+    """The compiled graph is specialised to its input's layout: a padded last batch in another layout
+    would compile again (and run slower)."""
+    import torch
+
+    from inferkit.job.compile import padded_call
+
+    seen = []
+    images = torch.randn(3, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    padded_call(lambda pixel_values: seen.append(pixel_values) or {"logits": pixel_values[:, 0, 0]},
+                {"pixel_values": images}, 8, None, 0)
+    assert seen[0].shape[0] == 8 and seen[0].is_contiguous(memory_format=torch.channels_last)
+    padded_call(lambda input_ids: seen.append(input_ids) or {"logits": input_ids},
+                {"input_ids": torch.ones(3, 5, dtype=torch.long)}, 8, 16, 0)
+    assert seen[1].shape == (8, 16) and seen[1].is_contiguous()  # the bucket, within the limit 16
+
+
+@pytest.mark.parametrize("shared", ["default", "chosen"])
+def test_a_compile_cache_others_can_write_to_is_not_used(tmp_path, monkeypatch, capsys, shared):
+    """Inductor runs the code it finds in its cache: a cache folder others can write to would let them
+    run code in every actor."""
+    from inferkit.job.compile import CACHE_ENV, cache_folder
+
+    if shared == "default":
+        monkeypatch.delenv(CACHE_ENV, raising=False)
+        monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+        folder = tmp_path / f"inferkit-compile-cache-{os.getuid()}"
+        assert cache_folder() == str(folder) and (folder.stat().st_mode & 0o777) == 0o700
+        open_to = 0o775  # group-writable: refused for the default folder
+    else:
+        folder = tmp_path / "volume"
+        folder.mkdir()
+        folder.chmod(0o2775)  # an fsGroup volume: group-writable is fine for a folder the user chose
+        monkeypatch.setenv(CACHE_ENV, str(folder))
+        assert cache_folder() == str(folder)
+        open_to = 0o777
+    folder.chmod(open_to)
+    private = cache_folder()
+    assert private != str(folder) and (Path(private).stat().st_mode & 0o777) == 0o700
+    assert f"not using {folder} as the compile cache" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("model", ["embedder", "stripes"])
 def test_padding_rows_and_tokens_never_reach_a_result(tiny_models, model):
     """A batch of 3 padded to 8 rows (and texts to a length bucket) gives the same 3 outputs as the batch

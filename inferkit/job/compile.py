@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -32,8 +33,20 @@ FAULT = "compile-fail"  # INFERKIT_INJECT_FAULT item (see tasks.faults): every c
 
 
 def cache_folder() -> str:
-    """Where this node keeps compiled code: INFERKIT_COMPILE_CACHE, else a folder in the temp dir."""
-    return os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), "inferkit-compile-cache")
+    """Where this node keeps compiled code: INFERKIT_COMPILE_CACHE, else a folder of this user's in the
+    temp dir. Inductor runs the code it finds there, so a folder others can write to is not used: this
+    actor then compiles into a private folder of its own (no node cache) and says so."""
+    chosen = os.environ.get(CACHE_ENV)
+    folder = chosen or os.path.join(tempfile.gettempdir(), f"inferkit-compile-cache-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    status = os.lstat(folder)
+    # a volume chosen with INFERKIT_COMPILE_CACHE may be group-writable (Kubernetes' fsGroup); never others
+    writable_by_others = status.st_mode & (0o002 if chosen else 0o022)
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid() or writable_by_others:
+        print(f"[inferkit] not using {folder} as the compile cache: it is not a folder that only this user "
+              f"({os.getuid()}) can write to; compiling without the node's cache", file=sys.stderr, flush=True)
+        return tempfile.mkdtemp(prefix="inferkit-compile-")
+    return folder
 
 
 def use_node_cache() -> str:
@@ -41,7 +54,6 @@ def use_node_cache() -> str:
     import torch._inductor.config as inductor_config
 
     folder = cache_folder()
-    os.makedirs(folder, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     inductor_config.fx_graph_cache = True
     inductor_config.autotune_local_cache = True
@@ -64,7 +76,12 @@ def _pad(tensor: Any, rows: int, length: int | None, value: int) -> Any:
         extra = tensor.new_full((tensor.shape[0], length - tensor.shape[1]), value)
         tensor = torch.cat([tensor, extra], dim=1)
     if tensor.shape[0] < rows:
+        # cat of a channels_last batch with its expanded last row comes out contiguous: keep the layout the
+        # graph was compiled for (else the padded last batch compiles again, and runs slower)
+        layout = (torch.channels_last if tensor.dim() == 4 and not tensor.is_contiguous()
+                  and tensor.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
         tensor = torch.cat([tensor, tensor[-1:].expand(rows - tensor.shape[0], *tensor.shape[1:])])
+        tensor = tensor.contiguous(memory_format=layout)
     return tensor
 
 
@@ -206,21 +223,18 @@ def check_compiled(spec: Any, batch: pa.Table) -> dict:
     return {"agreement": results_agreement(spec.task, reference, results), "rows": len(rows), **stats}
 
 
-def settle(prepared: Any, spec: Any, plan: Any, sample_rows: int) -> tuple[Any, dict]:
-    """Compiling stays on only if the first batch compiles and agrees with eager fp32; says which, once."""
+def settle(sample: pa.Table | None, spec: Any, check: Any) -> tuple[Any, dict]:
+    """Compiling stays on only if the first rows (`sample`, None when no row is left) compile and agree
+    with eager fp32 in `check` (check_compiled as a Ray task where actors run); says which, once."""
     import ray
     from ray.exceptions import OutOfMemoryError, RayTaskError, WorkerCrashedError
 
     if not spec.compile:
         return spec, {"on": False}
-    try:
-        sample = prepared.limit(sample_rows).take_batch(sample_rows, batch_format="pyarrow")
-    except ValueError:  # Ray Data's "the dataset is empty": earlier attempts wrote every row
+    if sample is None:  # earlier attempts wrote every row
         return dataclasses.replace(spec, compile=False), {"on": False, "why": "no row left to compute"}
-    task = ray.remote(check_compiled).options(num_cpus=plan.num_cpus_per_actor, max_retries=0,
-                                              num_gpus=plan.num_gpus_per_actor or None)
     try:
-        result = ray.get(task.remote(spec, sample))
+        result = ray.get(check.remote(spec, sample))
     except (WorkerCrashedError, OutOfMemoryError) as e:  # compiling can kill a process (compiler, memory)
         result = {"agreement": 0.0, "rows": 0, "why": f"the check's worker process died while compiling "
                                                       f"({type(e).__name__})"}

@@ -26,7 +26,7 @@ from inferkit.config import RunOptions, is_remote_uri, nesting_problem
 from inferkit.console import say
 from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed
 from inferkit.job import io, terminal
-from inferkit.job.compile import read_tally, start_tally
+from inferkit.job.compile import check_compiled, read_tally, start_tally
 from inferkit.job.compile import settle as settle_compile
 from inferkit.job.ledger import Ledger, Progress, identity, write_through
 from inferkit.job.plan import Plan, make_plan, settle_precision
@@ -36,7 +36,7 @@ from inferkit.job.tasks import (ERROR, ModelFacts, ModelSpec, Predictor, check_p
                                 read_model_facts)
 
 SAMPLE = Path(__file__).parent / "sample" / "texts.jsonl"
-PRECISION_SAMPLE_ROWS = 64
+SAMPLE_ROWS = 64  # the first batch the precision and compile checks compare
 # Retries of a read, decode, inference or write task whose process died (Ray Data's default is without
 # limit): a block that still fails is dropped by Ray Data and finished row by row (quarantine.py).
 TASK_RETRIES = 2
@@ -269,31 +269,47 @@ def _predictions(prepared: Any, spec: ModelSpec, plan: Plan) -> Any:
         max_task_retries=TASK_RETRIES)
 
 
-def _settle_precision(prepared: Any, spec: ModelSpec, plan: Plan) -> tuple[ModelSpec, dict]:
+def _first_rows(prepared: Any) -> pa.Table | None:
+    """The first rows still to do, read once for both first-batch checks; None if earlier attempts
+    wrote every row."""
+    try:
+        return prepared.limit(SAMPLE_ROWS).take_batch(SAMPLE_ROWS, batch_format="pyarrow")
+    except ValueError:  # Ray Data's "the dataset is empty"
+        return None
+
+
+def _check_task(function: Any, plan: Plan, retries: int) -> Any:
+    """`function` as a Ray task shaped like one inference actor, so it runs where actors run, in a process
+    of its own that ends after it (max_calls=1; Ray sets it only for tasks declared with GPUs): the models
+    it loaded, and on a GPU its CUDA context, leave with it instead of crowding the actors."""
+    import ray
+
+    return ray.remote(max_calls=1)(function).options(num_cpus=plan.num_cpus_per_actor, max_retries=retries,
+                                                     num_gpus=plan.num_gpus_per_actor or None)
+
+
+def _settle_precision(sample: pa.Table | None, spec: ModelSpec, plan: Plan) -> tuple[ModelSpec, dict]:
     """bf16 stays only if it agrees with fp32 on the first rows; the check runs where actors run."""
     if not plan.precision_check:
         return spec, {"chosen": spec.precision, "checked": False}
-    result = _precision_sample_checked(prepared, spec, plan)
+    result = _precision_sample_checked(sample, spec, plan)
     chosen = settle_precision(spec.precision, result["agreement"])
     found = result.get("why") or f"{spec.precision} agrees with fp32 on {result['agreement']:.1%} of {result['rows']} rows"
     say(f"precision: {found} -> {chosen}")
     return dataclasses.replace(spec, precision=chosen), {"chosen": chosen, "checked": True, **result}
 
 
-def _precision_sample_checked(prepared: Any, spec: ModelSpec, plan: Plan) -> dict:
+def _precision_sample_checked(sample: pa.Table | None, spec: ModelSpec, plan: Plan) -> dict:
     """check_precision on the first rows still to do; none left (earlier attempts wrote them) or a check
     whose process keeps dying compares nothing, so fp32 is kept."""
     import ray
     from ray.exceptions import WorkerCrashedError
 
-    try:
-        sample = prepared.limit(PRECISION_SAMPLE_ROWS).take_batch(PRECISION_SAMPLE_ROWS, batch_format="pyarrow")
-    except ValueError:  # Ray Data's "the dataset is empty"
+    if sample is None:
         return {"agreement": 0.0, "rows": 0, "why": "no row left to compare with fp32"}
-    task = ray.remote(check_precision).options(num_cpus=plan.num_cpus_per_actor, max_retries=TASK_RETRIES,
-                                               num_gpus=plan.num_gpus_per_actor or None)
     try:
         # eager: compiling, if on, is checked after the precision is chosen (compile.settle), against eager fp32
+        task = _check_task(check_precision, plan, TASK_RETRIES)
         return ray.get(task.remote(dataclasses.replace(spec, compile=False), sample))
     except WorkerCrashedError:
         return {"agreement": 0.0, "rows": 0, "why": "the check's worker process died on the first rows"}
@@ -339,19 +355,21 @@ def _finish_incomplete_parts(ledger: Ledger, source: io.Source, facts: list[Mode
     return rescue.crashed_rows
 
 
-def _write(predictions: Any, output: io.Output, ledger: Ledger, node_ids: list[str], io_cpus: float,
+def _write(predictions: Any, output: io.Output, ledger: Ledger, node_ids: list[str], plan: Plan,
            embedded: bool) -> str:
     """Write where the workers are when they all see the output: an object store, an embedded Ray's one
     machine, or a folder every node sees (nodes that join later are assumed to mount what the others
     do). A cluster of one node may grow (KubeRay's head before its workers start), so its local output
-    is written through the driver. Either way each block becomes one file and its ledger entry."""
+    is written through the driver. Either way rows go out in files of the plan's size, each with its ledger
+    entry."""
     if not output.local or embedded or (len(node_ids) > 1 and _probe_shared(output, node_ids)):
-        write_through(predictions, ledger, {"num_cpus": io_cpus, "max_retries": TASK_RETRIES})
+        write_through(predictions, ledger, plan.rows_per_file, {"num_cpus": plan.io_task_cpus,
+                                                                "max_retries": TASK_RETRIES})
         return "distributed"
     why = "is not shared by all nodes" if len(node_ids) > 1 else "may not be seen by workers that join later"
     say(f"{output.uri} {why}: writing it from the driver (keep it on a volume, or use s3:// or gs://, or it "
         "vanishes with this machine)")
-    for batch in predictions.iter_batches(batch_format="pyarrow", batch_size=None):
+    for batch in predictions.iter_batches(batch_format="pyarrow", batch_size=plan.rows_per_file):
         if batch.num_rows:
             ledger.commit(batch)
     return "driver"
@@ -414,7 +432,8 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
         return _dry_run(options, run_id, source, schema, facts, verbose)
     output = io.prepare_output(_output_uri(options, run_id), options.overwrite)
     ledger = Ledger(output.filesystem, output.staging)
-    job = identity(source, options.task, tuple(f.model for f in facts), options.ensemble,
+    job = identity(_absolute(source.uri).rstrip("/"), source, options.task, _payload_column(options, source),
+                   [f"{f.model} ({f.version})" for f in facts], options.ensemble,
                    _output_schema(options, schema, passthrough))
     attempts = ledger.open(job, options.restart, run_id)
     try:
@@ -477,11 +496,14 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     where, embedded = _connect(verbose)
     _contain_crashes()
     cluster = read_cluster()
-    plan = make_plan(cluster, profile_models(facts, options.task), options, _listed_rows(source))
+    progress = ledger.load(compact=True)
+    listed = _listed_rows(source)
+    # planned for the rows still to do: a resumed run that has little left does not compile for it
+    plan = make_plan(cluster, profile_models(facts, options.task), options,
+                     None if listed is None else max(0, listed - progress.rows))
     say(f"run {run_id} on {where}: model {_model_names(options, facts)}; {len(source.units)} input unit(s) of "
         f"{source.format} from {_absolute(source.uri)}"
          + (f" ({len(source.skipped)} other file(s) left out)" if source.skipped else ""))
-    progress = ledger.load(compact=True)
     _say_resuming(source, progress, len(history[1]))
     say("plan:\n" + plan.table())
     spec = ModelSpec(
@@ -501,13 +523,14 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     compiled, tally = {"on": False}, None
     if parts:
         prepared = _prepared(source, parts, facts, schema, options, plan, spec)
-        spec, precision = _settle_precision(prepared, spec, plan)
+        sample = _first_rows(prepared) if plan.precision_check or spec.compile else None
+        spec, precision = _settle_precision(sample, spec, plan)
         _record_precision(ledger, history, spec.precision)
-        spec, compiled = settle_compile(prepared, spec, plan, PRECISION_SAMPLE_ROWS)
+        spec, compiled = settle_compile(sample, spec, _check_task(check_compiled, plan, retries=0))
         tally = start_tally() if spec.compile else None
         predictions = _predictions(prepared, spec, plan)
         with terminal.row_progress(_listed_rows(source), progress.rows):
-            write_mode = _write(predictions, output, ledger, node_ids, plan.io_task_cpus, embedded)
+            write_mode = _write(predictions, output, ledger, node_ids, plan, embedded)
         stats = predictions.stats()
     crashed_rows = _finish_incomplete_parts(ledger, source, facts, schema, options, plan, spec)
     files = ledger.files_to_publish(source.parts)  # the pipeline and the rescue are done: no write is left
@@ -520,7 +543,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     error_counts = _error_examples(output, files, limit=None)
     report = {
         "run_id": run_id, "versions": _versions(), "options": dataclasses.asdict(options),
-        "models": [f.model for f in facts],
+        "models": [f.model for f in facts], "model_versions": [f.version for f in facts],
         "input": {"uri": _absolute(source.uri), "format": source.format, "units": len(source.units),
                   "skipped_files": list(source.skipped[:100]), "skipped_count": len(source.skipped)},
         "output": {"uri": _absolute(output.uri), "write": write_mode, "files": [os.path.basename(f) for f in files]},
