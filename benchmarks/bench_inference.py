@@ -19,7 +19,7 @@ to show the figure can fall. Also: the planner alone on synthetic clusters from 
 nodes of 8 GPUs.
 
     python benchmarks/bench_inference.py [--sizes 64 320] [--repeats 2] [--device auto|cpu|gpu] [--out DIR]
-    python benchmarks/bench_inference.py compile [--sizes 64 320]   # eager vs `--compile on` (issue 13)
+    python benchmarks/bench_inference.py compile [--workload resnet50|minilm|bert-base]   # eager vs compiled
 
 Needs the `job` and `bench` extras (matplotlib, psutil). Prints a markdown table; writes JSON and a PNG.
 """
@@ -494,32 +494,67 @@ def main() -> None:
 # Eager against compiled (`bench_inference.py compile ...`): issue 13's rows
 
 
-COMPILE_CONFIGS = ("bare-fp32", "bare-bf16", "inferkit-eager", "inferkit-compiled")
+COMPILE_CONFIGS = ("bare-fp32", "bare-bf16", "inferkit-eager", "inferkit-compiled", "inferkit-auto")
+# The compile comparison's workloads: ResNet-50 images against bare loops too; text models in inferkit only.
+COMPILE_WORKLOADS = {"resnet50": ("image-classification", [64, 320]),
+                     "minilm": ("embedding", [512, 3072]),
+                     "bert-base": ("text-classification", [128, 640])}
 
 
-def compile_comparison(configs: list[str], model: str, image_dirs: dict[int, str], work: Path, device: str,
+def build_bert_base(folder: Path) -> str:
+    """A BERT-base-size classifier (12 layers, hidden 768; random weights) with the bundled model's
+    uncased WordPiece tokenizer, whose vocabulary is BERT's."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from inferkit.job.tasks import demo_model
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(num_labels=2)).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (Path(demo_model()) / name).exists():
+            shutil.copy(Path(demo_model()) / name, folder / name)
+    return str(folder)
+
+
+def build_texts(folder: Path, count: int) -> str:
+    """Sentences of 8 to 60 words (so several length buckets), as one parquet file (its rows are listed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    words = ("the film was good bad long short and a plot with actors who did their best on a rainy day in "
+             "spring while the music played softly").split()
+    texts = [" ".join(words[(i * 7 + k) % len(words)] for k in range(8 + (i * 13) % 53)) for i in range(count)]
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": list(range(count)), "text": texts}), folder / "texts.parquet")
+    return str(folder / "texts.parquet")
+
+
+def compile_comparison(configs: list[str], task: str, model: str, inputs: dict[int, str], work: Path, device: str,
                        repeats: int, hang_seconds: float) -> list[dict]:
-    """Steady-state images/s (two sizes differenced, so start-up and compiling cancel), peak memory and,
+    """Steady-state rows/s (two sizes differenced, so start-up and compiling cancel), peak memory and,
     for inferkit, what its report says about compiling: the first-batch check against eager fp32, the
     seconds it compiled (a cold cache each run) and the graphs each actor compiled."""
     script = str(Path(__file__).resolve())
-    sizes = sorted(image_dirs)
+    sizes = sorted(inputs)
     rows = []
     for config in configs:
         runs = []
         for n in sizes:
             out = work / f"compile-{config}-{n}"
             if config.startswith("bare-"):
-                command = [sys.executable, script, "child", config, model, image_dirs[n], str(out), device]
+                command = [sys.executable, script, "child", config, model, inputs[n], str(out), device]
             else:
-                command = [sys.executable, "-m", "inferkit", "run", "--task", "image-classification", "--model",
-                           model, "--input", image_dirs[n], "--output", str(out), "--overwrite", "--compile",
-                           "on" if config == "inferkit-compiled" else "off"]
+                command = [sys.executable, "-m", "inferkit", "run", "--task", task, "--model", model, "--input",
+                           inputs[n], "--output", str(out), "--overwrite", "--compile", config.split("-")[1]
+                           .replace("compiled", "on").replace("eager", "off")]
                 command += [] if device == "auto" else ["--device", device]
             tries = []
             for attempt in range(repeats):
                 os.environ["INFERKIT_COMPILE_CACHE"] = str(work / f"compile-cache-{config}-{n}-{attempt}")
-                print(f"running {config} on {n} images ({attempt + 1}/{repeats}) ...", file=sys.stderr, flush=True)
+                print(f"running {config} on {n} rows ({attempt + 1}/{repeats}) ...", file=sys.stderr, flush=True)
                 # Start-up and compiling are slow on a loaded machine: inferkit gets 10 more minutes.
                 tries.append(measure(command, hang_seconds + 2 * n + (600 if config.startswith("inferkit") else 0)))
                 if tries[-1]["outcome"] != "ok":
@@ -529,6 +564,7 @@ def compile_comparison(configs: list[str], model: str, image_dirs: dict[int, str
             run["peak_bytes"] = max(r["peak_bytes"] for r in tries)
             report = out / "_inferkit_report.json"
             run["compile"] = json.loads(report.read_text()).get("compile") if report.exists() else None
+            run["precision"] = json.loads(report.read_text())["precision"]["chosen"] if report.exists() else None
             runs.append(run)
             if run["outcome"] != "ok":
                 break
@@ -539,6 +575,7 @@ def compile_comparison(configs: list[str], model: str, image_dirs: dict[int, str
             "config": config, "outcome": runs[-1]["outcome"], "seconds": [r["seconds"] for r in runs],
             "steady_rows_per_second": (sizes[1] - sizes[0]) / (runs[1]["seconds"] - runs[0]["seconds"]) if ok else None,
             "peak_bytes": [r["peak_bytes"] for r in runs], "compiled": compiled.get("on"),
+            "precision": runs[-1]["precision"],
             "check_agreement": check.get("agreement"), "check_compile_seconds": check.get("compile_seconds"),
             "actor_compilations": [a["compilations"] for a in compiled.get("actors", {}).values()],
             "actor_compile_seconds": [a["compile_seconds"] for a in compiled.get("actors", {}).values()],
@@ -548,17 +585,20 @@ def compile_comparison(configs: list[str], model: str, image_dirs: dict[int, str
 
 
 def compile_table(rows: list[dict]) -> str:
-    lines = ["| configuration | steady-state images/s | vs bare bf16 | peak memory, small / large | compiled | "
-             "check vs eager fp32 | first compile | per actor: compilations, cache hits, seconds | outcome |",
-             "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |"]
-    base = next((r["steady_rows_per_second"] for r in rows if r["config"] == "bare-bf16"), None)
+    lines = ["| configuration | steady-state rows/s | vs bare bf16 | vs inferkit eager | peak memory, small / large | "
+             "precision | compiled | check vs eager fp32 | first compile | per actor: compilations, cache hits, "
+             "seconds | outcome |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | --- | --- |"]
+    bases = {name: next((r["steady_rows_per_second"] for r in rows if r["config"] == name), None)
+             for name in ("bare-bf16", "inferkit-eager")}
     for row in rows:
         rate = row["steady_rows_per_second"]
         actors = "; ".join(f"{c}, {h}, {s:.1f} s" for c, h, s in zip(
             row["actor_compilations"], row["actor_cache_hits"], row["actor_compile_seconds"], strict=True))
         lines.append(" | ".join([
-            f"| {row['config']}", f"{rate:.1f}" if rate else "-", f"{rate / base:.2f}x" if rate and base else "-",
-            " / ".join(f"{m / 2**30:.2f} GiB" for m in row["peak_bytes"]),
+            f"| {row['config']}", f"{rate:.1f}" if rate else "-",
+            *(f"{rate / base:.2f}x" if rate and base else "-" for base in bases.values()),
+            " / ".join(f"{m / 2**30:.2f} GiB" for m in row["peak_bytes"]), row["precision"] or "-",
             "-" if row["compiled"] is None else ("yes" if row["compiled"] else "no"),
             f"{row['check_agreement']:.1%}" if row["check_agreement"] is not None else "-",
             f"{row['check_compile_seconds']:.1f} s" if row["check_compile_seconds"] else "-",
@@ -568,28 +608,42 @@ def compile_table(rows: list[dict]) -> str:
 
 def compile_main() -> None:
     parser = argparse.ArgumentParser(prog="bench_inference.py compile",
-                                     description="ResNet-50: bare eager fp32/bf16 loops, inferkit eager, inferkit "
-                                                 "--compile on.")
-    parser.add_argument("--sizes", type=int, nargs=2, default=[64, 320], help="two input sizes (images)")
+                                     description="Eager against --compile on and auto: ResNet-50 (also bare eager "
+                                                 "fp32/bf16 loops), the bundled MiniLM embeddings, a BERT-base-size "
+                                                 "classifier.")
+    parser.add_argument("--workload", choices=list(COMPILE_WORKLOADS), default="resnet50")
+    parser.add_argument("--sizes", type=int, nargs=2, help="two input sizes (rows); default per workload")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--hang-seconds", type=float, default=HANG_SECONDS)
     parser.add_argument("--repeats", type=int, default=1, help="runs per size; the fastest counts")
-    parser.add_argument("--configs", nargs="+", choices=COMPILE_CONFIGS, default=list(COMPILE_CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=COMPILE_CONFIGS,
+                        help="default: all for resnet50; the inferkit ones for text workloads")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(sys.argv[2:])
+    task, default_sizes = COMPILE_WORKLOADS[args.workload]
+    sizes = args.sizes or default_sizes
+    configs = args.configs or [c for c in COMPILE_CONFIGS if args.workload == "resnet50" or c.startswith("inferkit")]
+    if args.workload != "resnet50" and any(c.startswith("bare-") for c in configs):
+        parser.error("the bare loops classify images: use them with --workload resnet50")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     hw = hardware(args.device)
     work = Path(tempfile.mkdtemp(prefix="inferkit-bench-compile-"))
-    model = build_model(work / "resnet50")
-    image_dirs = {n: build_images(work / f"images-{n}", n) for n in args.sizes}
-    rows = compile_comparison(args.configs, model, image_dirs, work, args.device, args.repeats, args.hang_seconds)
-    results = {"hardware": hw, "sizes": sorted(args.sizes), "configs": rows, "date": time.strftime("%Y-%m-%d"),
-               "load_average": os.getloadavg()}
-    tag = "gpu" if hw["gpu"] else "cpu"
-    (out / f"{tag}-compile.json").write_text(json.dumps(results, indent=2))
+    if args.workload == "resnet50":
+        model = build_model(work / "resnet50")
+        inputs = {n: build_images(work / f"images-{n}", n) for n in sizes}
+    else:
+        from inferkit.job.tasks import demo_model
+
+        model = demo_model() if args.workload == "minilm" else build_bert_base(work / "bert-base")
+        inputs = {n: build_texts(work / f"texts-{n}", n) for n in sizes}
+    rows = compile_comparison(configs, task, model, inputs, work, args.device, args.repeats, args.hang_seconds)
+    results = {"workload": args.workload, "hardware": hw, "sizes": sorted(sizes), "configs": rows,
+               "date": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg()}
+    name = f"{'gpu' if hw['gpu'] else 'cpu'}-compile-{args.workload}.json"
+    (out / name).write_text(json.dumps(results, indent=2))
     print(compile_table(rows))
-    print(f"\nhardware: {json.dumps(hw)}; load average {results['load_average']}\nwrote {out / (tag + '-compile.json')}")
+    print(f"\nhardware: {json.dumps(hw)}; load average {results['load_average']}\nwrote {out / name}")
 
 
 if __name__ == "__main__":

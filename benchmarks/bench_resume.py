@@ -1,9 +1,9 @@
 """Resuming (issue 15): what the ledger costs a run that is not interrupted, and what a resume saves.
 
   bookkeeping   one Ray Data pipeline (read tasks -> inference actors -> write) on the bundled
-                all-MiniLM-L6-v2, written two ways: (a) `write_parquet` in files of 50,000 rows, as
-                before the ledger, and (b) through the ledger, one file and one entry per block;
-                best of --repeats, rows per second of the whole execution.
+                all-MiniLM-L6-v2, written two ways into files of the size the planner picks (one
+                actor): (a) `write_parquet`, as before the ledger, and (b) through the ledger, a file
+                and its entry each; best of --repeats, rows per second of the whole execution.
   ledger alone  committing --blocks blocks of 100 rows and loading their entries (local disk).
   resume        `inferkit run` killed (SIGKILL of its process group) once half of the rows are written,
                 then run again (it resumes) and, from the same unfinished run, with --restart.
@@ -48,6 +48,7 @@ def pipeline_rows_per_second(source_path: Path, out: Path, with_ledger: bool) ->
 
     from inferkit.job import io
     from inferkit.job.ledger import Ledger, write_through
+    from inferkit.job.plan import output_file_rows
     from inferkit.job.tasks import ModelSpec, Predictor, demo_model
 
     source = io.discover(str(source_path), "auto")
@@ -62,13 +63,14 @@ def pipeline_rows_per_second(source_path: Path, out: Path, with_ledger: bool) ->
         batch_format="pyarrow", batch_size=None, num_cpus=0.25).map_batches(
         Predictor, fn_constructor_kwargs={"spec": spec}, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
         num_cpus=max(0.75, (os.cpu_count() or 2) - 0.25), batch_size=BATCH, batch_format="pyarrow")
+    file_rows, _ = output_file_rows(source.parts * ROWS_PER_GROUP, BATCH, actors=1)
     started = time.perf_counter()
     if with_ledger:
         ledger = Ledger(pafs.LocalFileSystem(), str(out))
         ledger.open({"benchmark": True}, restart=True, run_id="bench")
-        write_through(dataset, ledger, {"num_cpus": 0.25})
+        write_through(dataset, ledger, file_rows, {"num_cpus": 0.25})
     else:
-        dataset.drop_columns(list(io.KEYS)).write_parquet(str(out), min_rows_per_file=50_000,
+        dataset.drop_columns(list(io.KEYS)).write_parquet(str(out), min_rows_per_file=file_rows,
                                                           ray_remote_args={"num_cpus": 0.25})
     return source.parts * ROWS_PER_GROUP / (time.perf_counter() - started)
 
@@ -171,8 +173,10 @@ def main() -> None:
     overhead = 1 - throughput["with ledger"] / throughput["without ledger"]
     print(f"## Resuming: {options.rows} texts, all-MiniLM-L6-v2 fp32, batch {BATCH}, {os.cpu_count()} CPUs\n")
     print("| figure | value |\n| --- | ---: |")
-    print(f"| throughput without the ledger (write_parquet, 50,000-row files) | {throughput['without ledger']:.1f} rows/s |")
-    print(f"| throughput with the ledger (a file and an entry per block) | {throughput['with ledger']:.1f} rows/s |")
+    file_rows, _ = output_file_rows(options.rows, BATCH, actors=1)
+    print(f"| throughput without the ledger (write_parquet, {file_rows}-row files) | "
+          f"{throughput['without ledger']:.1f} rows/s |")
+    print(f"| throughput with the ledger (the same files, each with its entry) | {throughput['with ledger']:.1f} rows/s |")
     print(f"| bookkeeping overhead | {overhead:.1%} |")
     print(f"| ledger alone: commit one 100-row block (file + entry) | {alone['commit_ms_per_block']:.2f} ms |")
     print(f"| ledger alone: load {alone['blocks']} entries / once compacted | {alone['load_s']:.2f} s / "

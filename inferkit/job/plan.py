@@ -261,7 +261,8 @@ def _compile(options: RunOptions, profile: ModelProfile, device: str, rows: int 
     return True, f"{per_node:,.0f} rows per node repay ~{seconds:.0f} s of compiling ({how}){checked}"
 
 
-def _rows_per_file(rows: int | None, batch: int, actors: int) -> tuple[int, str]:
+def output_file_rows(rows: int | None, batch: int, actors: int) -> tuple[int, str]:
+    """Rows per output file for `rows` still to do (None: unknown) and the reason, for the plan table."""
     lost = "a run killed midway loses at most the file each write has under way"
     if rows is None:
         size = min(MAX_ROWS_PER_FILE, batch * BATCHES_PER_FILE_UNKNOWN_ROWS)
@@ -303,7 +304,7 @@ def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     nodes = sum(1 for n in cluster.workers if (n.gpus if device == "gpu" else n.cpus) > 0)
     compiled, compile_why = _compile(options, profile, device, rows, nodes)
     decisions.append(Decision("compile", "on" if compiled else "off", compile_why))
-    rows_per_file, file_why = _rows_per_file(rows, batch, high)
+    rows_per_file, file_why = output_file_rows(rows, batch, high)
     decisions.append(Decision("output files", f"{rows_per_file:,} rows each", file_why))
     return Plan(
         device=device, actors_min=low, actors_max=high, num_cpus_per_actor=planned["num_cpus"],

@@ -116,6 +116,9 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
     hint = f"follow it: ray job logs --follow {job_id} --address {address}; stop it: ray job stop {job_id} " \
            f"--address {address}"
     submitted = False
+    # The follower's event loop exists before the job does: a Ctrl-C while a loop is being built would
+    # surface from inside asyncio, past the handling below.
+    loop = asyncio.new_event_loop()
     try:
         _submit(client, address, entrypoint, runtime_env, job_id)
         submitted = True
@@ -123,7 +126,7 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
         if detach:
             say(f"detached; {hint}")
             return EXIT_OK
-        status = asyncio.run(asyncio.wait_for(follow_ray_job(client, job_id, address), timeout))
+        status = loop.run_until_complete(asyncio.wait_for(follow_ray_job(client, job_id, address), timeout))
     except asyncio.TimeoutError:
         try:
             state = f"is still {_status(client, job_id, address)}"
@@ -133,6 +136,8 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
         return EXIT_TIMEOUT
     except KeyboardInterrupt:
         return _interrupted(client, job_id, submitted, cancel_on_interrupt, hint)
+    finally:
+        _close(loop)
     if status == "SUCCEEDED":
         say(f"Ray job {job_id}: the job succeeded")
         return EXIT_OK
@@ -141,6 +146,16 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
     except Exception as e:  # noqa: BLE001 - the failure is reported either way
         message = f"its reason could not be read: {_one_line(e)}"
     raise JobFailed(f"Ray job {job_id} {status}: {message or 'no message'}")
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the loop as asyncio.run would: its remaining tasks (a log tail cut off by Ctrl-C) cancelled."""
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 def _interrupted(client, job_id: str, submitted: bool, cancel: bool, hint: str) -> int:
