@@ -160,6 +160,8 @@ def resume_against_restart(tmp: Path, rows: int) -> dict:
 
 
 def main() -> None:
+    from inferkit.job.plan import output_file_rows
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=2)
