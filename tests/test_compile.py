@@ -62,29 +62,33 @@ def test_padding_keeps_a_channels_last_batch_channels_last():
     assert seen[1].shape == (8, 16) and seen[1].is_contiguous()  # the bucket, within the limit 16
 
 
-@pytest.mark.parametrize("shared", ["default", "chosen"])
-def test_a_compile_cache_others_can_write_to_is_not_used(tmp_path, monkeypatch, capsys, shared):
+@pytest.mark.parametrize("where", ["default", "volume"])
+def test_a_compile_cache_others_can_write_to_is_not_used(tmp_path, monkeypatch, capsys, where):
     """Inductor runs the code it finds in its cache: a cache folder others can write to would let them
-    run code in every actor."""
-    from inferkit.job.compile import CACHE_ENV, cache_folder
+    run code in every actor. A chosen volume's root may be open to all (an emptyDir is 0777): the cache
+    is this user's own folder inside it."""
+    from inferkit.job import compile as compiling
 
-    if shared == "default":
-        monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setattr(compiling, "_PRIVATE_FOLDER", None)
+    if where == "default":
+        monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
         monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
         folder = tmp_path / f"inferkit-compile-cache-{os.getuid()}"
-        assert cache_folder() == str(folder) and (folder.stat().st_mode & 0o777) == 0o700
-        open_to = 0o775  # group-writable: refused for the default folder
     else:
-        folder = tmp_path / "volume"
-        folder.mkdir()
-        folder.chmod(0o2775)  # an fsGroup volume: group-writable is fine for a folder the user chose
-        monkeypatch.setenv(CACHE_ENV, str(folder))
-        assert cache_folder() == str(folder)
-        open_to = 0o777
-    folder.chmod(open_to)
-    private = cache_folder()
+        volume = tmp_path / "volume"
+        volume.mkdir()
+        volume.chmod(0o777)
+        monkeypatch.setenv(compiling.CACHE_ENV, str(volume))
+        folder = volume / f"uid-{os.getuid()}"
+    assert compiling.cache_folder() == str(folder) and (folder.stat().st_mode & 0o777) == 0o700
+    folder.chmod(0o775)  # group-writable: no longer this user's alone
+    private = compiling.cache_folder()
     assert private != str(folder) and (Path(private).stat().st_mode & 0o777) == 0o700
+    assert compiling.cache_folder() == private  # one private folder per process, not one per call
     assert f"not using {folder} as the compile cache" in capsys.readouterr().err
+    folder.rmdir()
+    folder.write_text("a file where the folder should be")
+    assert compiling.cache_folder() == private
 
 
 @pytest.mark.parametrize("model", ["embedder", "stripes"])

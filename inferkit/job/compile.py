@@ -13,7 +13,9 @@ models eager: said once, and the run goes on with every row.
 from __future__ import annotations
 
 import dataclasses
+import atexit
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -33,20 +35,33 @@ FAULT = "compile-fail"  # INFERKIT_INJECT_FAULT item (see tasks.faults): every c
 
 
 def cache_folder() -> str:
-    """Where this node keeps compiled code: INFERKIT_COMPILE_CACHE, else a folder of this user's in the
-    temp dir. Inductor runs the code it finds there, so a folder others can write to is not used: this
-    actor then compiles into a private folder of its own (no node cache) and says so."""
+    """Where this node keeps compiled code: a folder of this user's (`uid-<uid>`, 0700) inside
+    INFERKIT_COMPILE_CACHE (a volume: its root may belong to root or be open to all, as an emptyDir is),
+    else `inferkit-compile-cache-<uid>` in the temp dir. Inductor runs the code it finds there, so a folder
+    that is not this user's alone is not used: this process then compiles into a private folder (removed
+    at exit), without the node's cache, and says so."""
     chosen = os.environ.get(CACHE_ENV)
-    folder = chosen or os.path.join(tempfile.gettempdir(), f"inferkit-compile-cache-{os.getuid()}")
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    status = os.lstat(folder)
-    # a volume chosen with INFERKIT_COMPILE_CACHE may be group-writable (Kubernetes' fsGroup); never others
-    writable_by_others = status.st_mode & (0o002 if chosen else 0o022)
-    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid() or writable_by_others:
+    uid = os.getuid()
+    folder = (os.path.join(chosen, f"uid-{uid}") if chosen
+              else os.path.join(tempfile.gettempdir(), f"inferkit-compile-cache-{uid}"))
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        status = os.lstat(folder)
+        private = stat.S_ISDIR(status.st_mode) and status.st_uid == uid and not status.st_mode & 0o022
+    except OSError:  # e.g. a file of that name, or a volume this user cannot write to
+        private = False
+    if private:
+        return folder
+    global _PRIVATE_FOLDER
+    if _PRIVATE_FOLDER is None:
         print(f"[inferkit] not using {folder} as the compile cache: it is not a folder that only this user "
-              f"({os.getuid()}) can write to; compiling without the node's cache", file=sys.stderr, flush=True)
-        return tempfile.mkdtemp(prefix="inferkit-compile-")
-    return folder
+              f"({uid}) can write to; compiling without the node's cache", file=sys.stderr, flush=True)
+        _PRIVATE_FOLDER = tempfile.mkdtemp(prefix="inferkit-compile-")
+        atexit.register(shutil.rmtree, _PRIVATE_FOLDER, ignore_errors=True)
+    return _PRIVATE_FOLDER
+
+
+_PRIVATE_FOLDER: str | None = None
 
 
 def use_node_cache() -> str:

@@ -117,8 +117,10 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
            f"--address {address}"
     submitted = False
     # The follower's event loop exists before the job does: a Ctrl-C while a loop is being built would
-    # surface from inside asyncio, past the handling below.
-    loop = asyncio.new_event_loop()
+    # surface from inside asyncio, past the handling below. asyncio.Runner turns a Ctrl-C while it runs
+    # into a cancelled follower and one KeyboardInterrupt, as asyncio.run does.
+    runner = asyncio.Runner()
+    runner.get_loop()
     try:
         _submit(client, address, entrypoint, runtime_env, job_id)
         submitted = True
@@ -126,7 +128,7 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
         if detach:
             say(f"detached; {hint}")
             return EXIT_OK
-        status = loop.run_until_complete(asyncio.wait_for(follow_ray_job(client, job_id, address), timeout))
+        status = runner.run(asyncio.wait_for(follow_ray_job(client, job_id, address), timeout))
     except asyncio.TimeoutError:
         try:
             state = f"is still {_status(client, job_id, address)}"
@@ -137,7 +139,7 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
     except KeyboardInterrupt:
         return _interrupted(client, job_id, submitted, cancel_on_interrupt, hint)
     finally:
-        _close(loop)
+        _close(runner)
     if status == "SUCCEEDED":
         say(f"Ray job {job_id}: the job succeeded")
         return EXIT_OK
@@ -148,14 +150,12 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
     raise JobFailed(f"Ray job {job_id} {status}: {message or 'no message'}")
 
 
-def _close(loop: asyncio.AbstractEventLoop) -> None:
-    """Close the loop as asyncio.run would: its remaining tasks (a log tail cut off by Ctrl-C) cancelled."""
-    pending = asyncio.all_tasks(loop)
-    for task in pending:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    loop.run_until_complete(loop.shutdown_asyncgens())
-    loop.close()
+def _close(runner: asyncio.Runner) -> None:
+    """Close the follower's loop (its tasks cancelled); a second Ctrl-C meanwhile changes nothing."""
+    try:
+        runner.close()
+    except KeyboardInterrupt:
+        pass
 
 
 def _interrupted(client, job_id: str, submitted: bool, cancel: bool, hint: str) -> int:
