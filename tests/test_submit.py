@@ -805,3 +805,37 @@ def test_a_job_in_another_namespace_is_followed_there_and_a_resumed_log_loses_no
     assert result.stdout.splitlines() == LINES
     logs = [q for _, p, q in fake.requests if p.endswith(f"/pods/{submitter}/log")]
     assert any(q.get("sinceSeconds") for q in logs) and all(q["container"] == "ray-job-submitter" for q in logs)
+
+
+@pytest.mark.parametrize("timeout", [None, 60.0])
+@pytest.mark.parametrize("cancel", [False, True])
+def test_ctrl_c_while_following_a_ray_job_is_130_once_with_or_without_a_timeout(monkeypatch, capsys, timeout,
+                                                                               cancel):
+    """A real SIGINT while the follower runs: the follower is cancelled and the CLI says so in one line (no
+    asyncio traceback, no "exception was never retrieved"), stopping the job only when asked."""
+    import asyncio
+
+    from inferkit.job import remote
+
+    stopped = []
+
+    class Client:
+        def stop_job(self, job_id):
+            stopped.append(job_id)
+            return True
+
+    async def follow_until_interrupted(client, job_id, address):
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(30)
+        return "SUCCEEDED"
+
+    monkeypatch.setattr(remote, "_client", lambda address: Client())
+    monkeypatch.setattr(remote, "_submit", lambda *args: None)
+    monkeypatch.setattr(remote, "follow_ray_job", follow_until_interrupted)
+    started = time.monotonic()
+    code = remote.submit_to_ray("http://ray:8265", "inferkit run", {}, detach=False, timeout=timeout,
+                                cancel_on_interrupt=cancel)
+    err = capsys.readouterr().err
+    assert code == 130 and time.monotonic() - started < 10
+    assert "Traceback" not in err and "never retrieved" not in err
+    assert ("stopped" if cancel else "keeps running") in err and len(stopped) == int(cancel)
