@@ -146,7 +146,8 @@ class RunOptions:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
         "auto picks bf16 where the hardware has it and the first batch agrees with fp32 on >= 99% of rows.")
     compile: Literal["auto", "on", "off"] = _help(
-        "torch.compile the model(s) (inductor); auto does for inputs with enough rows to repay compiling. "
+        "torch.compile the model(s) (inductor); auto does for inputs with enough rows to repay compiling "
+        "(never a text model on CPUs). "
         "Kept only if the first batch agrees with eager fp32, else eager.")
     max_error_fraction: float = _help(
         "Exit non-zero when more than this fraction of rows failed, or when an input file could not be read "
