@@ -12,8 +12,8 @@ models eager: said once, and the run goes on with every row.
 
 from __future__ import annotations
 
-import dataclasses
 import atexit
+import dataclasses
 import os
 import shutil
 import stat
@@ -32,6 +32,7 @@ CACHE_ENV = "INFERKIT_COMPILE_CACHE"
 TEXT_BUCKETS = (32, 64, 128, 256, 512)
 TALLY_NAME = "inferkit-compile-tally"
 FAULT = "compile-fail"  # INFERKIT_INJECT_FAULT item (see tasks.faults): every compile raises
+_PRIVATE_FOLDER: str | None = None  # this process's compile cache when the node's may not be used
 
 
 def cache_folder() -> str:
@@ -59,9 +60,6 @@ def cache_folder() -> str:
         _PRIVATE_FOLDER = tempfile.mkdtemp(prefix="inferkit-compile-")
         atexit.register(shutil.rmtree, _PRIVATE_FOLDER, ignore_errors=True)
     return _PRIVATE_FOLDER
-
-
-_PRIVATE_FOLDER: str | None = None
 
 
 def use_node_cache() -> str:
