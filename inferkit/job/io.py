@@ -7,6 +7,7 @@ one step: a rename for local folders; for object stores, a copy, then the report
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -19,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.fs as pafs
 import pyarrow.json as pa_json
@@ -291,15 +291,15 @@ def output_files(output: Output, folder: str) -> list[str]:
                   and not i.path.startswith(bookkeeping))
 
 
-def count_rows(output: Output, files: list[str]) -> tuple[int, int, int]:
-    """(rows, rows with an error, rows that stand for a unit that could not be read) in the written files."""
-    rows = errors = unreadable = 0
+def count_rows(output: Output, files: list[str]) -> tuple[int, collections.Counter[str]]:
+    """The written files' rows, and how many of them carry each error message (one read of the column)."""
+    rows = 0
+    errors: collections.Counter[str] = collections.Counter()
     for file in files:
         column = pq.read_table(file, columns=[ERROR], filesystem=output.filesystem).column(ERROR)
         rows += len(column)
-        errors += len(column) - column.null_count
-        unreadable += pc.sum(pc.starts_with(column.fill_null(""), UNREADABLE)).as_py() or 0
-    return rows, errors, unreadable
+        errors.update(column.drop_null().to_pylist())
+    return rows, errors
 
 
 class PublishInterrupted(JobFailed):

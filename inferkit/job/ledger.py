@@ -254,7 +254,7 @@ class Ledger:
                 if i.type == pafs.FileType.File and i.path.endswith(".parquet")}
 
     def _read_json(self, path: str) -> dict | None:
-        """An entry, or None where there is none or its write died midway (then its file goes too)."""
+        """An entry, or None where there is none or its write died midway (its rows are then computed again)."""
         try:
             with self.filesystem.open_input_stream(path) as stream:
                 return json.loads(stream.read())

@@ -6,7 +6,6 @@ and the output folder are checked before Ray starts and before any model is load
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import os
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from inferkit import __version__
 from inferkit.config import RunOptions, is_remote_uri, nesting_problem
@@ -397,14 +395,6 @@ def _listed_rows(source: io.Source) -> int | None:
     return sum(source.unit_rows) if source.unit_rows and None not in source.unit_rows else None
 
 
-def _error_examples(output: io.Output, files: list[str], limit: int | None = 10) -> dict[str, int]:
-    counts: collections.Counter[str] = collections.Counter()
-    for file in files:
-        column = pq.read_table(file, columns=[ERROR], filesystem=output.filesystem).column(ERROR)
-        counts.update(e for e in column.to_pylist() if e is not None)
-    return dict(counts.most_common(limit))
-
-
 def _versions() -> dict[str, str]:
     out = {"inferkit": __version__}
     for package in ("ray", "torch", "transformers", "pyarrow"):
@@ -543,12 +533,14 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     crashed_rows = _finish_incomplete_parts(ledger, source, facts, schema, options, plan, spec)
     files = ledger.files_to_publish(source.parts)  # the pipeline and the rescue are done: no write is left
     execute_seconds = time.time() - execute_started
-    rows, errors, unreadable = io.count_rows(output, files)
-    if source.format == "images":
-        unreadable = 0  # an unreadable image is an error row of its own, not rows lost with a file
+    rows, errors_by_message = io.count_rows(output, files)
+    errors = sum(errors_by_message.values())
+    # an unreadable image is an error row of its own, not rows lost with a file
+    unreadable = 0 if source.format == "images" else sum(
+        n for error, n in errors_by_message.items() if error.startswith(io.UNREADABLE))
     fraction = errors / rows if rows else 0.0
     wall = time.time() - started
-    error_counts = _error_examples(output, files, limit=None)
+    error_counts = dict(errors_by_message.most_common())
     report = {
         "run_id": run_id, "versions": _versions(), "options": dataclasses.asdict(options),
         "models": [f.model for f in facts], "model_versions": [f.version for f in facts],
