@@ -241,7 +241,7 @@ def test_auto_compiles_only_jobs_long_enough_to_repay_compiling():
 
 
 def test_auto_keeps_text_models_eager_on_a_cpu_but_may_compile_them_on_a_gpu():
-    """Measured on CPU: a BERT-base classifier ran 0.85x of eager compiled (padding to length buckets);
+    """Measured on CPU (before weights were really frozen): a BERT-base classifier ran 0.85x of eager compiled;
     `auto` must never make a job slower, so only `on` compiles a text model on a CPU."""
     import dataclasses
 

@@ -38,7 +38,8 @@ TEXT_COMPILE_SHAPES = 3  # length buckets a text job typically meets, each compi
 ROWS_PER_COMPILE_SECOND = {"cpu": 80, "gpu": 1600}
 # auto compiles only for jobs this many times longer than the break-even, so it never slows a short one;
 # and never a text model on a CPU, where padding to length buckets cost more than compiling gained for a
-# BERT-base classifier (measured, bench_inference.py compile: 0.85x of eager; MiniLM 1.18x).
+# BERT-base classifier (measured, bench_inference.py compile: 0.85x of eager; MiniLM 1.18x), measured before
+# the weights were really frozen (compile.py): kept until text models are measured again.
 COMPILE_PAYBACK_MARGIN = 2
 # Output files (each one ledger entry, the unit a killed run loses or keeps): large enough that 100M rows
 # make thousands of files, not millions; small enough that a short job still writes several per actor,
@@ -253,8 +254,8 @@ def _compile(options: RunOptions, profile: ModelProfile, device: str, rows: int 
     if options.compile != "auto":
         return options.compile == "on", (f"asked for: {how}{checked}" if options.compile == "on" else "asked for")
     if device == "cpu" and profile.input_kind == "text":
-        return False, ("text models on a CPU: no reliable gain measured (BERT-base 0.85x, MiniLM 1.18x of eager; "
-                       "BENCHMARKS.md); --compile on to try")
+        return False, ("text models on a CPU: no reliable gain measured (BERT-base 0.85x, MiniLM 1.18x of eager, "
+                       "without frozen weights; BENCHMARKS.md); --compile on to try")
     if rows is None:
         return False, "the input's row count is not known before reading: eager never pays for compiling"
     seconds = compile_seconds(profile)
