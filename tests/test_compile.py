@@ -128,7 +128,13 @@ def test_cpu_compiling_freezes_the_weights_into_the_graph(tiny_models, tmp_path,
 
     from inferkit.job.compile import CompiledModel
 
+    import torch._inductor.compile_fx as inductor
+
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    graph_inputs = []
+    real_compile_fx = inductor.compile_fx
+    monkeypatch.setattr(inductor, "compile_fx", lambda graph, inputs: graph_inputs.append(len(inputs))
+                        or real_compile_fx(graph, inputs))
     net = AutoModelForImageClassification.from_pretrained(tiny_models["stripes"]).eval()
     compiled = CompiledModel(net, "cpu", None, None, fault=False)
     pixels = {"pixel_values": torch.from_numpy(np.random.default_rng(0).random((4, 3, 32, 32), np.float32))}
@@ -140,7 +146,7 @@ def test_cpu_compiling_freezes_the_weights_into_the_graph(tiny_models, tmp_path,
         eager = net(**pixels).logits
     assert not torch.allclose(eager, before, atol=1e-3)  # the change matters to the model...
     assert torch.allclose(after, before)  # ...but not to the frozen graph
-    assert compiled.compilations == 1
+    assert compiled.compilations == 1 and graph_inputs == [1]  # the pixels; no parameter is an input
 
 
 def test_a_compile_error_runs_eager_says_so_once_and_loses_no_row(tiny_models, capsys):
@@ -180,8 +186,8 @@ print(json.dumps({{"rows": table.num_rows, "labels": table.column("label").to_py
 
 def test_compiled_results_agree_and_a_fresh_process_reuses_the_node_cache(tiny_models, tmp_path):
     """The second process finds what the first one compiled in INFERKIT_COMPILE_CACHE, as the second actor
-    of a node and a resumed run do: it builds no C++ kernel of its own. (Inductor's FX graph cache cannot
-    store this graph whole: frozen weights packed for oneDNN do not pickle, so it counts a bypass.)"""
+    of a node and a resumed run do: it builds no C++ kernel of its own, and inductor's FX graph cache either
+    finds the whole graph or cannot store it (frozen weights packed for oneDNN do not pickle: a bypass)."""
     from inferkit.job.tasks import Predictor
 
     cache = tmp_path / "compile-cache"
@@ -197,7 +203,7 @@ def test_compiled_results_agree_and_a_fresh_process_reuses_the_node_cache(tiny_m
     assert first["fallback"] == "" and first["compilations"] >= 1 and first["cache_hits"] == 0
     assert kernels[0], "no compiled kernel in the cache folder"
     assert kernels[1] == kernels[0]  # every kernel the second process needed was in the node's cache
-    assert second["fallback"] == "" and second["cache_hits"] + second["cache_bypasses"] == second["compilations"]
+    assert second["fallback"] == "" and second["cache_misses"] == 0
     eager = Predictor(_spec(tiny_models["sentiment"]))(_batch(TEXTS))
     assert first["rows"] == second["rows"] == 5
     assert first["labels"] == second["labels"] == eager.column("label").to_pylist()
@@ -287,7 +293,7 @@ def _run_sentiment(inferkit, tmp_path, model: str, name: str, *flags: str):
 def test_run_compiled_gives_eager_results_and_reports_each_actors_compilations(inferkit, ray_local, tiny_models,
                                                                                 tmp_path):
     """21 rows in batches of 8: the last batch is padded to 8 and cut back, every row once; each actor
-    reports what it compiled and what inductor's graph cache made of it."""
+    reports what it compiled."""
     model = tiny_models["sentiment"]
     _, eager, eager_report = _run_sentiment(inferkit, tmp_path, model, "eager", "--compile", "off")
     result, compiled, report = _run_sentiment(inferkit, tmp_path, model, "compiled", "--compile", "on")
@@ -297,8 +303,7 @@ def test_run_compiled_gives_eager_results_and_reports_each_actors_compilations(i
     assert "compile: compiled agrees with eager fp32 on 100.0% of 21 rows" in result.stderr
     assert report["compile"]["on"] is True and report["compile"]["check"]["agreement"] == 1.0
     actors = report["compile"]["actors"]
-    assert actors and all(a["fallback"] == "" and a["compilations"] >= 1
-                          and a["cache_hits"] + a["cache_bypasses"] == a["compilations"] for a in actors.values())
+    assert actors and all(a["fallback"] == "" and a["compilations"] >= 1 for a in actors.values())
 
 
 def test_run_with_a_compile_error_goes_on_eager_and_says_so_once(inferkit, ray_local, tiny_models, tmp_path,

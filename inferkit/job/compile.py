@@ -142,7 +142,8 @@ class CompiledModel:
     def _patched(self) -> Any:
         """Inductor's config with this model's patches, around each call: dynamo reads `freezing` while it
         traces, before any backend runs, to decide whether parameters become graph constants or inputs
-        (is_parameter_freezing in torch/_dynamo/utils.py, used by variables/builder.py). Passed only to
+        (is_parameter_freezing in torch/_dynamo/utils.py, used by variables/builder.py; it also needs grad
+        off, as the predictor's inference_mode has it). Passed only to
         compile_fx, or as torch.compile's options, it came too late: parameters stayed inputs, nothing was
         folded, and ResNet-50 ran 32 images/s compiled instead of 42 (2 CPUs, bf16, batch 16)."""
         import torch._inductor.config as inductor_config
@@ -200,14 +201,15 @@ class ActorCompiler:
         return output
 
     def stats(self) -> dict:
-        """Graphs compiled (each batch shape, each graph break), of which inductor found how many whole in
-        the node's cache and how many it could not store there (a CPU graph whose frozen weights are oneDNN
-        tensors, which do not pickle: its C++ kernels still come from the node's cache), the seconds spent,
-        and why this actor runs eager if it does."""
+        """Graphs compiled (each batch shape, each graph break); of the graphs this process compiled, how many
+        inductor found whole in the node's cache, how many it did not find, and how many it could not store
+        there (a CPU graph whose frozen weights are oneDNN tensors, which do not pickle: its C++ kernels
+        still come from the node's cache); the seconds spent; why this actor runs eager if it does."""
         from torch._dynamo.utils import counters
 
         return {"compilations": sum(m.compilations for m in self.compiled),
                 "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
+                "cache_misses": counters["inductor"]["fxgraph_cache_miss"],
                 "cache_bypasses": counters["inductor"]["fxgraph_cache_bypass"],
                 "compile_seconds": round(sum(m.compile_seconds for m in self.compiled), 3),
                 "fallback": self.fallback}
@@ -235,7 +237,8 @@ class ActorCompiler:
 
 def check_compiled(spec: Any, batch: pa.Table) -> dict:
     """Compiled predictions in the run's precision against eager fp32 on the first batch, compared as the
-    bf16 check compares; runs where actors run, so its node's cache is warm for them."""
+    bf16 check compares; runs where actors run, so the node's cache holds its compiled kernels (and graphs
+    where inductor can store them) before they start."""
     from inferkit.job.tasks import Predictor, results_agreement
 
     rows, reference = Predictor(dataclasses.replace(spec, precision="fp32", compile=False)).predictions(batch)
