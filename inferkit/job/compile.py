@@ -143,9 +143,9 @@ class CompiledModel:
         """Inductor's config with this model's patches, around each call: dynamo reads `freezing` while it
         traces, before any backend runs, to decide whether parameters become graph constants or inputs
         (is_parameter_freezing in torch/_dynamo/utils.py, used by variables/builder.py; it also needs grad
-        off, as the predictor's inference_mode has it). Passed only to
-        compile_fx, or as torch.compile's options, it came too late: parameters stayed inputs, nothing was
-        folded, and ResNet-50 ran 32 images/s compiled instead of 42 (2 CPUs, bf16, batch 16)."""
+        off, as the predictor's inference_mode has it). Passed only to compile_fx, or as torch.compile's
+        options, it came too late: parameters stayed inputs, nothing was folded, and ResNet-50 ran 32
+        images/s compiled instead of 42 (2 CPUs, bf16, batch 16)."""
         import torch._inductor.config as inductor_config
 
         return inductor_config.patch(self.patches)
