@@ -16,7 +16,7 @@ import yaml
 
 from inferkit import RAY_VERSION, __version__
 from inferkit.config import RAYJOB, Config, RunOptions, parse_quantity, run_fields
-from inferkit.job.plan import cpu_actor_shape
+from inferkit.job.plan import THREADS_PER_CPU_ACTOR_INPUT_UNSEEN, actors_by_memory, cpu_actor_shape
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -74,7 +74,11 @@ def job_run_options(cfg: Config) -> RunOptions:
         low, high = gpu.bounds
         return dataclasses.replace(run, device="gpu", actors=f"{max(1, low * per_node)}:{max(1, high * per_node)}")
     if cpu.enabled:
-        per_node, num_cpus, _ = cpu_actor_shape(float(parse_quantity(cpu.cpu)))
+        # Neither the input nor the model's size is known here: several threads an actor, so one big input
+        # part is not left to one thread; the job's planner caps the pool by the model's memory at run time.
+        per_node, num_cpus, _ = cpu_actor_shape(float(parse_quantity(cpu.cpu)),
+                                                actors_by_memory(int(parse_quantity(cpu.memory)), 0),
+                                                THREADS_PER_CPU_ACTOR_INPUT_UNSEEN)
         low, high = cpu.bounds
         return dataclasses.replace(run, actors=f"{max(1, low * per_node)}:{max(1, high * per_node)}",
                                    num_cpus_per_actor=run.num_cpus_per_actor or num_cpus)

@@ -44,18 +44,62 @@ def test_one_cpu_node_leaves_room_for_reading():
     assert (plan.actors_min, plan.actors_max) == (1, 1)
 
 
+def test_a_cpu_pool_is_fixed_at_what_fits_and_a_gpu_pool_autoscales():
+    """Ray Data shrinks an actor pool to its minimum when the operator's CPU share is below the pool's
+    (it keeps CPUs for reading and writing): a 1..2 pool on 2 CPUs ran one actor."""
+    plan = make_plan(cluster(cpu_node(2), cpu_node(4)), RESNET50, options())
+    assert (plan.actors_min, plan.actors_max) == (6, 6)
+    plan = make_plan(cluster(gpu_node(4)), RESNET50, options())
+    assert (plan.actors_min, plan.actors_max) == (1, 4)
+
+
 def test_two_core_node_never_asks_for_every_cpu():
     """The seeds' num_cpus=2 on a 2-core node starves the read tasks and hangs."""
     plan = make_plan(cluster(cpu_node(2)), RESNET50, options())
-    assert plan.num_cpus_per_actor == 1.75
-    assert plan.threads_per_actor == 2
-    assert plan.num_cpus_per_actor + plan.io_task_cpus <= 2
+    assert (plan.num_cpus_per_actor, plan.threads_per_actor, plan.actors_max) == (0.87, 1, 2)
+    assert 2 * plan.num_cpus_per_actor + plan.io_task_cpus <= 2
+
+
+def test_cpu_actors_are_single_threaded_until_memory_allows_fewer():
+    """One 1-thread actor per CPU (two such actors beat one of two threads by about 1.3x on 2 CPUs);
+    each holds its own weights, so a node whose memory fits fewer runs fewer actors of more threads."""
+    plan = make_plan(cluster(cpu_node(16, memory_gib=64)), RESNET50, options())
+    assert (plan.actors_max, plan.threads_per_actor) == (14, 1)
+    plan = make_plan(cluster(cpu_node(16, memory_gib=4)), RESNET50, options())  # 2 GiB for actors: one fits
+    assert (plan.actors_max, plan.threads_per_actor, plan.num_cpus_per_actor) == (1, 14, 14.0)
+    big = dataclasses.replace(RESNET50, parameter_bytes=int(1.5 * GiB))  # 3.25 GiB each, 8 GiB for actors
+    plan = make_plan(cluster(cpu_node(16, memory_gib=16)), big, options())
+    assert (plan.actors_max, plan.threads_per_actor) == (2, 7)
+    assert "2 actor(s) fit in half of 16.0 GiB memory" in plan.table()
+    plan = make_plan(cluster(cpu_node(2, memory_gib=16), cpu_node(64, memory_gib=16)), RESNET50, options())
+    assert plan.actors_max == 2 + 6  # the big node has CPUs for 64 actors, memory for 6
+
+
+@pytest.mark.parametrize(("nodes", "parts", "actors", "threads"), [
+    ((2,), 1, 1, 2),  # one JSON lines file on 2 CPUs: one 2-thread actor, as before single-threaded actors
+    ((2,), 20, 2, 1),
+    ((16,), 3, 3, 5),  # 14 CPUs for inference over 3 actors: 4.66 each
+    ((8, 8), 4, 4, 4),  # 2 a node
+    ((8, 8), 3, 4, 4),  # ceil(3 / 2) a node: one actor idles at the end rather than one node have 7 threads idle
+    ((2, 64), 3, 4, 1),  # the big node has CPUs for 64 actors of the small node's size, parts for 2
+])
+def test_a_node_runs_no_more_actors_than_its_share_of_the_input_parts(nodes, parts, actors, threads):
+    """An actor takes whole blocks and a part is one block: actors beyond the parts would idle while
+    the others ran single-threaded, so fewer actors take the CPUs as threads."""
+    plan = make_plan(cluster(*(cpu_node(c, name=f"w{i}") for i, c in enumerate(nodes))), MINILM, options(),
+                     parts=parts)
+    assert (plan.actors_min, plan.actors_max, plan.threads_per_actor) == (actors, actors, threads)
+    if threads > 1:
+        assert f"for the input's {parts} part(s), more threads each" in plan.table()
+    asked = make_plan(cluster(*(cpu_node(c, name=f"w{i}") for i, c in enumerate(nodes))), MINILM,
+                      options(num_cpus_per_actor=0.5), parts=parts)
+    assert asked.actors_max == sum(min(int((c - IO_TASK_CPUS) / 0.5), -(-parts // len(nodes))) for c in nodes)
 
 
 def test_a_big_node_beside_a_small_one_keeps_its_own_share_for_reading():
-    plan = make_plan(cluster(cpu_node(2), cpu_node(64)), RESNET50, options())
-    assert plan.num_cpus_per_actor == 1.75  # sized for the small node
-    on_big = plan.actors_max - 1
+    plan = make_plan(cluster(cpu_node(2), cpu_node(64, memory_gib=128)), RESNET50, options())
+    assert plan.num_cpus_per_actor == 0.87  # sized for the small node
+    on_big = plan.actors_max - 2
     assert 64 - on_big * plan.num_cpus_per_actor >= 64 / 8  # not 0.25 CPU left to feed 36 actors
 
 
@@ -64,20 +108,21 @@ def test_an_actor_asked_to_fill_a_node_but_the_reading_share_still_fits():
     assert (plan.actors_min, plan.actors_max) == (1, 1)
 
 
-@pytest.mark.parametrize(("cpus", "per_node"), [(8, 1), (16, 2), (32, 4), (64, 7)])
+@pytest.mark.parametrize(("cpus", "per_node"), [(8, 7), (16, 14), (32, 28), (64, 56)])
 def test_big_cpu_nodes_split_into_several_actors(cpus, per_node):
-    plan = make_plan(cluster(cpu_node(cpus), cpu_node(cpus)), RESNET50, options())
+    plan = make_plan(cluster(cpu_node(cpus, memory_gib=4 * cpus), cpu_node(cpus, memory_gib=4 * cpus)), RESNET50,
+                     options())
     assert plan.actors_max == 2 * per_node
-    assert plan.threads_per_actor <= 8
+    assert plan.threads_per_actor == 1
     assert per_node * plan.num_cpus_per_actor <= cpus - IO_TASK_CPUS
 
 
 def test_container_limits_win_over_rays_count():
     """Ray sees 16 CPUs but the cgroup allows 2: plan for 2, ask Ray in its own units."""
     plan = make_plan(cluster(cpu_node(16, real=2)), RESNET50, options())
-    assert plan.threads_per_actor == 2
-    assert plan.actors_max == 1
-    assert plan.num_cpus_per_actor == pytest.approx(1.75 * 8)
+    assert plan.threads_per_actor == 1
+    assert plan.actors_max == 2
+    assert plan.num_cpus_per_actor == pytest.approx(0.87 * 8)
 
 
 def test_gpus_get_one_actor_each_and_an_autoscaling_pool():
@@ -145,8 +190,8 @@ def test_actor_asking_for_every_cpu_is_refused():
 
 def test_pool_minimum_never_waits_for_actors_that_cannot_start():
     plan = make_plan(cluster(cpu_node(2)), RESNET50, options(actors="4:6"))
-    assert (plan.actors_min, plan.actors_max) == (1, 6)
-    assert "MIN lowered to the 1 that fit now" in plan.table()
+    assert (plan.actors_min, plan.actors_max) == (2, 6)
+    assert "MIN lowered to the 2 that fit now" in plan.table()
 
 
 def test_autoscaling_groups_that_start_at_zero():
@@ -196,9 +241,10 @@ def test_gpu_plans_are_bounded_by_the_gpus(gpus, nodes, gpu_gib):
 
 def test_output_files_are_few_for_big_jobs_and_several_per_actor_for_small_ones():
     """Each file is one ledger entry and what a killed run loses at most per write under way."""
-    one_actor = cluster(cpu_node(2))
+    one_actor = cluster(cpu_node(1))
     small = make_plan(one_actor, MINILM, options(batch_size=8), rows=480)
     assert small.rows_per_file == 30  # 16 files for the one actor
+    assert make_plan(cluster(cpu_node(2)), MINILM, options(batch_size=8), rows=480).rows_per_file == 15  # 2 actors
     assert make_plan(one_actor, MINILM, options(batch_size=64), rows=480).rows_per_file == 64  # never under a batch
     huge = make_plan(cluster(*(gpu_node(8, name=f"g{i}") for i in range(4))), RESNET50, options(), rows=10**8)
     assert huge.rows_per_file == 20_000  # 5,000 files for 100M rows, not millions

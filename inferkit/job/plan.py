@@ -14,8 +14,19 @@ from inferkit.config import RunOptions, parse_actor_bounds
 from inferkit.errors import ConfigError
 
 GiB = 2**30
-# CPU threads one inference actor uses before another actor pays off more than more threads.
-THREADS_PER_CPU_ACTOR = 8
+# CPU threads per inference actor: one, and as many actors as CPUs, when the input has a part for each
+# (Ray Data gives an actor whole blocks, and a part is one block). Measured on 2 CPUs (ResNet-50,
+# bench_inference.py compile): two 1-thread actors ran 27.6 images/s eager and 38.8 compiled, one 2-thread
+# actor 20.8-22 and 28.8-28.9 (BENCHMARKS.md). An actor's threads meet at every parallel region, so one that loses its core to
+# decoding, the driver or Ray's daemons stalls the others; separate processes wait on no one. Each actor
+# holds its own weights, so memory bounds the count too (ACTOR_BASE_BYTES); fewer actors get more threads.
+THREADS_PER_CPU_ACTOR = 1
+# Threads per actor where the input is not known when actors are shaped (render, for a cluster that may
+# start at zero workers): an input of one big part still gets a node's threads, several parts more actors.
+THREADS_PER_CPU_ACTOR_INPUT_UNSEEN = 8
+# A CPU inference actor's memory before its weights (a Ray worker with torch and transformers loaded,
+# about 1 GiB resident measured), and its weights counted 1.5 times (loading, a frozen compiled copy).
+ACTOR_BASE_BYTES = 2**30
 # CPUs per node kept for reading, decoding and writing (Ray Data's tasks) beside inference actors;
 # an actor that takes every CPU of a node starves them and the job hangs.
 MIN_IO_CPUS = 0.25
@@ -29,13 +40,15 @@ MAX_BATCH = 1024
 ACTIVATION_FACTOR_IMAGE = 64
 ACTIVATION_FACTOR_TEXT = 24
 AGREEMENT_THRESHOLD = 0.99
-# Compile-cost estimate for --compile auto. Measured (issue 13): ResNet-50 (0.1 GiB) took 25 s to compile
-# on a 2-core CPU and then ran 47.8 instead of 29.6 img/s, repaid after about 2,000 images: 80 rows per
-# second of compiling. GPUs run each row far faster, so repaying takes more rows (a guess, unmeasured).
-COMPILE_SECONDS_BASE = 20.0
+# Compile-cost estimate for --compile auto. Measured (bench_inference.py compile, ResNet-50 of 0.1 GiB on 2
+# CPUs, two 1-thread actors): the first-batch check's compile and then each actor's, from the node's cache,
+# cost about 39 s of wall (320 images took 35 s longer than eager, computing them 3 s faster), after which
+# the node ran 38.8 instead of 27.6 images/s: each row saved 0.0105 s, so about 95 rows repay a second. GPUs run each row far
+# faster, so repaying takes more rows (a guess, unmeasured).
+COMPILE_SECONDS_BASE = 35.0
 COMPILE_SECONDS_PER_GIB = 50.0
 TEXT_COMPILE_SHAPES = 3  # length buckets a text job typically meets, each compiled once
-ROWS_PER_COMPILE_SECOND = {"cpu": 80, "gpu": 1600}
+ROWS_PER_COMPILE_SECOND = {"cpu": 95, "gpu": 1600}
 # auto compiles only for jobs this many times longer than the break-even, so it never slows a short one;
 # and never a text model on a CPU, where padding to length buckets cost more than compiling gained for a
 # BERT-base classifier (measured, bench_inference.py compile: 0.85x of eager; MiniLM 1.18x), measured before
@@ -132,13 +145,20 @@ def _row_bytes(profile: ModelProfile, element_bytes: int) -> int:
     return profile.max_length * profile.hidden_size * element_bytes * ACTIVATION_FACTOR_TEXT
 
 
-def cpu_actor_shape(usable_cpus: float) -> tuple[int, float, float]:
+def cpu_actor_shape(usable_cpus: float, most_actors: int | None = None,
+                    threads: int = THREADS_PER_CPU_ACTOR) -> tuple[int, float, float]:
     """(actors per node, CPUs per actor, CPUs kept for reading and decoding) on a node with this many
-    usable CPUs: at most THREADS_PER_CPU_ACTOR threads an actor, the rest in more actors."""
+    usable CPUs: `threads` threads an actor, as many actors as that makes, unless memory or the input
+    allow only `most_actors` (then fewer actors with more threads each)."""
     io_cpus = min(usable_cpus / 2, max(MIN_IO_CPUS, IO_CPU_SHARE * usable_cpus))
     inference = usable_cpus - io_cpus
-    per_node = max(1, math.ceil(inference / THREADS_PER_CPU_ACTOR))
+    per_node = max(1, min(math.ceil(inference / threads), most_actors or math.inf))
     return per_node, math.floor(inference / per_node * 100) / 100, io_cpus
+
+
+def actors_by_memory(node_memory_bytes: int, weight_bytes: int) -> int:
+    """CPU inference actors whose weights and working memory fit in half the node's memory."""
+    return max(1, int(node_memory_bytes * 0.5 // (ACTOR_BASE_BYTES + weight_bytes * 1.5)))
 
 
 def _resolve_device(cluster: ClusterResources, options: RunOptions) -> tuple[str, str]:
@@ -181,8 +201,12 @@ def _gpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
             "precision": (precision, check, why), "pool_why": f"autoscaling, bounded by {capacity} GPU slots"}
 
 
-def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions, decisions: list) -> dict:
+def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions, decisions: list,
+              parts: int | None) -> dict:
     nodes = [n for n in cluster.workers if n.cpus > 0]
+    # More actors than parts idle (a part is one block, and an actor takes whole blocks): a node runs at
+    # most its share of the parts, each actor with more threads.
+    by_parts = math.ceil(parts / len(nodes)) if parts and nodes else None
     if not nodes and not (options.num_cpus_per_actor and options.actors):
         raise ConfigError(["the cluster has no CPU workers yet; for a group that autoscales from zero give "
                            "--num-cpus-per-actor and --actors MIN:MAX (render does)"])
@@ -201,31 +225,40 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
         io_ray = max(IO_TASK_CPUS * scale, 0.0)
         why = "asked for"
     else:
-        _, num_cpus, io_cpus = cpu_actor_shape(usable)
+        by_memory = actors_by_memory(smallest.memory_bytes, profile.parameter_bytes) if smallest else None
+        per_node, num_cpus, io_cpus = cpu_actor_shape(usable, min(by_memory or math.inf, by_parts or math.inf))
         ray_cpus = math.floor(num_cpus * scale * 10**4) / 10**4  # Ray's resolution; rounding up could overbook
         io_ray = io_cpus * scale
-        why = f"{usable:g} usable CPUs per node, {io_cpus:g} kept for reading and decoding"
+        if per_node == cpu_actor_shape(usable)[0]:
+            bound = "single-threaded actors"
+        elif by_parts is not None and per_node == by_parts and (by_memory is None or by_parts <= by_memory):
+            bound = f"{per_node} actor(s) per node for the input's {parts} part(s), more threads each"
+        else:
+            bound = f"{per_node} actor(s) fit in half of {smallest.memory_bytes / GiB:.1f} GiB memory"
+        why = f"{usable:g} usable CPUs per node, {io_cpus:g} kept for reading and decoding; {bound}"
     threads = max(1, math.floor(ray_cpus / scale + 0.5))
     def fitting(node: NodeResources) -> int:
-        """Actors on this node; a bigger node keeps for reading and decoding what the sizing node keeps,
-        in proportion to its CPUs."""
+        """Actors on this node, as many as its CPUs, its memory and its share of the input's parts allow; a
+        bigger node keeps for reading and decoding what the sizing node keeps, in proportion to its CPUs."""
         kept = io_ray * max(1.0, node.cpus / smallest.cpus) if smallest else io_ray
-        return max(0, int((node.cpus - kept + 1e-9) // ray_cpus))
+        by_cpus = int((node.cpus - kept + 1e-9) // ray_cpus)
+        return max(0, min(by_cpus, actors_by_memory(node.memory_bytes, profile.parameter_bytes), by_parts or by_cpus))
 
     capacity = sum(fitting(n) for n in nodes)
-    decisions.append(Decision("actor resources", f"{ray_cpus:g} CPU, {threads} threads", why))
+    threads_text = f"{threads} thread{'s' if threads > 1 else ''}"
+    decisions.append(Decision("actor resources", f"{ray_cpus:g} CPU, {threads_text}", why))
     precision, check, pwhy = _precision(options, all(n.cpu_bf16 for n in nodes) if nodes else False, "CPU")
     element_bytes = 4 if precision == "fp32" else 2
     # Convolutions on CPU run best on small batches that stay in cache (ResNet-50, 2 cores: 16 beats 32).
     base = 8 if profile.input_kind == "image" else 32
     batch = min(128 if profile.input_kind == "image" else 512, _pow2_floor(base * threads))
-    batch_why = f"{threads} threads"
+    batch_why = threads_text
     if smallest:
         actors_here = max(1, fitting(smallest))
         memory_budget = smallest.memory_bytes * 0.5 / actors_here - profile.parameter_bytes * 1.5
         by_memory = _pow2_floor(memory_budget / _row_bytes(profile, element_bytes)) if memory_budget > 0 else 1
         if by_memory < batch:
-            batch, batch_why = by_memory, f"{threads} threads, capped by {smallest.memory_bytes / GiB:.1f} GiB memory"
+            batch, batch_why = by_memory, f"{threads_text}, capped by {smallest.memory_bytes / GiB:.1f} GiB memory"
     return {"capacity": capacity, "num_cpus": ray_cpus, "num_gpus": 0.0, "threads": threads,
             "batch": max(1, batch), "batch_why": batch_why, "precision": (precision, check, pwhy),
             "pool_why": f"{fitting(smallest) if smallest else 0} per node on {len(nodes)} node(s)"}
@@ -279,18 +312,22 @@ def output_file_rows(rows: int | None, batch: int, actors: int) -> tuple[int, st
 
 
 def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions,
-              rows: int | None = None) -> Plan:
+              rows: int | None = None, parts: int | None = None) -> Plan:
     """Actor resources, pool bounds, batch size, threads, precision, compiling and output files for this
-    cluster, model and number of input rows still to do (None: not known); every flag the user gave wins
-    over the planned value."""
+    cluster, model and number of input rows and parts still to do (None: not known); every flag the user
+    gave wins over the planned value."""
     decisions: list[Decision] = []
     if not cluster.workers and not options.actors:
         raise ConfigError(["the cluster has no CPUs or GPUs for work yet (the head runs none; no worker joined)"])
     device, device_why = _resolve_device(cluster, options)
     decisions.append(Decision("device", device, device_why))
-    planned = (_gpu_plan if device == "gpu" else _cpu_plan)(cluster, profile, options, decisions)
+    planned = (_gpu_plan(cluster, profile, options, decisions) if device == "gpu"
+               else _cpu_plan(cluster, profile, options, decisions, parts))
     capacity, pool_why = planned["capacity"], planned["pool_why"]
-    low, high = 1, max(1, capacity)
+    # CPU actors: a fixed pool of what fits. Ray Data scales a pool down to its minimum whenever the
+    # operator's share of the CPUs (it keeps some for the other operators) is below what the pool holds
+    # (ray/data/_internal/actor_autoscaler/default_actor_autoscaler.py): on 2 CPUs a 1..2 pool ran one actor.
+    low, high = (max(1, capacity) if device == "cpu" else 1), max(1, capacity)
     if options.actors:
         low, high = parse_actor_bounds(options.actors)
         pool_why = "asked for"

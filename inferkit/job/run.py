@@ -496,9 +496,11 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     cluster = read_cluster()
     progress = ledger.load(compact=True)
     listed = _listed_rows(source)
-    # planned for the rows still to do: a resumed run that has little left does not compile for it
+    todo = [p for p in range(source.parts) if not progress.complete(p)]
+    # planned for the rows and parts still to do: a resumed run that has little left does not compile for
+    # it, nor start actors that no part is left for
     plan = make_plan(cluster, profile_models(facts, options.task), options,
-                     None if listed is None else max(0, listed - progress.rows))
+                     None if listed is None else max(0, listed - progress.rows), len(todo))
     say(f"run {run_id} on {where}: model {_model_names(options, facts)}; {len(source.units)} input unit(s) of "
         f"{source.format} from {_absolute(source.uri)}"
          + (f" ({len(source.skipped)} other file(s) left out)" if source.skipped else ""))
@@ -513,7 +515,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
         normalization=tuple(normalization_of(f.image_processor) for f in facts if f.image_processor),
         labels=tuple(f.id2label for f in facts), fault=os.environ.get("INFERKIT_INJECT_FAULT", ""),
         compile=plan.compile)
-    parts = [source.part_table(p, progress.done.get(p, [])) for p in range(source.parts) if not progress.complete(p)]
+    parts = [source.part_table(p, progress.done.get(p, [])) for p in todo]
     node_ids = [n.node_id for n in cluster.nodes]
     execute_started = time.time()
     write_mode, stats, precision = "none: every row was written by earlier attempts", "", {"chosen": spec.precision,
@@ -594,7 +596,7 @@ def _dry_run(options: RunOptions, run_id: str, source: io.Source, schema: pa.Sch
         cluster = read_cluster()
     else:
         where, cluster = "this machine (an embedded Ray would start here)", _this_machine()
-    plan = make_plan(cluster, profile_models(facts, options.task), options, _listed_rows(source))
+    plan = make_plan(cluster, profile_models(facts, options.task), options, _listed_rows(source), source.parts)
     output = _absolute(_output_uri(options, run_id))
     skipped = f"; {len(source.skipped)} other file(s) left out" if source.skipped else ""
     print(f"input:  {_absolute(source.uri)} ({len(source.units)} unit(s) of {source.format}{skipped})\n"
