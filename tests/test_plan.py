@@ -75,31 +75,40 @@ def test_cpu_actors_are_single_threaded_until_memory_allows_fewer():
     assert plan.actors_max == 2 + 6  # the big node has CPUs for 64 actors, memory for 6
 
 
-@pytest.mark.parametrize(("nodes", "parts", "actors", "threads"), [
-    ((2,), 1, 1, 2),  # one JSON lines file on 2 CPUs: one 2-thread actor, as before single-threaded actors
-    ((2,), 20, 2, 1),
-    ((16,), 3, 3, 5),  # 14 CPUs for inference over 3 actors: 4.66 each
-    ((8, 8), 4, 4, 4),  # 2 a node
-    ((8, 8), 3, 4, 4),  # ceil(3 / 2) a node: one actor idles at the end rather than one node have 7 threads idle
-    ((2, 64), 3, 4, 1),  # the big node has CPUs for 64 actors of the small node's size, parts for 2
+@pytest.mark.parametrize(("nodes", "parts", "actors", "threads", "shaped_by_parts"), [
+    ((2,), 1, 1, 2, True),  # one JSON lines file on 2 CPUs: one 2-thread actor, as before single-threaded actors
+    ((2,), 20, 2, 1, False),
+    ((3,), 2, 2, 1, True),  # 2.62 CPUs for 2 actors: 1.31 each, rounded to 1 thread
+    ((16,), 3, 3, 5, True),  # 14 CPUs for inference over 3 actors: 4.66 each
+    ((8, 8), 4, 4, 4, True),  # 2 a node
+    ((8, 8), 3, 3, 4, True),  # actors sized for ceil(3 / 2) a node, and no actor without a part
+    ((2, 64), 3, 3, 1, False),  # the big node has CPUs for 64 actors of the small node's size
 ])
-def test_a_node_runs_no_more_actors_than_its_share_of_the_input_parts(nodes, parts, actors, threads):
+def test_no_more_actors_than_the_input_has_parts(nodes, parts, actors, threads, shaped_by_parts):
     """An actor takes whole blocks and a part is one block: actors beyond the parts would idle while
     the others ran single-threaded, so fewer actors take the CPUs as threads."""
-    plan = make_plan(cluster(*(cpu_node(c, name=f"w{i}") for i, c in enumerate(nodes))), MINILM, options(),
-                     parts=parts)
+    workers = cluster(*(cpu_node(c, name=f"w{i}") for i, c in enumerate(nodes)))
+    plan = make_plan(workers, MINILM, options(), parts=parts)
     assert (plan.actors_min, plan.actors_max, plan.threads_per_actor) == (actors, actors, threads)
-    if threads > 1:
-        assert f"for the input's {parts} part(s), more threads each" in plan.table()
-    asked = make_plan(cluster(*(cpu_node(c, name=f"w{i}") for i, c in enumerate(nodes))), MINILM,
-                      options(num_cpus_per_actor=0.5), parts=parts)
-    assert asked.actors_max == sum(min(int((c - IO_TASK_CPUS) / 0.5), -(-parts // len(nodes))) for c in nodes)
+    assert (f"actor(s) for the input's {parts} part(s)" in plan.table()) == shaped_by_parts
+    asked = make_plan(workers, MINILM, options(num_cpus_per_actor=0.5), parts=parts)
+    assert asked.actors_max == min(parts, sum(int((c - IO_TASK_CPUS) / 0.5) for c in nodes))
+
+
+def test_a_pool_asked_for_without_actor_sizes_shares_the_cpus():
+    """--actors 1 on a 16-CPU node is one actor of all the node's inference CPUs, not one of 1 CPU."""
+    plan = make_plan(cluster(cpu_node(16)), RESNET50, options(actors="1"))
+    assert (plan.actors_max, plan.threads_per_actor) == (1, 14)
+    assert "1 actor(s) for --actors 1" in plan.table()
+    plan = make_plan(cluster(cpu_node(8, name="a"), cpu_node(8, name="b")), RESNET50, options(actors="2:4"))
+    assert (plan.actors_min, plan.actors_max, plan.threads_per_actor) == (2, 4, 4)
 
 
 def test_a_big_node_beside_a_small_one_keeps_its_own_share_for_reading():
-    plan = make_plan(cluster(cpu_node(2), cpu_node(64, memory_gib=128)), RESNET50, options())
+    plan = make_plan(cluster(cpu_node(2), cpu_node(64, memory_gib=256)), RESNET50, options())
     assert plan.num_cpus_per_actor == 0.87  # sized for the small node
     on_big = plan.actors_max - 2
+    assert on_big == 64  # (64 - 8) // 0.87: keeping only the small node's 0.25 would make it 73
     assert 64 - on_big * plan.num_cpus_per_actor >= 64 / 8  # not 0.25 CPU left to feed 36 actors
 
 
@@ -262,3 +271,12 @@ def test_precision_falls_back_to_fp32_below_99_percent():
 def test_top1_agreement():
     assert top1_agreement([1, 2, 3, 4], [1, 2, 3, 0]) == 0.75
     assert top1_agreement([], []) == 1.0
+
+
+def test_cpu_batch_fits_what_memory_leaves_beside_the_worker_and_its_weights():
+    """Half of 2.5 GiB for the one actor, less the worker's 1 GiB and 1.5x ResNet-50's weights, leaves
+    about 0.11 GiB of activations: 4 images of 224x224 in bf16, not the 2 threads' 16."""
+    plan = make_plan(cluster(cpu_node(2, memory_gib=2.5, bf16=True)), RESNET50, options())
+    assert (plan.actors_max, plan.batch_size) == (1, 4)
+    assert "capped by 2.5 GiB memory" in plan.table()
+    assert make_plan(cluster(cpu_node(2, memory_gib=16, bf16=True)), RESNET50, options(), parts=1).batch_size == 16

@@ -16,10 +16,11 @@ from inferkit.errors import ConfigError
 GiB = 2**30
 # CPU threads per inference actor: one, and as many actors as CPUs, when the input has a part for each
 # (Ray Data gives an actor whole blocks, and a part is one block). Measured on 2 CPUs (ResNet-50,
-# bench_inference.py compile): two 1-thread actors ran 27.6 images/s eager and 38.8 compiled, one 2-thread
-# actor 20.8-22 and 28.8-28.9 (BENCHMARKS.md). An actor's threads meet at every parallel region, so one that loses its core to
-# decoding, the driver or Ray's daemons stalls the others; separate processes wait on no one. Each actor
-# holds its own weights, so memory bounds the count too (ACTOR_BASE_BYTES); fewer actors get more threads.
+# bench_inference.py compile, BENCHMARKS.md): two 1-thread actors ran 27.6 images/s eager and 38.8 compiled;
+# one 2-thread actor, on the day before, 20.8-22 and 28.8-28.9. An actor's threads meet at every parallel
+# region, so one that loses its core to decoding, the driver or Ray's daemons stalls the others; separate
+# processes wait on no one. Each actor holds its own weights, so memory bounds the count too
+# (ACTOR_BASE_BYTES); fewer actors get more threads.
 THREADS_PER_CPU_ACTOR = 1
 # Threads per actor where the input is not known when actors are shaped (render, for a cluster that may
 # start at zero workers): an input of one big part still gets a node's threads, several parts more actors.
@@ -43,8 +44,8 @@ AGREEMENT_THRESHOLD = 0.99
 # Compile-cost estimate for --compile auto. Measured (bench_inference.py compile, ResNet-50 of 0.1 GiB on 2
 # CPUs, two 1-thread actors): the first-batch check's compile and then each actor's, from the node's cache,
 # cost about 39 s of wall (320 images took 35 s longer than eager, computing them 3 s faster), after which
-# the node ran 38.8 instead of 27.6 images/s: each row saved 0.0105 s, so about 95 rows repay a second. GPUs run each row far
-# faster, so repaying takes more rows (a guess, unmeasured).
+# the node ran 38.8 instead of 27.6 images/s: each row saved 0.0105 s, so about 95 rows repay a second.
+# GPUs run each row far faster, so repaying takes more rows (a guess, unmeasured).
 COMPILE_SECONDS_BASE = 35.0
 COMPILE_SECONDS_PER_GIB = 50.0
 TEXT_COMPILE_SHAPES = 3  # length buckets a text job typically meets, each compiled once
@@ -198,15 +199,13 @@ def _gpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     batch_why = f"{memory / GiB:.0f} GiB GPU memory, {weights / GiB:.2f} GiB weights; halves on out-of-memory"
     return {"capacity": capacity, "num_cpus": num_cpus, "num_gpus": per_actor,
             "threads": max(1, math.floor(num_cpus + 0.5)), "batch": max(1, batch), "batch_why": batch_why,
-            "precision": (precision, check, why), "pool_why": f"autoscaling, bounded by {capacity} GPU slots"}
+            "precision": (precision, check, why), "pool": capacity,
+            "pool_why": f"autoscaling, bounded by {capacity} GPU slots"}
 
 
 def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOptions, decisions: list,
               parts: int | None) -> dict:
     nodes = [n for n in cluster.workers if n.cpus > 0]
-    # More actors than parts idle (a part is one block, and an actor takes whole blocks): a node runs at
-    # most its share of the parts, each actor with more threads.
-    by_parts = math.ceil(parts / len(nodes)) if parts and nodes else None
     if not nodes and not (options.num_cpus_per_actor and options.actors):
         raise ConfigError(["the cluster has no CPU workers yet; for a group that autoscales from zero give "
                            "--num-cpus-per-actor and --actors MIN:MAX (render does)"])
@@ -225,26 +224,35 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
         io_ray = max(IO_TASK_CPUS * scale, 0.0)
         why = "asked for"
     else:
-        by_memory = actors_by_memory(smallest.memory_bytes, profile.parameter_bytes) if smallest else None
-        per_node, num_cpus, io_cpus = cpu_actor_shape(usable, min(by_memory or math.inf, by_parts or math.inf))
+        # Fewer actors of more threads where memory holds fewer model copies, where the input has fewer
+        # parts than actors (a part is one block, and an actor takes whole blocks: the rest would idle), or
+        # where --actors asks for fewer: each node shares its CPUs among its share of them.
+        limits = {"memory": actors_by_memory(smallest.memory_bytes, profile.parameter_bytes),
+                  "parts": math.ceil(parts / len(nodes)) if parts else None,
+                  "asked": math.ceil(parse_actor_bounds(options.actors)[1] / len(nodes)) if options.actors else None}
+        per_node, num_cpus, io_cpus = cpu_actor_shape(usable, min(v for v in limits.values() if v))
         ray_cpus = math.floor(num_cpus * scale * 10**4) / 10**4  # Ray's resolution; rounding up could overbook
         io_ray = io_cpus * scale
-        if per_node == cpu_actor_shape(usable)[0]:
-            bound = "single-threaded actors"
-        elif by_parts is not None and per_node == by_parts and (by_memory is None or by_parts <= by_memory):
-            bound = f"{per_node} actor(s) per node for the input's {parts} part(s), more threads each"
-        else:
-            bound = f"{per_node} actor(s) fit in half of {smallest.memory_bytes / GiB:.1f} GiB memory"
+        bound = "single-threaded actors"
+        if per_node < cpu_actor_shape(usable)[0]:
+            bound = {"memory": f"{per_node} actor(s) fit in half of {smallest.memory_bytes / GiB:.1f} GiB memory",
+                     "parts": f"{per_node} actor(s) for the input's {parts} part(s)",
+                     "asked": f"{per_node} actor(s) for --actors {options.actors}"}[
+                next(k for k, v in limits.items() if v == per_node)]
         why = f"{usable:g} usable CPUs per node, {io_cpus:g} kept for reading and decoding; {bound}"
     threads = max(1, math.floor(ray_cpus / scale + 0.5))
     def fitting(node: NodeResources) -> int:
-        """Actors on this node, as many as its CPUs, its memory and its share of the input's parts allow; a
-        bigger node keeps for reading and decoding what the sizing node keeps, in proportion to its CPUs."""
+        """Actors on this node, as many as its CPUs and its memory hold; a bigger node keeps for reading
+        and decoding what the sizing node keeps, in proportion to its CPUs."""
         kept = io_ray * max(1.0, node.cpus / smallest.cpus) if smallest else io_ray
         by_cpus = int((node.cpus - kept + 1e-9) // ray_cpus)
-        return max(0, min(by_cpus, actors_by_memory(node.memory_bytes, profile.parameter_bytes), by_parts or by_cpus))
+        return max(0, min(by_cpus, actors_by_memory(node.memory_bytes, profile.parameter_bytes)))
 
     capacity = sum(fitting(n) for n in nodes)
+    pool_why = f"{fitting(smallest) if smallest else 0} per node on {len(nodes)} node(s)"
+    pool = capacity
+    if parts and parts < capacity:
+        pool, pool_why = parts, f"{pool_why}; the input's {parts} part(s) keep {parts} busy"
     threads_text = f"{threads} thread{'s' if threads > 1 else ''}"
     decisions.append(Decision("actor resources", f"{ray_cpus:g} CPU, {threads_text}", why))
     precision, check, pwhy = _precision(options, all(n.cpu_bf16 for n in nodes) if nodes else False, "CPU")
@@ -255,13 +263,14 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     batch_why = threads_text
     if smallest:
         actors_here = max(1, fitting(smallest))
-        memory_budget = smallest.memory_bytes * 0.5 / actors_here - profile.parameter_bytes * 1.5
+        weights = profile.parameter_bytes * 1.5
+        memory_budget = smallest.memory_bytes * 0.5 / actors_here - ACTOR_BASE_BYTES - weights
         by_memory = _pow2_floor(memory_budget / _row_bytes(profile, element_bytes)) if memory_budget > 0 else 1
         if by_memory < batch:
             batch, batch_why = by_memory, f"{threads_text}, capped by {smallest.memory_bytes / GiB:.1f} GiB memory"
-    return {"capacity": capacity, "num_cpus": ray_cpus, "num_gpus": 0.0, "threads": threads,
+    return {"capacity": capacity, "pool": pool, "num_cpus": ray_cpus, "num_gpus": 0.0, "threads": threads,
             "batch": max(1, batch), "batch_why": batch_why, "precision": (precision, check, pwhy),
-            "pool_why": f"{fitting(smallest) if smallest else 0} per node on {len(nodes)} node(s)"}
+            "pool_why": pool_why}
 
 
 def _precision(options: RunOptions, hardware_bf16: bool, device: str) -> tuple[str, bool, str]:
@@ -324,10 +333,12 @@ def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     planned = (_gpu_plan(cluster, profile, options, decisions) if device == "gpu"
                else _cpu_plan(cluster, profile, options, decisions, parts))
     capacity, pool_why = planned["capacity"], planned["pool_why"]
-    # CPU actors: a fixed pool of what fits. Ray Data scales a pool down to its minimum whenever the
-    # operator's share of the CPUs (it keeps some for the other operators) is below what the pool holds
-    # (ray/data/_internal/actor_autoscaler/default_actor_autoscaler.py): on 2 CPUs a 1..2 pool ran one actor.
-    low, high = (max(1, capacity) if device == "cpu" else 1), max(1, capacity)
+    # CPU actors: a fixed pool of what fits (and has parts to do). Ray Data scales a pool down to its minimum
+    # whenever the operator's share of the CPUs (it keeps some for the other operators) is below what the
+    # pool holds (ray/data/_internal/actor_autoscaler/default_actor_autoscaler.py): a 1..2 pool on 2 CPUs
+    # ran one actor.
+    high = max(1, planned["pool"])
+    low = high if device == "cpu" else 1
     if options.actors:
         low, high = parse_actor_bounds(options.actors)
         pool_why = "asked for"
