@@ -227,16 +227,21 @@ def test_plan_table_explains_every_decision():
 
 @settings(max_examples=300, deadline=None)
 @given(shapes=st.lists(st.tuples(st.floats(0.5, 256), st.one_of(st.none(), st.floats(0.5, 256)),
-                                 st.floats(0.5, 2048)), min_size=1, max_size=20), text=st.booleans())
-def test_cpu_plans_always_fit_every_node_and_leave_room_for_io(shapes, text):
+                                 st.floats(0.5, 2048)), min_size=1, max_size=20), text=st.booleans(),
+       parts=st.one_of(st.none(), st.integers(1, 10_000)))
+def test_cpu_plans_always_fit_every_node_and_leave_room_for_io(shapes, text, parts):
     workers = tuple(cpu_node(cpus, memory, real, name=f"w{i}") for i, (cpus, real, memory) in enumerate(shapes))
-    plan = make_plan(cluster(*workers), MINILM if text else RESNET50, options())
+    plan = make_plan(cluster(*workers), MINILM if text else RESNET50, options(), parts=parts)
     smallest = min(workers, key=lambda n: n.usable_cpus)
     scale = smallest.cpus / smallest.usable_cpus
     assert plan.num_cpus_per_actor / scale + plan.io_task_cpus <= smallest.usable_cpus + 1e-6
     assert plan.num_cpus_per_actor + plan.io_task_cpus * scale <= smallest.cpus + 1e-6  # in Ray's units too
     assert plan.threads_per_actor >= 1 and plan.batch_size >= 1
-    assert 1 <= plan.actors_min <= plan.actors_max
+    assert 1 <= plan.actors_min <= plan.actors_max <= (parts or plan.actors_max)
+    # the pool fits the nodes at once: each node's actors and reading share within its CPUs
+    fits = sum(max(0, int((n.cpus - plan.io_task_cpus * scale * max(1.0, n.cpus / smallest.cpus) + 1e-9)
+                          // plan.num_cpus_per_actor)) for n in workers)
+    assert plan.actors_max <= max(1, fits)
 
 
 @settings(max_examples=200, deadline=None)
@@ -273,10 +278,10 @@ def test_top1_agreement():
     assert top1_agreement([], []) == 1.0
 
 
-def test_cpu_batch_fits_what_memory_leaves_beside_the_worker_and_its_weights():
-    """Half of 2.5 GiB for the one actor, less the worker's 1 GiB and 1.5x ResNet-50's weights, leaves
-    about 0.11 GiB of activations: 4 images of 224x224 in bf16, not the 2 threads' 16."""
-    plan = make_plan(cluster(cpu_node(2, memory_gib=2.5, bf16=True)), RESNET50, options())
+def test_cpu_batch_fits_what_memory_leaves_beside_the_weights():
+    """Half of 0.5 GiB for the one actor, less 1.5x ResNet-50's weights, leaves about 0.11 GiB of
+    activations: 4 images of 224x224 in bf16, not the 2 threads' 16."""
+    plan = make_plan(cluster(cpu_node(2, memory_gib=0.5, bf16=True)), RESNET50, options())
     assert (plan.actors_max, plan.batch_size) == (1, 4)
-    assert "capped by 2.5 GiB memory" in plan.table()
+    assert "capped by 0.5 GiB memory" in plan.table()
     assert make_plan(cluster(cpu_node(2, memory_gib=16, bf16=True)), RESNET50, options(), parts=1).batch_size == 16

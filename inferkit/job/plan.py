@@ -263,8 +263,8 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     batch_why = threads_text
     if smallest:
         actors_here = max(1, fitting(smallest))
-        weights = profile.parameter_bytes * 1.5
-        memory_budget = smallest.memory_bytes * 0.5 / actors_here - ACTOR_BASE_BYTES - weights
+        # the node's other half holds the workers themselves, Ray's object store and its daemons
+        memory_budget = smallest.memory_bytes * 0.5 / actors_here - profile.parameter_bytes * 1.5
         by_memory = _pow2_floor(memory_budget / _row_bytes(profile, element_bytes)) if memory_budget > 0 else 1
         if by_memory < batch:
             batch, batch_why = by_memory, f"{threads_text}, capped by {smallest.memory_bytes / GiB:.1f} GiB memory"
