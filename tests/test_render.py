@@ -117,6 +117,9 @@ def test_cpu_and_gpu_groups_coexist_with_autoscaling(inferkit):
     (["--gpu-nodes", "0:4"], "inferkit run --device gpu --actors 1:4"),
     (["--gpu-nodes", "2:8", "--gpus-per-node", "2", "--cpu-nodes", "1"], "inferkit run --device gpu --actors 4:16"),
     (["--cpu-nodes", "1:5", "--cpus-per-node", "16"], "inferkit run --actors 2:10 --num-cpus-per-actor 7"),
+    # half of 2Gi holds one actor's worker (1 GiB), so one actor of every inference CPU a pod
+    (["--cpu-nodes", "1:5", "--cpus-per-node", "16", "--memory-per-node", "2Gi"],
+     "inferkit run --actors 1:5 --num-cpus-per-actor 14"),
     (["--cpu-nodes", "1:5", "--actors", "3:4"], "inferkit run --actors 3:4"),
     (["--gpu-nodes", "4"], "inferkit run"),
 ])
