@@ -20,6 +20,7 @@ nodes of 8 GPUs.
 
     python benchmarks/bench_inference.py [--sizes 64 320] [--repeats 2] [--device auto|cpu|gpu] [--out DIR]
     python benchmarks/bench_inference.py compile [--workload resnet50|minilm|bert-base]   # eager vs compiled
+    python benchmarks/bench_inference.py planner [--out DIR]                 # the planner alone, no Ray
 
 Needs the `job` and `bench` extras (matplotlib, psutil). Prints a markdown table; writes JSON and a PNG.
 """
@@ -690,9 +691,24 @@ def compile_main() -> None:
     print(f"\nhardware: {json.dumps(hw)}; load average {results['load_average']}\nwrote {out / name} and {picture}")
 
 
+def planner_main() -> None:
+    """The planner alone, without Ray or torch: the table of BENCHMARKS.md's "The planner alone"."""
+    parser = argparse.ArgumentParser(prog="bench_inference.py planner")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(sys.argv[2:])
+    rows = planner_timings()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "planner.json").write_text(json.dumps({"planner": rows, "date": time.strftime("%Y-%m-%d")}, indent=2))
+    print("\n".join(f"| {r['cluster']} | {r['microseconds']:.0f} us | {r['plan']} |" for r in rows))
+    print(f"wrote {out / 'planner.json'}")
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "compile":
         compile_main()
+    elif len(sys.argv) > 1 and sys.argv[1] == "planner":
+        planner_main()
     elif len(sys.argv) > 1 and sys.argv[1] == "child":
         name, model_dir, images, out, device = sys.argv[2:7]
         if name.startswith("bare-"):

@@ -75,7 +75,8 @@ def job_run_options(cfg: Config) -> RunOptions:
         return dataclasses.replace(run, device="gpu", actors=f"{max(1, low * per_node)}:{max(1, high * per_node)}")
     if cpu.enabled:
         # Neither the input nor the model's size is known here: several threads an actor, so one big input
-        # part is not left to one thread; the job's planner caps the pool by the model's memory at run time.
+        # part is not left to one thread, and no more actors a pod than half its memory holds workers
+        # (1 GiB each, weights not counted; Ray places them by these CPUs whatever the model's size).
         per_node, num_cpus, _ = cpu_actor_shape(float(parse_quantity(cpu.cpu)),
                                                 actors_by_memory(int(parse_quantity(cpu.memory)), 0),
                                                 THREADS_PER_CPU_ACTOR_INPUT_UNSEEN)

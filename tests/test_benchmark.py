@@ -43,3 +43,14 @@ def test_benchmark_smoke(tmp_path):
     assert [p["cluster"] for p in results["planner"]][-1] == "1000 nodes, 8 GPUs"
     assert (tmp_path / "cpu-throughput.png").stat().st_size > 1000
     assert "| inferkit |" in result.stdout
+
+
+def test_planner_benchmark_writes_its_table(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "planner", "--out", str(tmp_path)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "planner.json").read_text())["planner"]
+    assert [r["cluster"] for r in rows] == ["1 node, 1 CPU", "10 nodes, 16 CPUs", "100 nodes, 8 GPUs",
+                                           "1000 nodes, 8 GPUs"]
+    assert all(r["microseconds"] > 0 and f"| {r['cluster']} |" in result.stdout for r in rows)
+    assert rows[1]["plan"].startswith("cpu, pool 140..140")  # 14 one-thread actors on each of 10 nodes

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from inferkit.chart import default_run_options
 from inferkit.errors import ConfigError
-from inferkit.job.plan import (IO_TASK_CPUS, ClusterResources, ModelProfile, NodeResources, make_plan,
-                               settle_precision, top1_agreement)
+from inferkit.job.plan import (IO_TASK_CPUS, ClusterResources, ModelProfile, NodeResources, cpu_actor_shape,
+                               make_plan, settle_precision, top1_agreement)
 
 GiB = 2**30
 RESNET50 = ModelProfile(input_kind="image", parameter_bytes=100 * 2**20, convolutional=True)
@@ -70,7 +70,7 @@ def test_cpu_actors_are_single_threaded_until_memory_allows_fewer():
     big = dataclasses.replace(RESNET50, parameter_bytes=int(1.5 * GiB))  # 3.25 GiB each, 8 GiB for actors
     plan = make_plan(cluster(cpu_node(16, memory_gib=16)), big, options())
     assert (plan.actors_max, plan.threads_per_actor) == (2, 7)
-    assert "2 actor(s) fit in half of 16.0 GiB memory" in plan.table()
+    assert "2 actor(s) of ~3.2 GiB each in half of 16.0 GiB memory" in plan.table()
     plan = make_plan(cluster(cpu_node(2, memory_gib=16), cpu_node(64, memory_gib=16)), RESNET50, options())
     assert plan.actors_max == 2 + 6  # the big node has CPUs for 64 actors, memory for 6
 
@@ -80,6 +80,8 @@ def test_cpu_actors_are_single_threaded_until_memory_allows_fewer():
     ((2,), 20, 2, 1, False),
     ((3,), 2, 2, 1, True),  # 2.62 CPUs for 2 actors: 1.31 each, rounded to 1 thread
     ((16,), 3, 3, 5, True),  # 14 CPUs for inference over 3 actors: 4.66 each
+    ((16,), 9, 9, 1, True),  # 1.55 CPUs each, but 9 actors of 2 threads would be 18 threads on 16 CPUs
+    ((8,), 100, 7, 1, False),  # more parts than actors fit
     ((8, 8), 4, 4, 4, True),  # 2 a node
     ((8, 8), 3, 3, 4, True),  # actors sized for ceil(3 / 2) a node, and no actor without a part
     ((2, 64), 3, 3, 1, False),  # the big node has CPUs for 64 actors of the small node's size
@@ -87,12 +89,13 @@ def test_cpu_actors_are_single_threaded_until_memory_allows_fewer():
 def test_no_more_actors_than_the_input_has_parts(nodes, parts, actors, threads, shaped_by_parts):
     """An actor takes whole blocks and a part is one block: actors beyond the parts would idle while
     the others ran single-threaded, so fewer actors take the CPUs as threads."""
-    workers = cluster(*(cpu_node(c, name=f"w{i}") for i, c in enumerate(nodes)))
+    workers = cluster(*(cpu_node(c, memory_gib=64, name=f"w{i}") for i, c in enumerate(nodes)))
     plan = make_plan(workers, MINILM, options(), parts=parts)
     assert (plan.actors_min, plan.actors_max, plan.threads_per_actor) == (actors, actors, threads)
     assert (f"actor(s) for the input's {parts} part(s)" in plan.table()) == shaped_by_parts
     asked = make_plan(workers, MINILM, options(num_cpus_per_actor=0.5), parts=parts)
-    assert asked.actors_max == min(parts, sum(int((c - IO_TASK_CPUS) / 0.5) for c in nodes))
+    by_memory = int(32 * GiB // (GiB + 1.5 * MINILM.parameter_bytes))  # half of each node's 64 GiB
+    assert asked.actors_max == min(parts, sum(min(int((c - IO_TASK_CPUS) / 0.5), by_memory) for c in nodes))
 
 
 def test_a_pool_asked_for_without_actor_sizes_shares_the_cpus():
@@ -102,6 +105,16 @@ def test_a_pool_asked_for_without_actor_sizes_shares_the_cpus():
     assert "1 actor(s) for --actors 1" in plan.table()
     plan = make_plan(cluster(cpu_node(8, name="a"), cpu_node(8, name="b")), RESNET50, options(actors="2:4"))
     assert (plan.actors_min, plan.actors_max, plan.threads_per_actor) == (2, 4, 4)
+
+
+def test_small_actors_asked_for_beyond_what_memory_holds_are_flagged():
+    """Ray places actors by CPU alone, so asked-for actor sizes can put more on a node than memory holds:
+    the pool keeps what memory holds and the plan says the rest can still land there."""
+    plan = make_plan(cluster(cpu_node(16, memory_gib=4)), RESNET50, options(num_cpus_per_actor=1.0))
+    assert plan.actors_max == 1
+    assert "Ray places actors by CPU: 15 can start on a node whose memory holds 1" in plan.table()
+    roomy = make_plan(cluster(cpu_node(16, memory_gib=64)), RESNET50, options(num_cpus_per_actor=1.0))
+    assert "Ray places actors by CPU" not in roomy.table()
 
 
 def test_a_big_node_beside_a_small_one_keeps_its_own_share_for_reading():
@@ -228,7 +241,7 @@ def test_plan_table_explains_every_decision():
 @settings(max_examples=300, deadline=None)
 @given(shapes=st.lists(st.tuples(st.floats(0.5, 256), st.one_of(st.none(), st.floats(0.5, 256)),
                                  st.floats(0.5, 2048)), min_size=1, max_size=20), text=st.booleans(),
-       parts=st.one_of(st.none(), st.integers(1, 10_000)))
+       parts=st.one_of(st.none(), st.integers(0, 10_000)))
 def test_cpu_plans_always_fit_every_node_and_leave_room_for_io(shapes, text, parts):
     workers = tuple(cpu_node(cpus, memory, real, name=f"w{i}") for i, (cpus, real, memory) in enumerate(shapes))
     plan = make_plan(cluster(*workers), MINILM if text else RESNET50, options(), parts=parts)
@@ -238,10 +251,18 @@ def test_cpu_plans_always_fit_every_node_and_leave_room_for_io(shapes, text, par
     assert plan.num_cpus_per_actor + plan.io_task_cpus * scale <= smallest.cpus + 1e-6  # in Ray's units too
     assert plan.threads_per_actor >= 1 and plan.batch_size >= 1
     assert 1 <= plan.actors_min <= plan.actors_max <= (parts or plan.actors_max)
-    # the pool fits the nodes at once: each node's actors and reading share within its CPUs
-    fits = sum(max(0, int((n.cpus - plan.io_task_cpus * scale * max(1.0, n.cpus / smallest.cpus) + 1e-9)
-                          // plan.num_cpus_per_actor)) for n in workers)
-    assert plan.actors_max <= max(1, fits)
+    # the pool fits the nodes at once: each node's actors and reading share within its CPUs, and the
+    # actors' working memory (1 GiB + 1.5x the weights each) within half its memory
+    profile = MINILM if text else RESNET50
+    def fits(n, kept_share=plan.io_task_cpus * scale):
+        by_cpus = int((n.cpus - kept_share * max(1.0, n.cpus / smallest.cpus) + 1e-9) // plan.num_cpus_per_actor)
+        by_memory = max(1, int(n.memory_bytes / 2 // (GiB + 1.5 * profile.parameter_bytes)))  # one at least
+        return max(0, min(by_cpus, by_memory))
+    assert plan.actors_max <= max(1, sum(fits(n) for n in workers))
+    # no more torch threads on a node than its CPUs, unless one thread is all an actor has (with the
+    # node's reading share kept, as the pool is sized)
+    placed = max(1, min(fits(smallest, cpu_actor_shape(smallest.usable_cpus)[2] * scale), plan.actors_max))
+    assert plan.threads_per_actor == 1 or placed * plan.threads_per_actor <= smallest.usable_cpus + 1e-6
 
 
 @settings(max_examples=200, deadline=None)

@@ -140,7 +140,8 @@ class RunOptions:
     image_column: str = _help("Column holding encoded image bytes in tabular inputs.")
     device: Literal["auto", "cpu", "gpu"] = _help("Run the model on GPUs, CPUs, or whatever the cluster has.")
     batch_size: int | None = _help("Rows per model call (default: planned from device memory or cores).")
-    actors: str | None = _help("Inference actor pool size, N or MIN:MAX (default: planned).")
+    actors: str | None = _help("Inference actor pool size, N or MIN:MAX (default: planned); without "
+                                "--num-cpus-per-actor, CPU actors share each node's CPUs among MAX.")
     num_cpus_per_actor: float | None = _help("CPUs each inference actor holds (default: planned).")
     num_gpus_per_actor: float | None = _help("GPUs each inference actor holds (default: planned).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(

@@ -17,13 +17,13 @@ GiB = 2**30
 # CPU threads per inference actor: one, and as many actors as CPUs, when the input has a part for each
 # (Ray Data gives an actor whole blocks, and a part is one block). Measured on 2 CPUs (ResNet-50,
 # bench_inference.py compile, BENCHMARKS.md): two 1-thread actors ran 27.6 images/s eager and 38.8 compiled;
-# one 2-thread actor, on the day before, 20.8-22 and 28.8-28.9. An actor's threads meet at every parallel
-# region, so one that loses its core to decoding, the driver or Ray's daemons stalls the others; separate
-# processes wait on no one. Each actor holds its own weights, so memory bounds the count too
-# (ACTOR_BASE_BYTES); fewer actors get more threads.
+# one 2-thread actor, on the day before, 20.8-22 and 28.8-28.9 (results/cpu-compile-resnet50-2026-12-01.json).
+# An actor's threads meet at every parallel region, so one that loses its core to decoding, the driver or
+# Ray's daemons stalls the others; separate processes wait on no one. Each actor holds its own weights, so
+# memory bounds the count too (ACTOR_BASE_BYTES); fewer actors get more threads.
 THREADS_PER_CPU_ACTOR = 1
 # Threads per actor where the input is not known when actors are shaped (render, for a cluster that may
-# start at zero workers): an input of one big part still gets a node's threads, several parts more actors.
+# start at zero workers): an input of one big part still gets 8 threads, several parts more actors.
 THREADS_PER_CPU_ACTOR_INPUT_UNSEEN = 8
 # A CPU inference actor's memory before its weights (a Ray worker with torch and transformers loaded,
 # about 1 GiB resident measured), and its weights counted 1.5 times (loading, a frozen compiled copy).
@@ -235,21 +235,35 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
         io_ray = io_cpus * scale
         bound = "single-threaded actors"
         if per_node < cpu_actor_shape(usable)[0]:
-            bound = {"memory": f"{per_node} actor(s) fit in half of {smallest.memory_bytes / GiB:.1f} GiB memory",
+            need = (ACTOR_BASE_BYTES + 1.5 * profile.parameter_bytes) / GiB
+            bound = {"memory": f"{per_node} actor(s) of ~{need:.1f} GiB each in half of "
+                               f"{smallest.memory_bytes / GiB:.1f} GiB memory",
                      "parts": f"{per_node} actor(s) for the input's {parts} part(s)",
                      "asked": f"{per_node} actor(s) for --actors {options.actors}"}[
                 next(k for k, v in limits.items() if v == per_node)]
         why = f"{usable:g} usable CPUs per node, {io_cpus:g} kept for reading and decoding; {bound}"
-    threads = max(1, math.floor(ray_cpus / scale + 0.5))
-    def fitting(node: NodeResources) -> int:
-        """Actors on this node, as many as its CPUs and its memory hold; a bigger node keeps for reading
-        and decoding what the sizing node keeps, in proportion to its CPUs."""
+    def by_cpus(node: NodeResources) -> int:
+        """Actors Ray places on this node (it places by CPUs); a bigger node keeps for reading and
+        decoding what the sizing node keeps, in proportion to its CPUs."""
         kept = io_ray * max(1.0, node.cpus / smallest.cpus) if smallest else io_ray
-        by_cpus = int((node.cpus - kept + 1e-9) // ray_cpus)
-        return max(0, min(by_cpus, actors_by_memory(node.memory_bytes, profile.parameter_bytes)))
+        return max(0, int((node.cpus - kept + 1e-9) // ray_cpus))
 
+    def fitting(node: NodeResources) -> int:
+        """Actors on this node, as many as its CPUs and its memory hold."""
+        return min(by_cpus(node), actors_by_memory(node.memory_bytes, profile.parameter_bytes))
+
+    # The CPUs an actor holds, rounded, but never more threads on a node than its usable CPUs: 9 actors
+    # of 1.55 CPUs on 16 CPUs run one thread each, not 18 threads in all.
+    actors_here = max(1, by_cpus(smallest)) if smallest else 1
+    threads = max(1, min(math.floor(ray_cpus / scale + 0.5), math.floor(usable / actors_here)))
     capacity = sum(fitting(n) for n in nodes)
     pool_why = f"{fitting(smallest) if smallest else 0} per node on {len(nodes)} node(s)"
+    overbooked = [n for n in nodes if by_cpus(n) > fitting(n)]
+    if options.num_cpus_per_actor and overbooked:
+        # Actors ask Ray for CPUs only (a memory request that a node's Ray memory cannot meet would hang
+        # the job instead), so asked-for small actors can land beyond what memory holds.
+        pool_why += (f"; Ray places actors by CPU: {by_cpus(overbooked[0])} can start on a node whose memory "
+                     f"holds {fitting(overbooked[0])} (raise --num-cpus-per-actor if they run out of memory)")
     pool = capacity
     if parts and parts < capacity:
         pool, pool_why = parts, f"{pool_why}; the input's {parts} part(s) keep {parts} busy"
@@ -263,7 +277,9 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     batch_why = threads_text
     if smallest:
         actors_here = max(1, fitting(smallest))
-        # the node's other half holds the workers themselves, Ray's object store and its daemons
+        # A batch's activations share the actor's slice of half the node with its weights. The worker's
+        # own 1 GiB, which the actor count reserves, is not taken off: activations are transient, a
+        # 2 GiB node would get batch 1, and on out-of-memory the actor halves its batch.
         memory_budget = smallest.memory_bytes * 0.5 / actors_here - profile.parameter_bytes * 1.5
         by_memory = _pow2_floor(memory_budget / _row_bytes(profile, element_bytes)) if memory_budget > 0 else 1
         if by_memory < batch:
@@ -355,7 +371,8 @@ def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     channels_last = profile.convolutional
     if channels_last:
         decisions.append(Decision("memory format", "channels_last", "convolutional model"))
-    decisions.append(Decision("torch threads", str(planned["threads"]), "the CPUs each actor holds, rounded"))
+    decisions.append(Decision("torch threads", str(planned["threads"]),
+                              "the CPUs each actor holds, rounded; no more in all than a node's CPUs"))
     nodes = sum(1 for n in cluster.workers if (n.gpus if device == "gpu" else n.cpus) > 0)
     compiled, compile_why = _compile(options, profile, device, rows, nodes)
     decisions.append(Decision("compile", "on" if compiled else "off", compile_why))

@@ -263,7 +263,7 @@ def _stage_arguments(source: io.Source, facts: list[ModelFacts], schema: pa.Sche
 
 
 def _predictions(prepared: Any, spec: ModelSpec, plan: Plan) -> Any:
-    """The inference actors: an autoscaling pool within the planned bounds."""
+    """The inference actors: a pool within the planned bounds (fixed on CPUs, autoscaling on GPUs)."""
     import ray
 
     initial = plan.actors_max if plan.actors_min < plan.actors_max else None
