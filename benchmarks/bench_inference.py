@@ -622,14 +622,15 @@ def compile_table(rows: list[dict]) -> str:
 
 
 def compile_plot(out: Path, tag: str) -> Path:
-    """One panel per workload measured so far (the `<tag>-compile-*.json` files in `out`): steady-state
+    """One panel per workload measured so far (the `<tag>-compile-<workload>.json` files in `out`): steady-state
     rows/s of each configuration."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [json.loads(f.read_text()) for f in sorted(out.glob(f"{tag}-compile-*.json"))]
+    files = [out / f"{tag}-compile-{workload}.json" for workload in COMPILE_WORKLOADS]
+    results = [json.loads(f.read_text()) for f in files if f.exists()]  # not the dated older runs beside them
     figure, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
     for axis, result in zip(axes[0], results, strict=True):
         names = [r["config"].replace("inferkit-", "inferkit\n") for r in result["configs"]]

@@ -148,7 +148,7 @@ class RunOptions:
         "auto picks bf16 where the hardware has it and the first batch agrees with fp32 on >= 99% of rows.")
     compile: Literal["auto", "on", "off"] = _help(
         "torch.compile the model(s) (inductor); auto does for inputs with enough rows to repay compiling "
-        "(never a text model on CPUs). "
+        "(on CPUs, the smaller a text model the more rows). "
         "Kept only if the first batch agrees with eager fp32, else eager.")
     max_error_fraction: float = _help(
         "Exit non-zero when more than this fraction of rows failed, or when an input file could not be read "

@@ -50,10 +50,12 @@ COMPILE_SECONDS_BASE = 35.0
 COMPILE_SECONDS_PER_GIB = 50.0
 TEXT_COMPILE_SHAPES = 3  # length buckets a text job typically meets, each compiled once
 ROWS_PER_COMPILE_SECOND = {"cpu": 95, "gpu": 1600}
-# auto compiles only for jobs this many times longer than the break-even, so it never slows a short one;
-# and never a text model on a CPU, where padding to length buckets cost more than compiling gained for a
-# BERT-base classifier (measured, bench_inference.py compile: 0.85x of eager; MiniLM 1.18x), measured before
-# the weights were really frozen (compile.py): kept until text models are measured again.
+# A text model on a CPU saves less per row the smaller it is, so the rows a second of compiling repays,
+# times the weights' GiB. Measured (bench_inference.py compile, weights frozen, one 2-thread actor on 2
+# CPUs): BERT-base (0.41 GiB) ran 21.7 -> 27.5 rows/s, 103 rows a second of compiling, 42 in these units;
+# MiniLM (0.085 GiB) 115.2 -> 132.5, 882 rows, 75. The larger is kept: no text model compiles too soon.
+TEXT_CPU_ROWS_GIB_PER_COMPILE_SECOND = 75
+# auto compiles only for jobs this many times longer than the break-even, so it never slows a short one.
 COMPILE_PAYBACK_MARGIN = 2
 # Output files (each one ledger entry, the unit a killed run loses or keeps): large enough that 100M rows
 # make thousands of files, not millions; small enough that a short job still writes several per actor,
@@ -306,19 +308,23 @@ def compile_seconds(profile: ModelProfile) -> float:
     return seconds * (TEXT_COMPILE_SHAPES if profile.input_kind == "text" else 1)
 
 
+def rows_per_compile_second(profile: ModelProfile, device: str) -> float:
+    """Rows whose saved time repays one second of compiling, by the measurements above."""
+    if device == "cpu" and profile.input_kind == "text":
+        return TEXT_CPU_ROWS_GIB_PER_COMPILE_SECOND / max(profile.parameter_bytes / GiB, 0.01)
+    return ROWS_PER_COMPILE_SECOND[device]
+
+
 def _compile(options: RunOptions, profile: ModelProfile, device: str, rows: int | None,
              nodes: int) -> tuple[bool, str]:
     how = "inductor, weights frozen" if device == "cpu" else "inductor with CUDA graphs"
     checked = "; eager if the first batch disagrees with eager fp32"
     if options.compile != "auto":
         return options.compile == "on", (f"asked for: {how}{checked}" if options.compile == "on" else "asked for")
-    if device == "cpu" and profile.input_kind == "text":
-        return False, ("text models on a CPU: no reliable gain measured (BERT-base 0.85x, MiniLM 1.18x of eager, "
-                       "without frozen weights; BENCHMARKS.md); --compile on to try")
     if rows is None:
         return False, "the input's row count is not known before reading: eager never pays for compiling"
     seconds = compile_seconds(profile)
-    repaid = seconds * ROWS_PER_COMPILE_SECOND[device]
+    repaid = seconds * rows_per_compile_second(profile, device)
     per_node = rows / max(1, nodes)
     if per_node < repaid * COMPILE_PAYBACK_MARGIN:
         return False, (f"{per_node:,.0f} rows per node are too few to repay ~{seconds:.0f} s of compiling "
