@@ -214,13 +214,13 @@ def test_compiled_results_agree_and_a_fresh_process_reuses_the_node_cache(tiny_m
 # The plan's decision (pure)
 
 
-def _plan(rows, nodes: int = 1, gpus: int = 0, **changes):
+def _plan(rows, nodes: int = 1, gpus: int = 0, cpus: float = 2, **changes):
     import dataclasses
 
     from inferkit.chart import default_run_options
     from inferkit.job.plan import ClusterResources, NodeResources, make_plan
 
-    workers = tuple(NodeResources(f"w{i}", cpus=2, memory_bytes=16 * 2**30, gpus=gpus) for i in range(nodes))
+    workers = tuple(NodeResources(f"w{i}", cpus=cpus, memory_bytes=16 * 2**30, gpus=gpus) for i in range(nodes))
     return make_plan(ClusterResources(workers), RESNET50, dataclasses.replace(default_run_options(), **changes), rows)
 
 
@@ -246,35 +246,53 @@ def test_auto_compiles_only_jobs_long_enough_to_repay_compiling():
     assert "compile" in long_job.table()
 
 
+def _wall_time_break_even(workload: str) -> float:
+    """Rows from which compiled finished sooner than eager in a benchmark run on 2 CPUs: the larger input's
+    extra wall seconds, repaid at the steady-state time saved per row."""
+    results = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / f"cpu-compile-{workload}.json")
+                         .read_text())
+    rows = {r["config"]: r for r in results["configs"]}
+    eager, compiled = rows["inferkit-eager"], rows["inferkit-compiled"]
+    saved = 1 / eager["steady_rows_per_second"] - 1 / compiled["steady_rows_per_second"]
+    assert saved > 0  # compiled was faster in that run
+    return max(results["sizes"]) + (compiled["seconds"][1] - eager["seconds"][1]) / saved
+
+
 def test_auto_compiles_a_text_model_on_a_cpu_only_for_jobs_its_size_repays():
-    """Measured on 2 CPUs with frozen weights: BERT-base 1.26x of eager, MiniLM 1.15x. A smaller model saves
-    less per row, so it needs more rows before compiling pays; a short text job stays eager."""
+    """Measured on 2 CPUs with frozen weights (benchmarks/results): BERT-base 1.26x of eager, MiniLM 1.15x.
+    A smaller model saves less per row, so it needs more rows before compiling pays, and auto starts
+    compiling only well past where those runs repaid it."""
     import dataclasses
 
     from inferkit.chart import default_run_options
-    from inferkit.job.plan import (COMPILE_PAYBACK_MARGIN, ClusterResources, NodeResources, compile_seconds,
-                                   make_plan, rows_per_compile_second)
+    from inferkit.job.plan import ClusterResources, NodeResources, compile_rows_needed, make_plan
 
-    bert = ModelProfile(input_kind="text", parameter_bytes=420 * 2**20, max_length=512, hidden_size=768)
-    minilm = dataclasses.replace(bert, parameter_bytes=87 * 2**20, hidden_size=384)
-    def plan(profile, rows, gpus=0, compile="auto"):
-        node = NodeResources("w", cpus=8, memory_bytes=64 * 2**30, gpus=gpus, gpu_memory_bytes=80 * 2**30)
+    # the benchmark's models: a BERT-base-size classifier (109.5M fp32 parameters) and the bundled MiniLM
+    bert = ModelProfile(input_kind="text", parameter_bytes=438_000_000, max_length=512, hidden_size=768)
+    minilm = dataclasses.replace(bert, parameter_bytes=90_868_376, hidden_size=384)
+    def plan(profile, rows, gpus=0, compile="auto", cpus=2):
+        node = NodeResources("w", cpus=cpus, memory_bytes=64 * 2**30, gpus=gpus, gpu_memory_bytes=80 * 2**30)
         return make_plan(ClusterResources((node,)), profile,
                          dataclasses.replace(default_run_options(), task="text-classification", compile=compile),
                          rows)
 
-    def needed(profile):
-        return compile_seconds(profile) * rows_per_compile_second(profile, "cpu") * COMPILE_PAYBACK_MARGIN
-
-    assert needed(minilm) > 3 * needed(bert)
-    # never sooner than the measured break-even (compile time / time saved per row): BERT-base about
-    # 30.8 s / 9.7 ms, MiniLM 30.1 s / 1.13 ms (first compile, cold cache)
-    assert needed(bert) > 30.8 / (1 / 21.7 - 1 / 27.5) and needed(minilm) > 30.1 / (1 / 115.2 - 1 / 132.5)
-    for profile in (bert, minilm):
-        assert not plan(profile, math.ceil(needed(profile)) - 1).compile
-        assert plan(profile, math.ceil(needed(profile))).compile
+    for profile, workload in ((bert, "bert-base"), (minilm, "minilm")):
+        needed = compile_rows_needed(profile, "cpu", 2)
+        assert needed > 2 * _wall_time_break_even(workload)
+        assert not plan(profile, math.ceil(needed) - 1).compile and plan(profile, math.ceil(needed)).compile
+    assert compile_rows_needed(minilm, "cpu", 2) > 3 * compile_rows_needed(bert, "cpu", 2)
     assert "too few to repay" in _compile_decision(plan(bert, 10_000))
     assert plan(bert, 10_000, compile="on").compile and plan(bert, 10**8, gpus=1).compile
+
+
+def test_a_node_of_more_cpus_needs_more_rows_to_repay_compiling():
+    """It runs more rows a second, so each row saves less: 8 CPUs need 4x the rows of the 2 measured."""
+    from inferkit.job.plan import compile_rows_needed
+
+    assert compile_rows_needed(RESNET50, "cpu", 8) == pytest.approx(4 * compile_rows_needed(RESNET50, "cpu", 2))
+    assert compile_rows_needed(RESNET50, "cpu", 1) == compile_rows_needed(RESNET50, "cpu", 2)
+    needed = compile_rows_needed(RESNET50, "cpu", 2)
+    assert _plan(math.ceil(needed)).compile and not _plan(math.ceil(needed), cpus=8).compile
 
 
 def test_compile_on_and_off_are_obeyed_whatever_the_rows():

@@ -107,14 +107,24 @@ def test_a_pool_asked_for_without_actor_sizes_shares_the_cpus():
     assert (plan.actors_min, plan.actors_max, plan.threads_per_actor) == (2, 4, 4)
 
 
-def test_small_actors_asked_for_beyond_what_memory_holds_are_flagged():
-    """Ray places actors by CPU alone, so asked-for actor sizes can put more on a node than memory holds:
-    the pool keeps what memory holds and the plan says the rest can still land there."""
-    plan = make_plan(cluster(cpu_node(16, memory_gib=4)), RESNET50, options(num_cpus_per_actor=1.0))
-    assert plan.actors_max == 1
+def test_actors_that_can_land_beyond_what_memory_holds_are_flagged():
+    """Ray places actors by CPU alone: where a node has CPUs for more of the pool than its memory holds
+    copies of the model, more can start there, and the plan says so."""
+    small = cluster(cpu_node(16, memory_gib=4))  # 2 GiB for actors: one fits
+    plan = make_plan(small, RESNET50, options(num_cpus_per_actor=1.0, actors="15"))
+    assert (plan.actors_min, plan.actors_max) == (1, 15)
     assert "Ray places actors by CPU: 15 can start on a node whose memory holds 1" in plan.table()
-    roomy = make_plan(cluster(cpu_node(16, memory_gib=64)), RESNET50, options(num_cpus_per_actor=1.0))
+    alone = make_plan(small, RESNET50, options(num_cpus_per_actor=1.0))  # the pool is what memory holds
+    assert alone.actors_max == 1 and "Ray places actors by CPU" not in alone.table()
+    mixed = make_plan(cluster(cpu_node(2, name="a"), cpu_node(64, name="b")), RESNET50, options())
+    assert mixed.actors_max == 8 and "8 can start on a node whose memory holds 6" in mixed.table()
+    roomy = make_plan(cluster(cpu_node(16, memory_gib=64)), RESNET50, options(num_cpus_per_actor=1.0, actors="15"))
     assert "Ray places actors by CPU" not in roomy.table()
+
+
+def test_one_asked_actor_keeps_the_threads_of_its_cpus():
+    plan = make_plan(cluster(cpu_node(16, memory_gib=64)), RESNET50, options(num_cpus_per_actor=1.6, actors="1"))
+    assert plan.threads_per_actor == 2
 
 
 def test_a_big_node_beside_a_small_one_keeps_its_own_share_for_reading():

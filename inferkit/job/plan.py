@@ -52,11 +52,14 @@ TEXT_COMPILE_SHAPES = 3  # length buckets a text job typically meets, each compi
 ROWS_PER_COMPILE_SECOND = {"cpu": 95, "gpu": 1600}
 # A text model on a CPU saves less per row the smaller it is, so the rows a second of compiling repays,
 # times the weights' GiB. Measured (bench_inference.py compile, weights frozen, one 2-thread actor on 2
-# CPUs): BERT-base (0.41 GiB) ran 21.7 -> 27.5 rows/s, 103 rows a second of compiling, 42 in these units;
-# MiniLM (0.085 GiB) 115.2 -> 132.5, 882 rows, 75. The larger is kept: no text model compiles too soon.
+# CPUs): BERT-base (0.41 GiB) ran 21.7 -> 27.5 rows/s, 104 rows a second of compiling, 42 in these units;
+# MiniLM (0.085 GiB) 115.2 -> 132.5, 885 rows, 75. The larger is kept: no text model compiles too soon.
 TEXT_CPU_ROWS_GIB_PER_COMPILE_SECOND = 75
 # auto compiles only for jobs this many times longer than the break-even, so it never slows a short one.
 COMPILE_PAYBACK_MARGIN = 2
+# The CPU figures above were measured on a node of this many CPUs. A node of more CPUs runs more rows a
+# second, so each row of its share saves less time: the rows that repay compiling grow with its CPUs.
+COMPILE_MEASURED_NODE_CPUS = 2
 # Output files (each one ledger entry, the unit a killed run loses or keeps): large enough that 100M rows
 # make thousands of files, not millions; small enough that a short job still writes several per actor,
 # so a run killed midway keeps most of what it computed.
@@ -254,21 +257,16 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
         """Actors on this node, as many as its CPUs and its memory hold."""
         return min(by_cpus(node), actors_by_memory(node.memory_bytes, profile.parameter_bytes))
 
-    # The CPUs an actor holds, rounded, but never more threads on a node than its usable CPUs: 9 actors
-    # of 1.55 CPUs on 16 CPUs run one thread each, not 18 threads in all.
-    actors_here = max(1, by_cpus(smallest)) if smallest else 1
-    threads = max(1, min(math.floor(ray_cpus / scale + 0.5), math.floor(usable / actors_here)))
     capacity = sum(fitting(n) for n in nodes)
     pool_why = f"{fitting(smallest) if smallest else 0} per node on {len(nodes)} node(s)"
-    overbooked = [n for n in nodes if by_cpus(n) > fitting(n)]
-    if options.num_cpus_per_actor and overbooked:
-        # Actors ask Ray for CPUs only (a memory request that a node's Ray memory cannot meet would hang
-        # the job instead), so asked-for small actors can land beyond what memory holds.
-        pool_why += (f"; Ray places actors by CPU: {by_cpus(overbooked[0])} can start on a node whose memory "
-                     f"holds {fitting(overbooked[0])} (raise --num-cpus-per-actor if they run out of memory)")
     pool = capacity
     if parts and parts < capacity:
         pool, pool_why = parts, f"{pool_why}; the input's {parts} part(s) keep {parts} busy"
+    # The CPUs an actor holds, rounded, but never more threads on a node than its usable CPUs: 9 actors
+    # of 1.55 CPUs on 16 CPUs run one thread each, not 18 threads in all.
+    most = parse_actor_bounds(options.actors)[1] if options.actors else pool
+    actors_here = max(1, min(by_cpus(smallest), most)) if smallest else 1
+    threads = max(1, min(math.floor(ray_cpus / scale + 0.5), math.floor(usable / actors_here)))
     threads_text = f"{threads} thread{'s' if threads > 1 else ''}"
     decisions.append(Decision("actor resources", f"{ray_cpus:g} CPU, {threads_text}", why))
     precision, check, pwhy = _precision(options, all(n.cpu_bf16 for n in nodes) if nodes else False, "CPU")
@@ -288,7 +286,7 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
             batch, batch_why = by_memory, f"{threads_text}, capped by {smallest.memory_bytes / GiB:.1f} GiB memory"
     return {"capacity": capacity, "pool": pool, "num_cpus": ray_cpus, "num_gpus": 0.0, "threads": threads,
             "batch": max(1, batch), "batch_why": batch_why, "precision": (precision, check, pwhy),
-            "pool_why": pool_why}
+            "pool_why": pool_why, "placement": [(by_cpus(n), fitting(n)) for n in nodes]}
 
 
 def _precision(options: RunOptions, hardware_bf16: bool, device: str) -> tuple[str, bool, str]:
@@ -315,8 +313,14 @@ def rows_per_compile_second(profile: ModelProfile, device: str) -> float:
     return ROWS_PER_COMPILE_SECOND[device]
 
 
+def compile_rows_needed(profile: ModelProfile, device: str, node_cpus: float) -> float:
+    """Rows per node from which `auto` compiles: the estimated break-even, with its margin."""
+    per_cpu = max(1.0, node_cpus / COMPILE_MEASURED_NODE_CPUS) if device == "cpu" else 1.0
+    return compile_seconds(profile) * rows_per_compile_second(profile, device) * per_cpu * COMPILE_PAYBACK_MARGIN
+
+
 def _compile(options: RunOptions, profile: ModelProfile, device: str, rows: int | None,
-             nodes: int) -> tuple[bool, str]:
+             nodes: int, node_cpus: float) -> tuple[bool, str]:
     how = "inductor, weights frozen" if device == "cpu" else "inductor with CUDA graphs"
     checked = "; eager if the first batch disagrees with eager fp32"
     if options.compile != "auto":
@@ -324,11 +328,12 @@ def _compile(options: RunOptions, profile: ModelProfile, device: str, rows: int 
     if rows is None:
         return False, "the input's row count is not known before reading: eager never pays for compiling"
     seconds = compile_seconds(profile)
-    repaid = seconds * rows_per_compile_second(profile, device)
+    needed = compile_rows_needed(profile, device, node_cpus)
     per_node = rows / max(1, nodes)
-    if per_node < repaid * COMPILE_PAYBACK_MARGIN:
-        return False, (f"{per_node:,.0f} rows per node are too few to repay ~{seconds:.0f} s of compiling "
-                       f"(~{repaid:,.0f} rows; compiles from {repaid * COMPILE_PAYBACK_MARGIN:,.0f})")
+    if per_node < needed:
+        on = f" on {node_cpus:g} CPUs" if device == "cpu" else ""
+        return False, (f"{per_node:,.0f} rows per node are too few to repay ~{seconds:.0f} s of compiling{on} "
+                       f"(compiles from {needed:,.0f}, twice the estimated break-even)")
     return True, f"{per_node:,.0f} rows per node repay ~{seconds:.0f} s of compiling ({how}){checked}"
 
 
@@ -369,6 +374,12 @@ def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
             low, pool_why = capacity, f"asked for; MIN lowered to the {capacity} that fit now"
         elif high > capacity:
             pool_why += f"; {capacity} fit now, the rest wait for the autoscaler"
+    # Actors ask Ray for CPUs only (a memory request that Ray's node memory cannot meet would hang the job
+    # instead), so where a node has CPUs for more of the pool than its memory holds, more can land there.
+    over = [(min(cpus, high), held) for cpus, held in planned.get("placement", ()) if min(cpus, high) > held]
+    if over:
+        pool_why += (f"; Ray places actors by CPU: {over[0][0]} can start on a node whose memory holds "
+                     f"{over[0][1]} (raise --num-cpus-per-actor if they run out of memory)")
     decisions.append(Decision("actor pool", f"{low}..{high}" if low != high else str(high), pool_why))
     batch = options.batch_size or planned["batch"]
     decisions.append(Decision("batch size", str(batch), "asked for" if options.batch_size else planned["batch_why"]))
@@ -380,7 +391,9 @@ def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     decisions.append(Decision("torch threads", str(planned["threads"]),
                               "the CPUs each actor holds, rounded; no more in all than a node's CPUs"))
     nodes = sum(1 for n in cluster.workers if (n.gpus if device == "gpu" else n.cpus) > 0)
-    compiled, compile_why = _compile(options, profile, device, rows, nodes)
+    # the biggest node's CPUs: it saves the least per row, so it needs the most rows to repay compiling
+    node_cpus = max((n.usable_cpus for n in cluster.workers if n.cpus > 0), default=COMPILE_MEASURED_NODE_CPUS)
+    compiled, compile_why = _compile(options, profile, device, rows, nodes, node_cpus)
     decisions.append(Decision("compile", "on" if compiled else "off", compile_why))
     rows_per_file, file_why = output_file_rows(rows, batch, high)
     decisions.append(Decision("output files", f"{rows_per_file:,} rows each", file_why))
