@@ -310,6 +310,30 @@ def test_ray_native_lines_known_harmless_are_dropped_and_the_rest_pass(tmp_path)
     assert sink.read_bytes() == b"14:29:12 plan:\n" + real_error + b"\r\x1b[K12 / 100 rows"
 
 
+def test_the_gcs_line_about_killing_a_gone_actor_is_kept_off_the_terminal():
+    """What Ray's driver prints of the GCS's log (its "ray_print_logs" handler on Ray's real dispatcher):
+    the failed KillActor line of a failed run's end is dropped, any other GCS line passes, once wrapped."""
+    pytest.importorskip("ray")
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from inferkit.job import terminal
+
+    printed: list[dict] = []
+    dispatcher.add_handler("ray_print_logs", printed.append)
+    try:
+        terminal.quiet_forwarded_gcs_lines()
+        terminal.quiet_forwarded_gcs_lines()  # a second run in the same process wraps nothing twice
+        gone = ("[2026-12-02 03:55:09,221 E 26681 26681] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill "
+                "actor a1d8, return status: Invalid: KillActor RPC failed for actor a1d8: RpcError: Socket closed")
+        other = "[2026-12-02 03:55:09,300 E 26681 26681] (gcs_server) gcs_server.cc:100: a real GCS error"
+        dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [gone]})
+        dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [gone, other]})
+        dispatcher.emit({"pid": 4083, "is_err": True, "lines": ["KillActor RPC failed for actor, from a worker"]})
+    finally:
+        dispatcher.remove_handler("ray_print_logs")
+    assert [d["lines"] for d in printed] == [[other], ["KillActor RPC failed for actor, from a worker"]]
+
+
 def test_error_kinds_group_messages_by_what_went_wrong():
     from inferkit.job.terminal import error_kinds
 

@@ -136,7 +136,10 @@ def submit_to_ray(address: str, entrypoint: str, runtime_env: dict, *, detach: b
             state = "may still run (its dashboard does not answer)"
         say(f"--timeout reached; Ray job {job_id} {state}. {hint}")
         return EXIT_TIMEOUT
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Nothing else cancels the follower: a Ctrl-C that lands in Runner.run between installing its SIGINT
+        # handler and zeroing its interrupt count (CPython's asyncio/runners.py, 3.11) comes out as a bare
+        # CancelledError instead of a KeyboardInterrupt.
         return _interrupted(client, job_id, submitted, cancel_on_interrupt, hint)
     finally:
         _close(runner)

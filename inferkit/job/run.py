@@ -201,6 +201,7 @@ def _connect(verbose: bool) -> tuple[str, bool]:
         where, embedded = "an embedded Ray", True
     if not verbose:
         terminal.quiet_native_stderr()
+        terminal.quiet_forwarded_gcs_lines()
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # inferkit shows progress in rows (terminal.py)
     context.print_on_execution_start = verbose

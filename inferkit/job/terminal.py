@@ -31,6 +31,11 @@ REDRAW_SECONDS = 0.5
 #   actor_pool_map_operator.py), and its actors restart by default, so core_worker.cc says so for every
 #   pool (ray-project/ray#53727). inferkit's own constructor argument is small; nothing to act on.
 HARMLESS_NATIVE_LINES = ("has constructor arguments in the object store and max_restarts > 0",)
+# Substrings of the GCS's error lines that Ray forwards to the driver (its log monitor tails
+# gcs_server*.err: ray/_private/log_monitor.py) and that are kept off the terminal: when a failed run ends,
+# Ray Data kills its actors, and for an actor whose worker has already exited the GCS logs the failed
+# KillActor call (gcs_actor_scheduler.cc). They stay in the session's gcs_server.err.
+HARMLESS_GCS_LINES = ("KillActor RPC failed for actor",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +183,27 @@ def quiet_native_stderr() -> None:
 
 
 _filter_started: list[threading.Thread] = []
+
+
+def quiet_forwarded_gcs_lines() -> None:
+    """Drops HARMLESS_GCS_LINES from what Ray's driver prints of the GCS's log; the rest passes. The lines
+    reach the terminal through the dispatcher's "ray_print_logs" handler (ray/_private/worker.py)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    def dropping(handle: Any) -> Any:
+        def handler(data: dict) -> None:
+            if data.get("pid") == "gcs_server":
+                lines = [line for line in data.get("lines", ()) if not any(h in line for h in HARMLESS_GCS_LINES)]
+                if not lines:
+                    return
+                data = {**data, "lines": lines}
+            handle(data)
+        handler.inferkit_quiet = True
+        return handler
+
+    dispatcher.handlers = [(name, dropping(handle) if name == "ray_print_logs"
+                            and not getattr(handle, "inferkit_quiet", False) else handle)
+                           for name, handle in dispatcher.handlers]
 
 
 def _is_fd2(stream: Any) -> bool:
