@@ -162,9 +162,14 @@ def cpu_actor_shape(usable_cpus: float, most_actors: int | None = None,
     return per_node, math.floor(inference / per_node * 100) / 100, io_cpus
 
 
+def actor_memory_bytes(weight_bytes: int) -> float:
+    """What one CPU inference actor holds: its worker and its weights, counted 1.5 times."""
+    return ACTOR_BASE_BYTES + weight_bytes * 1.5
+
+
 def actors_by_memory(node_memory_bytes: int, weight_bytes: int) -> int:
     """CPU inference actors whose weights and working memory fit in half the node's memory."""
-    return max(1, int(node_memory_bytes * 0.5 // (ACTOR_BASE_BYTES + weight_bytes * 1.5)))
+    return max(1, int(node_memory_bytes * 0.5 // actor_memory_bytes(weight_bytes)))
 
 
 def _resolve_device(cluster: ClusterResources, options: RunOptions) -> tuple[str, str]:
@@ -240,7 +245,7 @@ def _cpu_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
         io_ray = io_cpus * scale
         bound = "single-threaded actors"
         if per_node < cpu_actor_shape(usable)[0]:
-            need = (ACTOR_BASE_BYTES + 1.5 * profile.parameter_bytes) / GiB
+            need = actor_memory_bytes(profile.parameter_bytes) / GiB
             bound = {"memory": f"{per_node} actor(s) of ~{need:.1f} GiB each in half of "
                                f"{smallest.memory_bytes / GiB:.1f} GiB memory",
                      "parts": f"{per_node} actor(s) for the input's {parts} part(s)",
