@@ -16,6 +16,7 @@ from inferkit.config import (RAYJOB, Config, Layer, RunOptions, build_config, bu
                              set_layer)
 from inferkit.console import say
 from inferkit.errors import ConfigError
+from inferkit.kuberay import version_problems, version_warnings
 from inferkit.render import render_object, template_environment
 from inferkit.validate import kuberay_rules, kuberay_warnings, schema_problems
 
@@ -102,12 +103,12 @@ def render_checked(cfg: Config, kind: str = RAYJOB, schemas: dict[str, dict] | N
     every problem is reported at once."""
     env = template_environment(jinja2.FileSystemLoader(str(chart_dir() / "templates")))
     obj = render_object(cfg, kind, default_run_options(), env)
-    problems = kuberay_rules(obj)
+    problems = kuberay_rules(obj) + version_problems(obj, cfg.kuberay_version)
     if schemas is not None:
         problems += schema_problems(obj, schemas)
     if problems:
         raise ConfigError(problems)
-    for warning in kuberay_warnings(obj):
+    for warning in kuberay_warnings(obj, cfg.kuberay_version) + version_warnings(obj, cfg.kuberay_version):
         say(f"warning: {warning}")
     return obj
 

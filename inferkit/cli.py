@@ -104,12 +104,14 @@ CLUSTER_OPTIONS = [
                  help="Values file laid over the chart defaults and preset (repeatable; later wins)."),
     click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
                  help="Set one value, e.g. --set gpuWorkers.memory=64Gi (repeatable; escape dots in keys as \\.)."),
+    click.option("--kuberay-version", type=click.Choice(["1.5", "1.6", "1.7"]), default=None,
+                 help="KubeRay operator version of the cluster (default 1.7): refuses what it lacks."),
     click.option("--crd-dir", envvar="INFERKIT_CRD_DIR", default=None, type=click.Path(exists=False),
                  help="Check against the KubeRay CRDs in this file or folder (env INFERKIT_CRD_DIR)."),
 ]
 
 _FLAG_NAMES = ("name", "namespace", "cpu_nodes", "gpu_nodes", "gpus_per_node", "gpu_type", "cpus_per_node",
-               "memory_per_node", "image")
+               "memory_per_node", "image", "kuberay_version")
 
 
 def cluster_options(func):

@@ -12,6 +12,7 @@ from importlib import metadata
 
 from inferkit import RAY_VERSION, __version__
 from inferkit.errors import EXIT_OK, ApiError
+from inferkit.kuberay import version_of_crd
 from inferkit.submit import PERMISSIONS, Connection
 
 JOB_PACKAGES = ("ray", "torch", "transformers", "pyarrow", "pillow")
@@ -110,6 +111,15 @@ def torch_gpu_problem(torch_version: str, torch_cuda: str | None, driver: str | 
             "check CUDA_VISIBLE_DEVICES and that the container was given the GPU (nvidia.com/gpu limits)")
 
 
+def _describe_crd(installed: tuple[list[str], dict | None] | None) -> tuple[bool, str]:
+    if installed is None:
+        return False, "not installed"
+    versions, crd = installed
+    version = version_of_crd(crd) if crd else None
+    shown = f"RayJob versions {', '.join(versions)}"
+    return "v1" in versions, shown + (f"; its schema is KubeRay {version}'s" if version else "")
+
+
 def cluster_findings(connection: Connection) -> list[Finding]:
     try:
         kube = connection.open()
@@ -122,8 +132,7 @@ def cluster_findings(connection: Connection) -> list[Finding]:
         return found + [Finding("cluster", "api server", False, str(e))]
     found.append(Finding("cluster", "namespace", exists, kube.namespace if exists else f"{kube.namespace} is missing"))
     probes = [
-        ("kuberay crds", lambda: kube.rayjob_crd_versions(),
-         lambda v: (v is not None and "v1" in v, f"RayJob versions {', '.join(v)}" if v else "not installed")),
+        ("kuberay crds", kube.rayjob_crd, _describe_crd),
         ("kuberay operator", kube.operator_images,
          lambda images: (bool(images), ", ".join(images) or "no deployment labelled kuberay-operator")),
         ("gpu nodes", kube.gpu_nodes,

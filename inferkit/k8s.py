@@ -188,14 +188,14 @@ class Kube:
                 return e.status == 403
             raise
 
-    def rayjob_crd_versions(self) -> list[str] | None:
-        """Versions the installed RayJob CRD serves, or None when KubeRay is not installed. CRDs are
-        cluster-scoped and namespaced Roles cannot read them; API discovery, which everyone may read,
-        then tells whether ray.io/v1 serves rayjobs."""
+    def rayjob_crd(self) -> tuple[list[str], dict | None] | None:
+        """(versions the installed RayJob CRD serves, the CRD itself), or None when KubeRay is not installed.
+        CRDs are cluster-scoped and namespaced Roles cannot read them; API discovery, which everyone may
+        read, then tells whether ray.io/v1 serves rayjobs (and the CRD is None)."""
         try:
             crd = self._call("reading the RayJob CRD", self.extensions.read_custom_resource_definition, CRD_NAME,
                              handled=(403, 404))
-            return [v.name for v in crd.spec.versions if v.served]
+            return [v.name for v in crd.spec.versions if v.served], self.api.sanitize_for_serialization(crd)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -208,7 +208,7 @@ class Kube:
             if e.status == 404:
                 return None
             raise
-        return ["v1"] if any(r.name == "rayjobs" for r in served.resources) else None
+        return (["v1"], None) if any(r.name == "rayjobs" for r in served.resources) else None
 
     def missing_permissions(self, checks: list[tuple[str, str, str, str]]) -> list[str]:
         """Which (verb, group, resource, subresource) the caller may not do here (SelfSubjectAccessReview)."""
@@ -244,11 +244,17 @@ class Kube:
 
     # -- what the cluster offers (inferkit doctor) ------------------------------------------------------
 
-    def operator_images(self) -> list[str]:
-        """Images of the KubeRay operator deployments (label app.kubernetes.io/name=kuberay-operator)."""
+    def operator_images(self, *, forbidden_ok: bool = False) -> list[str] | None:
+        """Images of the KubeRay operator deployments (label app.kubernetes.io/name=kuberay-operator, as the
+        helm chart sets it); None when the caller may not list deployments cluster-wide and says that is
+        fine."""
         apps = client.AppsV1Api(self.api)
-        found = self._call("looking for the KubeRay operator", apps.list_deployment_for_all_namespaces,
-                           label_selector="app.kubernetes.io/name=kuberay-operator")
+        try:
+            found = self._call("looking for the KubeRay operator", apps.list_deployment_for_all_namespaces,
+                               label_selector="app.kubernetes.io/name=kuberay-operator",
+                               handled=(403,) if forbidden_ok else ())
+        except ApiException:
+            return None
         return [c.image for d in found.items for c in d.spec.template.spec.containers]
 
     def gpu_nodes(self) -> list[dict]:

@@ -16,6 +16,7 @@ from inferkit.console import say
 from inferkit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, ApiError
 from inferkit.follow import (AGAIN, NEW_RUN, TAKEOVER, DashboardLog, JobState, LogCursor, creation_problems,
                              driver_log_gone, driver_log_on_head, outcome, pod_problems, state_change, submission_of)
+from inferkit.kuberay import installed_version, mismatch
 from inferkit.render import GPU_RESOURCE, dump
 
 if TYPE_CHECKING:
@@ -84,14 +85,19 @@ def preflight(kube: Kube, cfg: Config, obj: dict, *, strict_capacity: bool, need
     if not kube.namespace_exists():
         raise ApiError(f"namespace {namespace} does not exist in context {kube.context} "
                        f"(create it: kubectl create namespace {namespace})")
-    versions = kube.rayjob_crd_versions()
-    if versions is None:
+    installed = kube.rayjob_crd()
+    if installed is None:
         from inferkit.k8s import INSTALL_OPERATOR
 
         raise ApiError(f"the KubeRay CRDs are not installed in context {kube.context}; {INSTALL_OPERATOR}")
+    versions, crd = installed
     if "v1" not in versions:
         raise ApiError(f"the installed KubeRay serves RayJob {', '.join(versions)}, not v1; upgrade the operator "
                        "to 1.7.0")
+    refusal = mismatch(cfg.kuberay_version, installed_version(crd, None if crd else kube.operator_images(
+        forbidden_ok=True)))
+    if refusal:
+        raise ApiError(refusal)
     http_mode = cfg.job.submission_mode == "HTTPMode"
     missing = kube.missing_permissions(PERMISSIONS + ([] if http_mode else [SUBMITTER_LOG])
                                        + ([DELETE] if needs_delete else []))

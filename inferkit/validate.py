@@ -330,10 +330,11 @@ def cluster_removal_ttl(spec: dict, deployment: str, job_status: str) -> int | N
     return None
 
 
-def kuberay_warnings(obj: dict) -> list[str]:
+def kuberay_warnings(obj: dict, version: str) -> list[str]:
     """What the operator accepts but a user rarely wants: deletion rules (with shutdown off) that leave a
     finished job's RayCluster, GPUs included, running until the RayJob is deleted. A DeadlineExceeded
-    failure keeps jobStatus as it was, so only a jobDeploymentStatus Failed rule covers every failure."""
+    failure keeps jobStatus as it was, so only a jobDeploymentStatus Failed rule covers every failure, and
+    KubeRay 1.5 has none (its rules match jobStatus only)."""
     spec = obj.get("spec") or {}
     rules = (spec.get("deletionStrategy") or {}).get("deletionRules") if obj.get("kind") == "RayJob" else None
     if not rules or spec.get("shutdownAfterJobFinishes") or not isinstance(rules, list):
@@ -343,7 +344,11 @@ def kuberay_warnings(obj: dict) -> list[str]:
         warnings.append("job.deletionRules: no DeleteCluster or DeleteSelf rule covers a job that succeeds "
                         "(jobStatus SUCCEEDED or jobDeploymentStatus Complete), and shutdownAfterJobFinishes is off: "
                         "the RayCluster and its GPUs stay until the RayJob is deleted")
-    if cluster_removal_ttl(spec, "Failed", "") is None:
+    if version == "1.5":
+        warnings.append("job.deletionRules: KubeRay 1.5 matches deletion rules by jobStatus only, so a job that fails "
+                        "by DeadlineExceeded or at submission keeps its RayCluster until the RayJob is deleted (KubeRay "
+                        "1.6 and later match jobDeploymentStatus Failed too)")
+    elif cluster_removal_ttl(spec, "Failed", "") is None:
         warnings.append("job.deletionRules: no DeleteCluster or DeleteSelf rule covers jobDeploymentStatus Failed "
                         "(a jobStatus FAILED rule misses DeadlineExceeded and submission failures): a failed job's "
                         "RayCluster stays until the RayJob is deleted")

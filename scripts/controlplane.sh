@@ -7,6 +7,8 @@
 #   scripts/controlplane.sh up   [DIR]     start everything; DIR holds state, logs and the admin kubeconfig
 #   scripts/controlplane.sh env  [DIR]     print `export KUBECONFIG=...` (and the other addresses) for a shell
 #   scripts/controlplane.sh down [DIR]     stop what `up` started there and remove DIR
+#   scripts/controlplane.sh restart-operator DIR [GATES]   the operator again with --feature-gates=GATES
+#                                          (e.g. RayJobDeletionPolicy=true; INFERKIT_KUBERAY_FEATURE_GATES for `up`)
 #
 # Versions: Kubernetes, etcd and kwok are pinned by the wrapper module scripts/controlplane/go.mod (read
 # from there); the KubeRay operator here. Binaries go to $INFERKIT_CONTROLPLANE_CACHE (default
@@ -24,11 +26,10 @@
 # the loopback head.
 set -euo pipefail
 
-KUBERAY_VERSION=v1.7.0
+# The newest operator the Go module proxy serves (v1.5.0 today; take v1.7.0 the day it is served). Its CRDs
+# come from the same module (config/crd/bases), so the API server holds the schema that operator knows.
+KUBERAY_VERSION=v1.5.0
 KUBERAY_MODULE=github.com/ray-project/kuberay/ray-operator
-# Where the operator's source comes from when the Go module proxy does not serve that version's zip: a
-# local git clone of ray-project/kuberay (tag ray-operator/$KUBERAY_VERSION).
-KUBERAY_GIT=${INFERKIT_KUBERAY_GIT:-/work/.mirror/ray-project+kuberay/repo}
 POD_HOST=${INFERKIT_POD_HOST:-127.0.0.2}
 # Every pod address is dialled at POD_HOST (pod_network.py) and the operator's head URL ends in it: it must be
 # this machine's loopback, never an address elsewhere.
@@ -41,7 +42,6 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MODULE=$HERE/controlplane
 REPO=$(dirname "$HERE")
 CACHE=${INFERKIT_CONTROLPLANE_CACHE:-$HOME/.cache/inferkit-controlplane}
-CRD_DIR=${INFERKIT_CONTROLPLANE_CRDS:-$REPO/../shared/kuberay-crds/$KUBERAY_VERSION}
 export GOFLAGS="-buildvcs=false ${INFERKIT_CONTROLPLANE_GOFLAGS:--p=2}"
 
 die() { echo "controlplane: $*" >&2; exit 1; }
@@ -78,33 +78,29 @@ kwok_stages() {  # kwok's own stages (a node is Ready at once, a pod Running and
     mv "$out.tmp" "$out"
 }
 
-kuberay_source() {  # the operator module's source folder at $KUBERAY_VERSION
-    local dir
-    dir=$(cd "$MODULE" && GOFLAGS=-mod=mod go mod download -json "$KUBERAY_MODULE@$KUBERAY_VERSION" 2>/dev/null \
-          | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') || true
-    if [ -n "$dir" ] && [ -f "$dir/go.mod" ]; then echo "$dir"; return; fi
-    dir=$CACHE/src/kuberay-$KUBERAY_VERSION
-    if [ ! -f "$dir/ray-operator/go.mod" ]; then
-        git -C "$KUBERAY_GIT" rev-parse -q --verify "ray-operator/$KUBERAY_VERSION^{commit}" >/dev/null 2>&1 \
-            || unavailable "the Go module proxy does not serve $KUBERAY_MODULE@$KUBERAY_VERSION and there is no KubeRay git" \
-                   "clone with tag ray-operator/$KUBERAY_VERSION at $KUBERAY_GIT (set INFERKIT_KUBERAY_GIT)"
-        rm -rf "$dir" && mkdir -p "$dir"
-        git -C "$KUBERAY_GIT" archive --prefix=ray-operator/ "ray-operator/$KUBERAY_VERSION:ray-operator" | tar -x -C "$dir"
-    fi
-    echo "$dir/ray-operator"
+kuberay_source() {  # the operator module's source folder at $KUBERAY_VERSION, from the Go module proxy
+    local dir log
+    log=$(cd "$MODULE" && GOFLAGS=-mod=mod go mod download -json "$KUBERAY_MODULE@$KUBERAY_VERSION" 2>&1) \
+        || unavailable "the Go module proxy does not serve $KUBERAY_MODULE@$KUBERAY_VERSION: ${log%%$'\n'*}"
+    dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<< "$log")
+    [ -f "$dir/go.mod" ] || unavailable "no source folder for $KUBERAY_MODULE@$KUBERAY_VERSION in the Go module cache"
+    echo "$dir"
 }
 
 build_operator() {  # built as its own module (its go.mod has no replace directives), with its own go.sum
     local out; out=$(cached kuberay-operator "$KUBERAY_VERSION" kuberay-operator)
-    [ -x "$out" ] && [ -f "$(dirname "$out")/ray.io_rayservices.yaml" ] && return 0
+    local crds; crds=$(dirname "$out")/crds
+    [ -x "$out" ] && [ -f "$crds/ray.io_rayservices.yaml" ] && return 0
     local source; source=$(kuberay_source)
     note "building kuberay-operator $KUBERAY_VERSION from $source"
     local start=$SECONDS
     mkdir -p "$(dirname "$out")"
     (cd "$source" && nice -n 19 go build -trimpath -ldflags='-s -w' -o "$out.tmp" .)
-    # The RayService CRD: the operator's manager will not start without it; ../shared holds only RayJob and
-    # RayCluster.
-    cp "$source/config/crd/bases/ray.io_rayservices.yaml" "$(dirname "$out")/"
+    # Its CRDs (RayJob, RayCluster and RayService: the manager will not start without all three), from the
+    # same module, so the API server validates against the schema this operator was built with.
+    rm -rf "$crds.tmp" && mkdir -p "$crds.tmp"
+    cp "$source"/config/crd/bases/ray.io_{rayjobs,rayclusters,rayservices}.yaml "$crds.tmp/"
+    rm -rf "$crds" && mv "$crds.tmp" "$crds"
     mv "$out.tmp" "$out"
     note "built kuberay-operator in $((SECONDS - start)) s"
 }
@@ -120,7 +116,7 @@ build() {
              KWOK=$(module_version sigs.k8s.io/kwok); }
     local wanted=(etcd-$ETCD/etcd kube-apiserver-$K8S/kube-apiserver kube-controller-manager-$K8S/kube-controller-manager
                   kube-scheduler-$K8S/kube-scheduler kubectl-$K8S/kubectl kwok-$KWOK/kwok kwok-$KWOK/stages.yaml
-                  kuberay-operator-$KUBERAY_VERSION/kuberay-operator kuberay-operator-$KUBERAY_VERSION/ray.io_rayservices.yaml)
+                  kuberay-operator-$KUBERAY_VERSION/kuberay-operator kuberay-operator-$KUBERAY_VERSION/crds/ray.io_rayservices.yaml)
     local have=0 path
     for path in "${wanted[@]}"; do [ -e "$CACHE/$path" ] && have=$((have + 1)); done
     [ "$have" -eq "${#wanted[@]}" ] && return 0  # all cached: no module proxy needed
@@ -219,11 +215,13 @@ EOF
 }
 
 up() {
-    [ -d "$CRD_DIR" ] || die "KubeRay CRDs not found at $CRD_DIR (set INFERKIT_CONTROLPLANE_CRDS)"
     [ ! -f "$STATE/pids" ] || die "$STATE already holds a control plane; run: $0 down $STATE"
     build
     local began=$SECONDS
-    mkdir -p "$STATE"
+    # What a failed `up` left (an etcd folder holding a half-made cluster, old certificates) starts over.
+    rm -rf "$STATE/etcd" "$STATE/pki" && mkdir -p "$STATE"
+    trap 'stop_processes' EXIT  # a failed `up` leaves nothing running; cleared once everything is up
+    echo "$POD_HOST" > "$STATE/pod-host"
     local etcd_port etcd_peer
     etcd_port=$(free_port) etcd_peer=$(free_port) API_PORT=$(free_port)
     write_files
@@ -249,18 +247,38 @@ up() {
         --kubeconfig "$STATE/kubeconfig" --leader-elect=false --bind-address 127.0.0.1 --secure-port 0
     start kwok "$(cached kwok "$KWOK" kwok)" --kubeconfig "$STATE/kubeconfig" --config "$(cached kwok "$KWOK" stages.yaml)" \
         --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake --server-address "127.0.0.1:$(free_port)"
-    kubectl_ apply --server-side -f "$CRD_DIR" -f "$CACHE/kuberay-operator-$KUBERAY_VERSION/ray.io_rayservices.yaml" >/dev/null
+    kubectl_ apply --server-side -f "$(cached kuberay-operator "$KUBERAY_VERSION" crds)" >/dev/null
     wait_for "the KubeRay CRDs" 180 kubectl_ wait --for condition=Established --timeout 10s \
         crd/rayjobs.ray.io crd/rayclusters.ray.io crd/rayservices.ray.io
     nodes | kubectl_ apply -f - >/dev/null
+    start_operator "${INFERKIT_KUBERAY_FEATURE_GATES:-}"
+    wait_for "the default service account" 180 kubectl_ get serviceaccount default
+    wait_for "the kwok nodes" 180 kubectl_ wait --for condition=Ready --timeout 10s node --all
+    wait_for_operator
+    trap - EXIT
+    note "up in $((SECONDS - began)) s: $STATE/kubeconfig"
+}
+
+start_operator() {  # feature gates (e.g. RayJobDeletionPolicy=true; "" = the version's defaults)
     CLUSTER_DOMAIN="cluster.local@$POD_HOST" KUBECONFIG="$STATE/kubeconfig" \
         start kuberay-operator "$(cached kuberay-operator "$KUBERAY_VERSION" kuberay-operator)" \
         --metrics-addr "127.0.0.1:$(free_port)" --health-probe-bind-address "127.0.0.1:$(free_port)" \
-        --enable-leader-election=false
-    wait_for "the default service account" 180 kubectl_ get serviceaccount default
-    wait_for "the kwok nodes" 180 kubectl_ wait --for condition=Ready --timeout 10s node --all
-    wait_for "the KubeRay operator" 180 grep -q "Starting workers" "$STATE/kuberay-operator.log"
-    note "up in $((SECONDS - began)) s: $STATE/kubeconfig"
+        --enable-leader-election=false ${1:+--feature-gates="$1"}
+}
+
+wait_for_operator() { wait_for "the KubeRay operator" 180 grep -q "Starting workers" "$STATE/kuberay-operator.log"; }
+
+restart_operator() {  # the operator again, with other feature gates, in a running control plane
+    [ -f "$STATE/pids" ] || die "no control plane in $STATE (run: $0 up $STATE)"
+    local pid name
+    read -r pid name < <(grep ' kuberay-operator$' "$STATE/pids") || die "no operator in $STATE/pids"
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    grep -v ' kuberay-operator$' "$STATE/pids" > "$STATE/pids.tmp"; mv "$STATE/pids.tmp" "$STATE/pids"
+    start_operator "$1"
+    wait_for_operator
+    note "operator restarted${1:+ with --feature-gates=$1}"
 }
 
 stop_processes() {
@@ -282,6 +300,7 @@ down() {
 
 env_() {
     [ -f "$STATE/kubeconfig" ] || die "no control plane in $STATE (run: $0 up $STATE)"
+    POD_HOST=$(cat "$STATE/pod-host")
     echo "export KUBECONFIG=$STATE/kubeconfig"
     echo "export INFERKIT_POD_HOST=$POD_HOST"
     echo "export PATH=$CACHE/kubectl-$K8S:\$PATH"
@@ -294,5 +313,6 @@ case "$command" in
     up) up ;;
     down) down ;;
     env) K8S=$(module_version k8s.io/kubernetes); env_ ;;
-    *) die "usage: $0 build|up|down|env [STATE_DIR]" ;;
+    restart-operator) POD_HOST=$(cat "$STATE/pod-host"); restart_operator "${3:-}" ;;
+    *) die "usage: $0 build|up|down|env [STATE_DIR] | restart-operator STATE_DIR [FEATURE_GATES]" ;;
 esac

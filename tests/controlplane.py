@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -59,6 +60,19 @@ class ControlPlane:
     def log(self, component: str) -> str:
         return (self.state / f"{component}.log").read_text(errors="replace")
 
+    def restart_operator(self, feature_gates: str = "") -> None:
+        """The operator again, with --feature-gates (empty: its version's defaults)."""
+        done = subprocess.run(["bash", str(SCRIPT), "restart-operator", str(self.state), feature_gates],
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"restarting the operator failed ({done.returncode}):\n{done.stderr[-4000:]}")
+
+    @property
+    def kuberay_version(self) -> str:
+        """The operator version the script builds (KUBERAY_VERSION=v1.5.0 -> "1.5")."""
+        line = next(l for l in SCRIPT.read_text().splitlines() if l.startswith("KUBERAY_VERSION="))
+        return ".".join(line.split("=v", 1)[1].split(".")[:2])
+
 
 def wait_until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
@@ -78,7 +92,12 @@ def start_control_plane(state: Path) -> ControlPlane:
         pytest.skip("controlplane: no Go toolchain on PATH; the real control plane is built from Go modules "
                     "(scripts/controlplane.sh)")
     began = time.monotonic()
-    up = subprocess.run(["bash", str(SCRIPT), "up", str(state)], capture_output=True, text=True, timeout=UP_TIMEOUT)
+    # A loopback address of this session's own for the pod host, so that two runs on one machine (CI beside a
+    # developer's) never share a head's port 8265.
+    pod_host = os.environ.get("INFERKIT_POD_HOST") or f"127.{random.randint(1, 254)}.{random.randint(1, 254)}." \
+                                                      f"{random.randint(1, 254)}"
+    up = subprocess.run(["bash", str(SCRIPT), "up", str(state)], capture_output=True, text=True, timeout=UP_TIMEOUT,
+                        env={**os.environ, "INFERKIT_POD_HOST": pod_host})
     if up.returncode == UNAVAILABLE:
         pytest.skip(up.stderr.strip().splitlines()[-1])
     if up.returncode != 0:

@@ -6,6 +6,7 @@ made to do on demand (dropped watches, 5xx/429, lost replies) stays in tests/tes
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 import yaml
 
 from controlplane import RayHead, start_control_plane, stop_control_plane, wait_until
+from inferkit import chart
+from inferkit.kuberay import VERSIONS, version_of_crd, version_problems
 from test_render import SHAPES
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
@@ -25,7 +28,11 @@ PRESETS = ("kind", "gke-gpu", "eks-gpu")
 @pytest.fixture(scope="session")
 def controlplane(tmp_path_factory):
     state = tmp_path_factory.mktemp("controlplane")
-    plane = start_control_plane(state)
+    try:
+        plane = start_control_plane(state)
+    except BaseException:
+        stop_control_plane(state)
+        raise
     print(f"\ncontrol plane up in {plane.started_in:.1f} s", file=sys.stderr)
     yield plane
     stop_control_plane(state)
@@ -46,6 +53,11 @@ def kube_args(controlplane, namespace) -> list[str]:
     return ["--kubeconfig", str(controlplane.kubeconfig), "-n", namespace]
 
 
+def submit_args(controlplane, namespace) -> list[str]:
+    """submit's connection, rendering for the operator the tests run."""
+    return [*kube_args(controlplane, namespace), "--kuberay-version", controlplane.kuberay_version]
+
+
 def render(*args: str) -> str:
     result = subprocess.run([sys.executable, "-m", "inferkit", "render", *args], capture_output=True, text=True,
                             check=True)
@@ -55,28 +67,80 @@ def render(*args: str) -> str:
 # -- the API server's validation ----------------------------------------------------------------------
 
 
-def test_server_dry_run_accepts_every_golden_and_preset_render(controlplane, namespace, inferkit):
-    """The real API server's CRD validation (strict field validation, CEL rules, formats), not only
-    jsonschema's: kubectl's server-side dry run of every golden and preset render, and submit's own."""
+def _server_dry_run(controlplane, namespace: str, obj: dict) -> subprocess.CompletedProcess:
+    where = [] if obj["metadata"].get("namespace") else ["-n", namespace]
+    return controlplane.kubectl("apply", "--dry-run=server", *where, "-f", "-", stdin=json.dumps(obj), check=False)
+
+
+def test_server_dry_run_agrees_with_the_version_table_on_every_golden_and_preset(controlplane, namespace, inferkit):
+    """The real API server's CRD validation (strict field validation, CEL rules, formats) with the CRDs of the
+    operator the tests run: a golden render that inferkit's version table (inferkit/kuberay.py) says this
+    version lacks a field for is refused by the server for exactly those fields, every other one is accepted;
+    so are the presets and every shape rendered for this version, by kubectl and by `submit --dry-run`."""
+    version = controlplane.kuberay_version
+    crd = json.loads(controlplane.kubectl("get", "crd", "rayjobs.ray.io", "-o", "json").stdout)
+    assert version_of_crd(crd) == version
     controlplane.kubectl("create", "namespace", "ml-batch", check=False)  # the full-values golden's namespace
+    refused_somewhere = False
     for golden in sorted(GOLDEN.glob("*.yaml")):
         obj = yaml.safe_load(golden.read_text())
-        where = [] if obj["metadata"].get("namespace") else ["-n", namespace]
-        applied = controlplane.kubectl("apply", "--dry-run=server", *where, "-f", str(golden))
-        assert applied.stdout == f"{obj['kind'].lower()}.ray.io/{obj['metadata']['name']} created (server dry run)\n"
-        assert applied.stderr == "", golden.name
+        applied = _server_dry_run(controlplane, namespace, obj)
+        lacking = [problem.split(": ", 1)[0] for problem in version_problems(obj, version)]
+        if lacking:
+            refused_somewhere = True
+            assert applied.returncode == 1, golden.name
+            assert sorted(re.findall(r'unknown field "([^"]+)"', applied.stderr)) == sorted(lacking), applied.stderr
+        else:
+            assert applied.stdout == f"{obj['kind'].lower()}.ray.io/{obj['metadata']['name']} created (server dry run)\n"
+            assert applied.stderr == "", golden.name
+    assert refused_somewhere == (version == "1.5")  # full-values sets preRunningDeadlineSeconds (1.6 and later)
     for preset in PRESETS:
         applied = controlplane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
-                                       stdin=render("--preset", preset))
+                                       stdin=render("--preset", preset, "--kuberay-version", version))
         assert applied.stdout == "rayjob.ray.io/inferkit created (server dry run)\n" and applied.stderr == ""
     shapes = [args for shape, args in SHAPES.items() if "--raycluster" not in args]
     for args in shapes + [["--preset", preset] for preset in PRESETS]:
-        result = inferkit("submit", "--dry-run", *kube_args(controlplane, namespace), *args)
+        result = inferkit("submit", "--dry-run", *kube_args(controlplane, namespace), "--kuberay-version", version,
+                          *args)
+        if any(line.split(": ", 1)[0].endswith("preRunningDeadlineSeconds") for line in result.stderr.splitlines()):
+            continue  # full-values on 1.5: refused by render already (test_kuberay_versions.py)
         assert result.code == 0, (args, result.stderr)
         name = yaml.safe_load(result.stdout)["metadata"]["name"]
         assert f"dry run: RayJob {name} passed the pre-flight checks and the server-side dry run; nothing " \
                "created" in result.stderr
     assert controlplane.items("rayjobs.ray.io", namespace) == []
+
+
+def test_submit_stops_on_an_operator_of_another_version(controlplane, namespace, inferkit):
+    """The pre-flight reads the installed operator's version from its RayJob CRD and stops, before anything
+    is created, when the render is for another one; with the right version it passes."""
+    version = controlplane.kuberay_version
+    other = next(v for v in reversed(VERSIONS) if v != version)
+    result = inferkit("submit", "--dry-run", *kube_args(controlplane, namespace), "--cpu-nodes", "1",
+                      "--kuberay-version", other)
+    assert result.code == 3 and result.stdout == ""
+    assert result.stderr == (f"Error: the cluster runs KubeRay {version} (by its RayJob CRD), and this RayJob is "
+                             f"rendered for KubeRay {other}; pass --kuberay-version {version} (values key "
+                             "kuberayVersion)\n")
+    assert controlplane.items("rayjobs.ray.io", namespace) == []
+
+
+def test_every_deletion_rules_example_is_what_the_server_says(controlplane, namespace):
+    """values.yaml's deletion-rule examples, rendered (for the newest version, as a user copying them would)
+    and server-side applied: refused by this operator's CRD for exactly the fields the version table names,
+    accepted in the form the comment gives for 1.5."""
+    version = controlplane.kuberay_version
+    text = (chart.chart_dir() / "values.yaml").read_text()
+    examples = re.findall(r"^  # (\[\{condition: .*\])\.?$", text, re.M)
+    assert examples
+    off = ["--set", "job.shutdownAfterJobFinishes=false", "--set", "job.ttlSecondsAfterFinished=0"]
+    for example in examples:
+        for rules in (example, example.replace("jobDeploymentStatus: Failed", "jobStatus: FAILED")):
+            obj = yaml.safe_load(render(*off, "--set", f"job.deletionRules={rules}"))
+            applied = _server_dry_run(controlplane, namespace, obj)
+            lacking = [problem.split(": ", 1)[0] for problem in version_problems(obj, version)]
+            assert sorted(re.findall(r'unknown field "([^"]+)"', applied.stderr)) == sorted(lacking), applied.stderr
+            assert (applied.returncode == 0) == (not lacking), applied.stderr
 
 
 def test_server_rejects_what_the_crd_forbids(controlplane, namespace):
@@ -98,7 +162,7 @@ def test_operator_validation_failed_is_followed_to_its_end(controlplane, namespa
     creating anything, with the operator's own rule; forced in with kubectl, the real operator marks it
     ValidationFailed and inferkit's follower (the one `submit` uses) ends on it with exit 1 and its words."""
     args = ["--name", "refused", "--cpu-nodes", "1", "--set", "cpuWorkers.rayStartParams.labels=team=a"]
-    local = inferkit("submit", *kube_args(controlplane, namespace), *args)
+    local = inferkit("submit", *submit_args(controlplane, namespace), *args)
     assert local.code == 2 and local.stdout == ""
     assert "rayStartParams.labels: not supported by KubeRay; use the group's labels field" in local.stderr
     assert controlplane.items("rayjobs.ray.io", namespace) == []
@@ -122,7 +186,7 @@ def test_operator_validation_failed_is_followed_to_its_end(controlplane, namespa
 def test_unschedulable_gpu_workers_time_out_with_the_schedulers_reason(controlplane, namespace, inferkit):
     """Four 1-GPU workers and two GPU nodes of one GPU each: two workers stay Pending, submit shows the
     scheduler's own reason and gives up at --timeout (124); delete removes the RayJob and its cluster."""
-    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "gpus", "--gpu-nodes", "4",
+    result = inferkit("submit", *submit_args(controlplane, namespace), "--name", "gpus", "--gpu-nodes", "4",
                       "--timeout", "30")
     assert result.code == 124, result.stderr
     assert "warning: only 2 of the 4 GPU pods (1 x nvidia.com/gpu each) fit on the nodes that match (any node)" \
@@ -149,7 +213,7 @@ def test_resource_quota_refusal_shows_the_rayclusters_event(controlplane, namesp
     controlplane.kubectl("create", "quota", "two-pods", "--hard=pods=1", "-n", namespace)
     wait_until(lambda: (controlplane.get("resourcequota", "two-pods", namespace).get("status") or {}).get("hard"),
                60, "the quota controller to count the quota")
-    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "quota", "--cpu-nodes", "2",
+    result = inferkit("submit", *submit_args(controlplane, namespace), "--name", "quota", "--cpu-nodes", "2",
                       "--timeout", "30")
     assert result.code == 124, result.stderr
     assert "FailedToCreateWorkerPod" in result.stderr
@@ -158,7 +222,7 @@ def test_resource_quota_refusal_shows_the_rayclusters_event(controlplane, namesp
 
 
 def test_missing_priority_class_shows_the_rayclusters_event(controlplane, namespace, inferkit):
-    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "prio", "--cpu-nodes", "1",
+    result = inferkit("submit", *submit_args(controlplane, namespace), "--name", "prio", "--cpu-nodes", "1",
                       "--set", "priorityClassName=no-such-class", "--timeout", "30")
     assert result.code == 124, result.stderr
     assert "RayCluster prio-" in result.stderr and "FailedToCreateHeadPod" in result.stderr
@@ -172,7 +236,7 @@ def test_missing_priority_class_shows_the_rayclusters_event(controlplane, namesp
 def test_k8s_job_mode_creates_cluster_pods_and_submitter_job(controlplane, namespace, inferkit):
     """kwok runs the head and worker pods (Running, Ready) without containers; the operator then
     creates the submitter Job, whose pod kwok completes without running `ray job submit`."""
-    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "k8sjob", "--cpu-nodes", "2",
+    result = inferkit("submit", *submit_args(controlplane, namespace), "--name", "k8sjob", "--cpu-nodes", "2",
                       "--detach")
     assert result.code == 0, result.stderr
     assert f"created RayJob k8sjob in namespace {namespace} (context controlplane)" in result.stderr
@@ -210,15 +274,53 @@ def http_mode_values(tmp_path: Path) -> Path:
     return values
 
 
+@pytest.fixture
+def deletion_gate(controlplane, request):
+    """The operator restarted with the RayJobDeletionPolicy feature gate on or off (indirect parameter), and
+    with its version's defaults again afterwards."""
+    controlplane.restart_operator(f"RayJobDeletionPolicy={request.param}")
+    yield request.param
+    controlplane.restart_operator()
+
+
+SHUTDOWN_OFF = ["--set", "job.shutdownAfterJobFinishes=false", "--set", "job.ttlSecondsAfterFinished=0"]
+# Deletion rules every supported version takes (jobStatus); the cluster is kept a few seconds after success
+# so the follower reads the driver's last lines from the head first.
+DELETE_AFTER_SUCCESS = ["--set", "job.deletionRules=[{condition: {jobStatus: SUCCEEDED, ttlSeconds: 5}, policy: "
+                        "DeleteCluster}, {condition: {jobStatus: FAILED, ttlSeconds: 600}, policy: DeleteCluster}]"]
+
+
+@pytest.mark.parametrize("deletion_gate", ["false"], indirect=True)
+def test_deletion_rules_with_the_feature_gate_off_are_refused_by_the_operator(controlplane, namespace, inferkit,
+                                                                            deletion_gate):
+    """With RayJobDeletionPolicy off (1.5's default) the real operator refuses any deletion strategy
+    (ValidationFailed, its own words) and the follower ends on it with exit 1; render warned on 1.5."""
+    result = inferkit("submit", *submit_args(controlplane, namespace), "--name", "gated", "--cpu-nodes", "1",
+                      *SHUTDOWN_OFF, *DELETE_AFTER_SUCCESS, "--timeout", "120")
+    assert result.code == 1, result.stderr
+    assert ("RayJob gated: the operator refused the RayJob, so nothing ran: RayJobDeletionPolicy feature gate must be "
+            "enabled to use DeletionStrategy") in result.stderr
+    warned = "RayJobDeletionPolicy feature gate, which is off by default there" in result.stderr
+    assert warned == (controlplane.kuberay_version == "1.5")
+    assert controlplane.items("rayclusters.ray.io", namespace) == []
+
+
 @pytest.mark.ray
-def test_http_mode_job_runs_through_the_operator_on_a_real_ray(controlplane, namespace, inferkit, ray_head, tmp_path):
+@pytest.mark.parametrize("deletion_gate", ["true"], indirect=True)
+def test_http_mode_job_runs_through_the_operator_on_a_real_ray(controlplane, namespace, inferkit, ray_head, tmp_path,
+                                                             deletion_gate):
+    """The bundled demo, submitted by the operator to a real Ray, followed to SUCCEEDED; its deletion rule
+    (the gate on) then deletes the RayCluster."""
     import pyarrow.parquet as pq
 
     out = tmp_path / "out"
-    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "e2e", "--cpu-nodes", "1",
+    result = inferkit("submit", *submit_args(controlplane, namespace), "--name", "e2e", "--cpu-nodes", "1",
                       "-f", str(http_mode_values(tmp_path)), "--set", "job.submissionMode=HTTPMode",
-                      "--output", str(out), "--timeout", "600")
+                      *SHUTDOWN_OFF, *DELETE_AFTER_SUCCESS, "--output", str(out), "--timeout", "600")
     assert result.code == 0, result.stderr
+    cluster = controlplane.get("rayjob", "e2e", namespace)["status"]["rayClusterName"]
+    wait_until(lambda: controlplane.get("raycluster", cluster, namespace) is None, 120,
+               "the deletion rule to delete the RayCluster")
     assert "RayJob e2e: deployment Complete, job SUCCEEDED\n" in result.stderr
     assert "RayJob e2e: the job succeeded" in result.stderr
     # The driver's log, read from the head's dashboard through the API server's service proxy.
@@ -233,7 +335,7 @@ def test_http_mode_job_runs_through_the_operator_on_a_real_ray(controlplane, nam
 def test_http_mode_job_whose_entrypoint_fails_exits_1_with_the_reason(controlplane, namespace, inferkit, ray_head,
                                                                      tmp_path):
     missing = tmp_path / "no-such-input.jsonl"
-    result = inferkit("submit", *kube_args(controlplane, namespace), "--name", "broken", "--cpu-nodes", "1",
+    result = inferkit("submit", *submit_args(controlplane, namespace), "--name", "broken", "--cpu-nodes", "1",
                       "-f", str(http_mode_values(tmp_path)), "--set", "job.submissionMode=HTTPMode",
                       "--input", str(missing), "--output", str(tmp_path / "out"), "--timeout", "600")
     assert result.code == 1, result.stderr

@@ -338,7 +338,7 @@ def test_a_finished_clusters_lifetime_follows_the_matching_deletion_rule(rules, 
     assert cluster_removal_ttl(spec, deployment, job) == lifetime
     assert JobState.of(_rayjob(spec, jobDeploymentStatus=deployment, jobStatus=job)).cluster_kept_for == lifetime
     # render's warning and the follower's lifetime agree on what a rule covers
-    warns = " ".join(kuberay_warnings({"kind": "RayJob", "spec": spec}))
+    warns = " ".join(kuberay_warnings({"kind": "RayJob", "spec": spec}, "1.7"))
     if deployment == "Complete":
         assert ("covers a job that succeeds" in warns) == (lifetime is None)
 

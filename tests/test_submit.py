@@ -230,6 +230,30 @@ def test_missing_crds_say_how_to_install_the_operator(inferkit, fake):
     assert "helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0" in result.stderr
 
 
+OPERATOR_1_5 = [{"metadata": {"name": "kuberay-operator", "namespace": "kuberay"},
+                 "spec": {"selector": {}, "template": {"spec": {"containers": [
+                     {"name": "kuberay-operator", "image": "quay.io/kuberay/operator:v1.5.0"}]}}}}]
+
+
+def test_the_operator_image_tells_the_version_where_the_crd_cannot_be_read(inferkit, fake):
+    """A namespaced Role: the CRD is unreadable, the operator Deployment (where it may be listed) says 1.5 and the
+    render is for 1.7: stopped before anything is created, with the fix; where neither can be read, no check."""
+    crd = ("GET", "/customresourcedefinitions/rayjobs.ray.io")
+    fake.failures = {crd: [403]}
+    fake.deployments = OPERATOR_1_5
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 3 and result.stdout == ""
+    assert result.stderr.endswith("Error: the cluster runs KubeRay 1.5 (by the operator image quay.io/kuberay/"
+                                  "operator:v1.5.0), and this RayJob is rendered for KubeRay 1.7; pass "
+                                  "--kuberay-version 1.5 (values key kuberayVersion)\n")
+    assert creates(fake) == []
+    fake.failures = {crd: [403], ("GET", "/apis/apps/v1/deployments"): [403]}
+    fake.scenario = happy_path("inferkit", LINES[:2])
+    result = submit(inferkit, fake, "--cpu-nodes", "1")
+    assert result.code == 0, result.stderr
+    assert {"fieldValidation": "Strict"} in creates(fake)  # created, not only dry-run
+
+
 def test_a_namespaced_role_that_cannot_read_crds_or_namespaces_still_submits(inferkit, fake):
     """CRDs and namespaces are cluster-scoped; API discovery tells whether RayJobs are served."""
     fake.failures = {("GET", "/customresourcedefinitions/rayjobs.ray.io"): [403], ("GET", "/namespaces/default"): [403]}

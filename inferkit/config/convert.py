@@ -71,6 +71,8 @@ class Converter:
             return self._dataclass(tp, value, path)
         origin = get_origin(tp)
         if origin is Literal:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in get_args(tp):
+                value = str(value)  # YAML reads `kuberayVersion: 1.5` as a number
             if value not in get_args(tp):
                 self.fail(path, f"must be {_type_name(tp)}, not {value!r}")
             return value

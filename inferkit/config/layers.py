@@ -148,6 +148,7 @@ def flag_layer(
     cpus_per_node: str | None = None,
     memory_per_node: str | None = None,
     image: str | None = None,
+    kuberay_version: str | None = None,
     run: dict[str, Any] | None = None,
 ) -> tuple[Layer, list[str]]:
     """The command-line flags as the last layer; flags left unset (None) change nothing."""
@@ -175,6 +176,8 @@ def flag_layer(
             values.setdefault(group, {})["memory"] = memory_per_node
     if image is not None:
         values["image"] = {"cpu": image, "gpu": image}
+    if kuberay_version is not None:
+        values["kuberayVersion"] = kuberay_version
     run_values = {camel(k): v for k, v in (run or {}).items() if v is not None}
     if run_values:
         values["run"] = run_values

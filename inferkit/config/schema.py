@@ -16,6 +16,7 @@ MAX_NAME_LENGTH = {RAYJOB: 47, RAYCLUSTER: 53}
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 TASKS = ("embedding", "image-classification", "text-classification")
+KubeRayVersion = Literal["1.5", "1.6", "1.7"]  # the operator versions render and submit know (inferkit/kuberay.py)
 
 def _help(text: str) -> Any:
     return field(metadata={"help": text})
@@ -167,6 +168,7 @@ class Config:
     labels: dict[str, str]
     annotations: dict[str, str]
     pod_annotations: dict[str, str]
+    kuberay_version: KubeRayVersion
     image: Image
     service_account_name: str
     priority_class_name: str
