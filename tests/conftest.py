@@ -14,6 +14,25 @@ REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO.parent / "shared" / "kuberay-crds" / "v1.7.0"
 
 
+# Marks follow cost, per test: a test that asks for one of these fixtures starts a real Ray (or the control
+# plane) and is marked so here; a test that starts Ray in a subprocess says so with its own marks.
+# `pytest -m "not slow"` is then every pure test and every refusal that stops before Ray.
+RAY_FIXTURES = {"ray_local", "ray_cluster", "busy_cluster", "ray_head"}
+CONTROLPLANE_FIXTURES = {"controlplane"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
+def pytest_collection_modifyitems(items: list) -> None:
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & RAY_FIXTURES:
+            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.slow)
+        if uses & CONTROLPLANE_FIXTURES:
+            item.add_marker(pytest.mark.controlplane)
+            item.add_marker(pytest.mark.slow)
+
+
 @dataclass
 class Result:
     code: int
@@ -73,10 +92,15 @@ def update_golden() -> bool:
 
 @pytest.fixture(scope="session")
 def ray_local() -> Path:
-    """One embedded 2-CPU Ray for the in-process job tests (`inferkit run` reuses a connected Ray);
-    yields its session folder, whose logs/ holds what each worker printed."""
+    """Session: one embedded 2-CPU Ray for the in-process job tests (`inferkit run` reuses a connected Ray),
+    with the idle-worker soft limit the product gives its own embedded Ray (workers are not killed and
+    started again, re-importing torch, between tasks); yields its session folder, whose logs/ holds what
+    each worker printed."""
     ray = pytest.importorskip("ray")
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from inferkit.job.run import EXTRA_IDLE_WORKERS
+
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+                       _system_config={"num_workers_soft_limit": 2 + EXTRA_IDLE_WORKERS})
     yield Path(context.address_info["session_dir"])
     ray.shutdown()
 
@@ -183,32 +207,39 @@ class RayCluster:
         import subprocess
         import time
 
-        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-                 "print(sum(n['Alive'] for n in ray.nodes()))")
+        # One Python that connects once and polls (a new one per poll spent ~2 s importing Ray each time).
+        probe = ("import ray, sys, time; ray.init(address=sys.argv[1], logging_level='ERROR')\n"
+                 "while sum(n['Alive'] for n in ray.nodes()) != int(sys.argv[2]): time.sleep(0.2)")
+        waiter = subprocess.Popen([sys.executable, "-c", probe, self.address, str(count)], env=self.env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            if dead := [p for p in self.processes if p.poll() is not None]:
-                raise ClusterDied(f"{len(dead)} `ray start` process(es) exited:\n{self._log_tails()}")
-            out = subprocess.run([sys.executable, "-c", probe, self.address], env=self.env, capture_output=True,
-                                 text=True)
-            if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
-                return
-            time.sleep(1)
-        raise RuntimeError(f"the Ray cluster did not reach {count} node(s):\n{self._log_tails()}")
+        try:
+            while waiter.poll() is None:
+                if dead := [p for p in self.processes if p.poll() is not None]:
+                    raise ClusterDied(f"{len(dead)} `ray start` process(es) exited:\n{self._log_tails()}")
+                if time.time() > deadline:
+                    raise RuntimeError(f"the Ray cluster did not reach {count} node(s):\n{self._log_tails()}")
+                time.sleep(0.2)
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+            waiter.wait()
+        if waiter.returncode != 0:
+            raise RuntimeError(f"connecting to {self.address} failed:\n{waiter.stderr.read()[-3000:]}")
 
     def _log_tails(self) -> str:
         return "\n".join(p.read_text()[-2000:] for p in self.logs)
 
     def stop(self) -> None:
-        """Each node's whole process group: SIGTERM, up to 30 s for `ray start` to stop its processes,
-        then SIGKILL for any that linger."""
+        """Each node's whole process group: SIGTERM, up to 10 s for `ray start` to stop its processes,
+        then SIGKILL for any that linger (nothing of a test cluster is kept)."""
         import signal
         import subprocess
 
         for process in reversed(self.processes):
             try:
                 os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
+                process.wait(timeout=10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
             try:

@@ -16,25 +16,11 @@ import pytest
 
 import tiny
 from inferkit.job.plan import ModelProfile
+from tiny import CLASSIFIER_SCHEMA, EMBEDDING_SCHEMA, TEXTS
+from tiny import model_spec as _spec
+from tiny import text_batch as _batch
 
-CLASSIFIER_SCHEMA = pa.schema([("label", pa.string()), ("score", pa.float32()), ("error", pa.string())])
-EMBEDDING_SCHEMA = pa.schema([("embedding", pa.list_(pa.float32())), ("error", pa.string())])
 RESNET50 = ModelProfile(input_kind="image", parameter_bytes=100 * 2**20, convolutional=True)
-TEXTS = [" ".join(tiny.WORDS[i:i + 3 + i % 4]) for i in range(5)]  # five texts of different lengths
-
-
-def _spec(model: str, **changes):
-    from inferkit.job.tasks import ModelSpec
-
-    fields = {"task": "text-classification", "models": (model,), "ensemble": "mean", "device": "cpu",
-              "precision": "fp32", "threads": 1, "batch_size": 8, "channels_last": False,
-              "trust_remote_code": False, "text_column": "text", "passthrough": (),
-              "output_schema": CLASSIFIER_SCHEMA, **changes}
-    return ModelSpec(**fields)
-
-
-def _batch(texts: list[str]) -> pa.Table:
-    return pa.table({"text": texts, "error": pa.nulls(len(texts), pa.string())})
 
 
 def test_text_lengths_are_padded_to_a_few_buckets():
@@ -119,6 +105,7 @@ def test_padding_rows_and_tokens_never_reach_a_result(tiny_models, model):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cpu_compiling_freezes_the_weights_into_the_graph(tiny_models, tmp_path, monkeypatch):
     """Freezing (what makes compiled CPU inference faster) folds the weights into the compiled code as
     constants: a weight changed after compiling no longer changes the output. Without it the weights stay
@@ -175,7 +162,7 @@ def test_the_first_batch_check_reports_a_compile_error_as_eager(tiny_models):
 _COMPILE_ONCE = """
 import json, sys
 sys.path.insert(0, {tests!r})
-from test_compile import _batch, _spec, TEXTS
+from tiny import TEXTS, model_spec as _spec, text_batch as _batch
 from inferkit.job.tasks import Predictor
 predictor = Predictor(_spec({model!r}, compile=True))
 table = predictor(_batch(TEXTS))
@@ -184,6 +171,7 @@ print(json.dumps({{"rows": table.num_rows, "labels": table.column("label").to_py
 """
 
 
+@pytest.mark.slow
 def test_compiled_results_agree_and_a_fresh_process_reuses_the_node_cache(tiny_models, tmp_path):
     """The second process finds what the first one compiled in INFERKIT_COMPILE_CACHE, as the second actor
     of a node and a resumed run do: it builds no C++ kernel of its own, and inductor's FX graph cache either

@@ -357,7 +357,7 @@ def test_a_longer_dashboard_log_is_read_less_often_within_bounds():
     assert log.next_read_in(2.0) == 2.0
     log.accept("j1", "x\n" * (DASHBOARD_READ_RATE * 5 // 2))  # 5 s worth of reading
     assert log.next_read_in(2.0) == 5.0
-    log.accept("j1", "x\n" * (DASHBOARD_READ_RATE * 1000))
+    log.accept("j1", "x\n" * (DASHBOARD_READ_RATE * int(DASHBOARD_LONGEST_WAIT)))  # twice the longest wait's worth
     assert log.next_read_in(2.0) == DASHBOARD_LONGEST_WAIT
 
 

@@ -16,7 +16,6 @@ import pytest
 
 import tiny
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _report(out: Path) -> dict:
@@ -653,6 +652,8 @@ def test_run_rejects_bad_input_before_starting_ray(inferkit, tiny_models, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_readme_first_command_runs_the_demo_offline_on_an_embedded_ray(tmp_path):
     """README's first command, `inferkit run`, in a fresh process with no Ray around: it starts an
     embedded Ray and its workers write the output (in-process tests reuse a connected Ray instead)."""

@@ -14,7 +14,6 @@ import pytest
 
 import tiny
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
 INFERKIT = [sys.executable, "-m", "inferkit"]
 
 

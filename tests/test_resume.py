@@ -19,7 +19,6 @@ import pytest
 
 import tiny
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROWS, ROWS_PER_GROUP = 480, 40
 UNFINISHED = ".inferkit-unfinished"
 # A driver that lets the output live on pyarrow's SubTreeFileSystem, which is not a local filesystem to
@@ -100,6 +99,8 @@ def _published(out: Path) -> tuple[pd.DataFrame, dict]:
     return pd.read_parquet(out), json.loads((out / "_inferkit_report.json").read_text())
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
     """Killed at a quarter, resumed and killed again at 70%, then run to the end: exactly once."""
     source = _parquet_input(tmp_path / "in")
@@ -132,6 +133,8 @@ def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
     assert sum(third_computed.values()) == ROWS - resumed and set(third_computed.values()) <= {1}
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_injected_actor_crash_and_an_object_store_output_resume(tiny_models, tmp_path):
     """The first attempt loses an inference actor and is then killed; the output is on a filesystem that
     is not local to inferkit (written by the workers, published by copying, as on s3://)."""
@@ -230,6 +233,8 @@ def test_an_image_that_kills_its_decoder_becomes_an_error_row(inferkit, ray_loca
     assert report["rows_that_killed_their_worker"] == 1
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_retried_rayjob_resumes_on_a_new_cluster(tiny_models, tmp_path):
     """As a KubeRay retry: the first cluster (a head without CPUs and a worker) dies with its driver, a new
     cluster runs the same entrypoint and finishes from what the output's folder holds."""

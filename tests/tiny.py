@@ -10,6 +10,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 LABELS = {0: "cat", 1: "dog", 2: "bird", 3: "fish"}
 SENTIMENT_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
@@ -178,3 +179,25 @@ def _train(model, inputs: dict, labels, *, steps: int, batch: int) -> None:
         loss.backward()
         optimiser.step()
     model.eval()
+
+
+# -- what a predictor is given (tests/test_compile.py, also in the fresh processes it starts) --
+
+CLASSIFIER_SCHEMA = pa.schema([("label", pa.string()), ("score", pa.float32()), ("error", pa.string())])
+EMBEDDING_SCHEMA = pa.schema([("embedding", pa.list_(pa.float32())), ("error", pa.string())])
+TEXTS = [" ".join(WORDS[i:i + 3 + i % 4]) for i in range(5)]  # five texts of different lengths
+
+
+def model_spec(model: str, **changes):
+    """A text classifier's ModelSpec as the plan would make it for one CPU, with `changes` laid over."""
+    from inferkit.job.tasks import ModelSpec
+
+    fields = {"task": "text-classification", "models": (model,), "ensemble": "mean", "device": "cpu",
+              "precision": "fp32", "threads": 1, "batch_size": 8, "channels_last": False,
+              "trust_remote_code": False, "text_column": "text", "passthrough": (),
+              "output_schema": CLASSIFIER_SCHEMA, **changes}
+    return ModelSpec(**fields)
+
+
+def text_batch(texts: list[str]) -> pa.Table:
+    return pa.table({"text": texts, "error": pa.nulls(len(texts), pa.string())})
