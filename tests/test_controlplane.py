@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,6 +57,28 @@ def kube_args(controlplane, namespace) -> list[str]:
 def submit_args(controlplane, namespace) -> list[str]:
     """submit's connection, rendering for the operator the tests run."""
     return [*kube_args(controlplane, namespace), "--kuberay-version", controlplane.kuberay_version]
+
+
+def submit_until(controlplane, namespace: str, args: list[str], seen: Callable[[str], bool],
+                 limit: float = 180) -> tuple[int, str]:
+    """`inferkit submit` in a process of its own, followed until `seen(stderr so far)`, then Ctrl-C (exit 130,
+    the RayJob left running): waits on the event itself, not on a fixed --timeout (the 124 path is in
+    test_submit.py)."""
+    process = subprocess.Popen([sys.executable, "-m", "inferkit", "submit", *submit_args(controlplane, namespace),
+                                *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: seen("".join(lines)) or process.poll() is not None, limit, f"submit {' '.join(args)}")
+        assert process.poll() is None, f"submit ended ({process.returncode}) first:\n{''.join(lines)}"
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        reader.join(timeout=10)
+    return process.returncode, "".join(lines)
 
 
 def render(*args: str) -> str:
@@ -185,17 +210,17 @@ def test_operator_validation_failed_is_followed_to_its_end(controlplane, namespa
 
 def test_unschedulable_gpu_workers_time_out_with_the_schedulers_reason(controlplane, namespace, inferkit):
     """Four 1-GPU workers and two GPU nodes of one GPU each: two workers stay Pending, submit shows the
-    scheduler's own reason and gives up at --timeout (124); delete removes the RayJob and its cluster."""
-    result = inferkit("submit", *submit_args(controlplane, namespace), "--name", "gpus", "--gpu-nodes", "4",
-                      "--timeout", "30")
-    assert result.code == 124, result.stderr
-    assert "warning: only 2 of the 4 GPU pods (1 x nvidia.com/gpu each) fit on the nodes that match (any node)" \
-        in result.stderr
+    scheduler's own reason (followed until both have been shown, then Ctrl-C); delete removes the RayJob
+    and its cluster."""
     # The scheduler's own words: the GPU nodes are full, the CPU nodes have no nvidia.com/gpu.
     reason = "0/4 nodes are available: 2 Insufficient memory, 4 Insufficient nvidia.com/gpu."
-    assert result.stderr.count(f"cannot be scheduled: {reason}") == 2
-    assert result.stderr.count(f": FailedScheduling: {reason}") == 2
-    assert "--timeout reached; RayJob gpus is still" in result.stderr
+    code, stderr = submit_until(controlplane, namespace, ["--name", "gpus", "--gpu-nodes", "4"],
+                                lambda text: text.count(f": FailedScheduling: {reason}") == 2
+                                and text.count(f"cannot be scheduled: {reason}") == 2)
+    assert code == 130, stderr
+    assert "warning: only 2 of the 4 GPU pods (1 x nvidia.com/gpu each) fit on the nodes that match (any node)" \
+        in stderr
+    assert "interrupted: stopped following; RayJob gpus keeps running." in stderr
     cluster = controlplane.get("rayjob", "gpus", namespace)["status"]["rayClusterName"]
     pending = [p for p in controlplane.items("pods", namespace, "-l", f"ray.io/cluster={cluster}")
                if p["status"]["phase"] == "Pending"]
@@ -213,21 +238,21 @@ def test_resource_quota_refusal_shows_the_rayclusters_event(controlplane, namesp
     controlplane.kubectl("create", "quota", "two-pods", "--hard=pods=1", "-n", namespace)
     wait_until(lambda: (controlplane.get("resourcequota", "two-pods", namespace).get("status") or {}).get("hard"),
                60, "the quota controller to count the quota")
-    result = inferkit("submit", *submit_args(controlplane, namespace), "--name", "quota", "--cpu-nodes", "2",
-                      "--timeout", "30")
-    assert result.code == 124, result.stderr
-    assert "FailedToCreateWorkerPod" in result.stderr
-    assert "exceeded quota: two-pods, requested: pods=1, used: pods=1, limited: pods=1" in result.stderr
-    assert "(a ResourceQuota of the namespace is used up" in result.stderr
+    code, stderr = submit_until(controlplane, namespace, ["--name", "quota", "--cpu-nodes", "2"],
+                                lambda text: "(a ResourceQuota of the namespace is used up" in text)
+    assert code == 130, stderr
+    assert "FailedToCreateWorkerPod" in stderr
+    assert "exceeded quota: two-pods, requested: pods=1, used: pods=1, limited: pods=1" in stderr
 
 
 def test_missing_priority_class_shows_the_rayclusters_event(controlplane, namespace, inferkit):
-    result = inferkit("submit", *submit_args(controlplane, namespace), "--name", "prio", "--cpu-nodes", "1",
-                      "--set", "priorityClassName=no-such-class", "--timeout", "30")
-    assert result.code == 124, result.stderr
-    assert "RayCluster prio-" in result.stderr and "FailedToCreateHeadPod" in result.stderr
-    assert "no PriorityClass with name no-such-class was found" in result.stderr
-    assert "(the PriorityClass does not exist: create it or fix priorityClassName)" in result.stderr
+    code, stderr = submit_until(controlplane, namespace, ["--name", "prio", "--cpu-nodes", "1", "--set",
+                                                          "priorityClassName=no-such-class"],
+                                lambda text: "(the PriorityClass does not exist: create it or fix priorityClassName)"
+                                in text)
+    assert code == 130, stderr
+    assert "RayCluster prio-" in stderr and "FailedToCreateHeadPod" in stderr
+    assert "no PriorityClass with name no-such-class was found" in stderr
 
 
 # -- K8sJobMode as far as it goes without containers --------------------------------------------------

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -15,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tiny
-
+from inferkit.errors import ConfigError
 
 
 def _report(out: Path) -> dict:
@@ -540,6 +542,84 @@ def test_object_store_publish_never_leaves_a_complete_looking_mix(tmp_path):
                                                      "output has no _SUCCESS"):
         io.publish(output, {"run": "three"})
     assert not (out / "_SUCCESS").exists() and Path(output.staging).exists()
+
+
+@pytest.fixture
+def mounted_output(tmp_path):
+    """Function: a real tmpfs mounted at tmp_path/out, as a pod's volume is mounted at --output (needs root:
+    skips, saying so, where mounting is not allowed)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(out)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or mounted.returncode}): needs root")
+    yield out
+    subprocess.run(["umount", "-l", str(out)], check=True)
+
+
+def test_an_output_that_is_a_mount_point_is_staged_and_published_inside_it(mounted_output):
+    """A mount point cannot be renamed, and beside it is another filesystem (the container's own disk, lost
+    with the pod): the run is staged inside the mount and moved in file by file, `_SUCCESS` last; the
+    staging folder does not make the output count as existing."""
+    from inferkit.job import io
+
+    output = io.prepare_output(str(mounted_output), overwrite=False)
+    assert output.staged_inside and output.staging == str(mounted_output / io.UNFINISHED)
+    staging = Path(output.staging)
+    (staging / io.BOOKKEEPING).mkdir(parents=True)
+    (staging / io.BOOKKEEPING / "job.json").write_text("{}")
+    for name in ("part-00000.parquet", "part-00001.parquet"):
+        (staging / name).write_text(name)
+    assert io.prepare_output(str(mounted_output), overwrite=False).staging == output.staging  # resumable
+    io.publish(output, {"run": "one"})
+    assert sorted(p.name for p in mounted_output.iterdir()) == ["_SUCCESS", "_inferkit_report.json",
+                                                               "part-00000.parquet", "part-00001.parquet"]
+    assert (mounted_output / "part-00001.parquet").read_text() == "part-00001.parquet"
+    with pytest.raises(ConfigError, match="already exists; pass --overwrite"):
+        io.prepare_output(str(mounted_output), overwrite=False)
+
+
+def test_a_run_into_a_mounted_volume_publishes_there(inferkit, ray_local, tiny_models, text_input, mounted_output):
+    """The whole path with --output at a mount point (it ended 'Device or resource busy', exit 1, after
+    computing every row, with nothing in the mount)."""
+    path, rows = text_input
+    result = inferkit("run", "--model", tiny_models["embedder"], "--input", str(path), "--output",
+                      str(mounted_output), "--precision", "fp32", "--max-error-fraction", "0.5")
+    assert result.code == 0, result.stderr
+    frame = _assert_published(mounted_output)
+    _exactly_once(frame, "id", [r["id"] for r in rows])
+    assert sorted(p.name for p in mounted_output.iterdir() if not p.name.endswith(".parquet")) == [
+        "_SUCCESS", "_inferkit_report.json"]
+
+
+def test_a_publish_cut_off_midway_is_finished_by_the_same_command(tmp_path):
+    """Files copied to an object store and no `_SUCCESS`, the staged run still whole beside them: the same
+    command is let through to take the run up and publish it (it was refused as 'already exists' for ever,
+    and so was every KubeRay retry); a folder of files with no staged run of ours is still refused."""
+    import pyarrow.fs as pafs
+
+    from inferkit.job import io
+
+    root = tmp_path / "bucket"
+    (root / "out").mkdir(parents=True)
+    (root / "out" / "part-00000.parquet").write_text("copied before the cut")
+    uri = "s3://bucket/out"
+    store = pafs.SubTreeFileSystem(str(root), pafs.LocalFileSystem())
+
+    def prepare() -> io.Output:
+        with mock.patch.object(io, "open_filesystem", return_value=(store, "out")):
+            return io.prepare_output(uri, overwrite=False)
+
+    with pytest.raises(ConfigError, match="already exists"):
+        prepare()
+    staged = root / f"out{io.UNFINISHED}" / io.BOOKKEEPING
+    staged.mkdir(parents=True)
+    (staged / "job.json").write_text("{}")
+    assert prepare().staging == f"out{io.UNFINISHED}"
+    (root / "out" / "_SUCCESS").write_text("")
+    with pytest.raises(ConfigError, match="already exists"):
+        prepare()
 
 
 def test_a_local_publish_that_fails_puts_the_old_output_back_and_keeps_the_run(tmp_path):

@@ -482,3 +482,27 @@ def test_an_input_copied_again_is_the_same_input_but_a_changed_file_is_not(tmp_p
     assert io.discover(str(source.parent) + "/", "auto").listing == listing
     pq.write_table(pq.read_table(source).slice(1), source, row_group_size=ROWS_PER_GROUP)
     assert io.discover(str(source.parent), "auto").listing != listing
+
+
+def test_a_retry_that_cuts_the_input_into_other_parts_is_refused(tmp_path, monkeypatch):
+    """Part numbers are what the ledger counts rows by: an attempt on an inferkit that cuts the same images
+    into parts of another size (IMAGES_PER_READ_TASK) is another job, refused with the reason, not resumed
+    onto renumbered parts (which skipped or doubled rows while the exactly-once check still passed)."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    from inferkit.errors import ConfigError
+    from inferkit.job import io
+    from inferkit.job.ledger import Ledger, identity
+
+    source = io.Source(uri="/in", filesystem=pafs.LocalFileSystem(), format="images",
+                       units=tuple((f"/in/{i}.png", -1) for i in range(200)), skipped=(), listing="digest")
+    job = lambda: identity("/in", source, "image-classification", "image", ["m (1)"], "mean",  # noqa: E731
+                           pa.schema([("path", pa.string())]))
+    ledger = Ledger(pafs.LocalFileSystem(), str(tmp_path / f"out{UNFINISHED}"))
+    ledger.open(job(), restart=False, run_id="one")
+    assert ledger.open(job(), restart=False, run_id="two")[-1]["run_id"] == "two"  # the same cut resumes
+    monkeypatch.setattr(io, "IMAGES_PER_READ_TASK", 32)
+    with pytest.raises(ConfigError, match=r"the input listing \(cut into parts of 64 unit\(s\) then, 32 now: "
+                                          r"another inferkit version\) changed.*pass --restart"):
+        ledger.open(job(), restart=False, run_id="three")

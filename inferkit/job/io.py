@@ -260,35 +260,39 @@ class Output:
     path: str  # the final folder
     staging: str  # where the run writes before publishing
     local: bool
+    # The output folder is a mount point (a volume mounted at --output): it cannot be renamed, and beside it
+    # is another filesystem (the container's own disk), so the run is staged inside it and moved in file by file.
+    staged_inside: bool = False
 
 
-UNFINISHED = ".inferkit-unfinished"  # beside the output: the run being written, kept until published
+UNFINISHED = ".inferkit-unfinished"  # beside the output (inside a mount point): the run being written
 BOOKKEEPING = "_inferkit"  # inside it: what lets a later attempt resume (see inferkit.job.ledger)
 
 
 def prepare_output(uri: str, overwrite: bool) -> Output:
     """Refuse an existing output unless --overwrite (checked before any work). The run is written to a
-    folder beside the output, on the same filesystem, so that a run that dies can be resumed from there."""
+    folder beside the output, on the same filesystem, so that a run that dies can be resumed from there;
+    into the output itself where it is a mount point (a pod's volume), whose parent is another filesystem."""
     filesystem, path = open_filesystem(uri)
-    path = path.rstrip("/")
+    path = path.rstrip("/") or "/"
+    local = isinstance(filesystem, pafs.LocalFileSystem)
+    inside = local and os.path.ismount(path)
+    staging = posixpath.join(path, UNFINISHED) if inside else path + UNFINISHED
     try:
         info = filesystem.get_file_info(path)
         exists = info.type == pafs.FileType.File or (
             info.type == pafs.FileType.Directory
-            and bool(filesystem.get_file_info(pafs.FileSelector(path, recursive=False))))
+            and any(i.path.rstrip("/") != staging and posixpath.basename(i.path) != "lost+found"
+                    for i in filesystem.get_file_info(pafs.FileSelector(path, recursive=False))))
+        # A publish cut off midway (an object store's copies, a pod killed while moving files in) left files
+        # and no _SUCCESS beside a staged run: the same command takes the run up again and finishes it.
+        unfinished_publish = exists and not _exists(filesystem, posixpath.join(path, SUCCESS)) and _exists(
+            filesystem, posixpath.join(staging, BOOKKEEPING, "job.json"))
     except OSError as e:
         raise ConfigError([f"--output {uri}: cannot check it ({e})"]) from e
-    if exists and not overwrite:
+    if exists and not overwrite and not unfinished_publish:
         raise ConfigError([f"--output {uri}: already exists; pass --overwrite to replace it"])
-    local = isinstance(filesystem, pafs.LocalFileSystem)
-    return Output(uri=uri, filesystem=filesystem, path=path, staging=path + UNFINISHED, local=local)
-
-
-def output_files(output: Output, folder: str) -> list[str]:
-    infos = output.filesystem.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
-    bookkeeping = posixpath.join(folder, BOOKKEEPING) + "/"
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-                  and not i.path.startswith(bookkeeping))
+    return Output(uri=uri, filesystem=filesystem, path=path, staging=staging, local=local, staged_inside=inside)
 
 
 def count_rows(output: Output, files: list[str]) -> tuple[int, collections.Counter[str]]:
@@ -312,12 +316,14 @@ def publish(output: Output, report: dict[str, Any]) -> None:
     fs = output.filesystem
     try:
         _write_text(fs, posixpath.join(output.staging, REPORT), json.dumps(report, indent=2, default=str) + "\n")
-        leftover = _swap_folder(fs, output) if output.local else _copy_over(fs, output)
+        leftover = (_swap_folder(fs, output) if output.local and not output.staged_inside
+                    else _copy_over(fs, output))
     except OSError as e:
         state = "is as it was" if output.local else f"has no {SUCCESS}"
         raise PublishInterrupted(f"publishing the output to {output.uri} failed ({' '.join(str(e).split())}); "
                                  f"the complete run is kept at {output.staging} and the output {state}") from e
-    for folder in (leftover, posixpath.join(output.path, BOOKKEEPING) if output.local else None):
+    for folder in (leftover, posixpath.join(output.path, BOOKKEEPING) if output.local and not output.staged_inside
+                   else None):
         try:
             if folder:
                 fs.delete_dir(folder)
@@ -342,10 +348,11 @@ def _swap_folder(fs: pafs.FileSystem, output: Output) -> str | None:
 
 
 def _copy_over(fs: pafs.FileSystem, output: Output) -> str:
-    """Object stores cannot rename a folder. Readers wait for `_SUCCESS`: take it away first, copy the
-    new files over, remove what the old output had beyond them, and put `_SUCCESS` back last. A failure
-    midway leaves no `_SUCCESS` and the staged run in place, never a half-deleted output that looks
-    complete. Returns the staged run, to remove."""
+    """Object stores cannot rename a folder, nor can a mount point be renamed. Readers wait for `_SUCCESS`:
+    take it away first, copy the new files over (within a mount point: move them, the same filesystem),
+    remove what the old output had beyond them, and put `_SUCCESS` back last. A failure midway leaves no
+    `_SUCCESS` and the staged run in place, never a half-deleted output that looks complete. Returns the
+    staged run, to remove."""
     marker = posixpath.join(output.path, SUCCESS)
     if _exists(fs, marker):
         fs.delete_file(marker)
@@ -355,11 +362,16 @@ def _copy_over(fs: pafs.FileSystem, output: Output) -> str:
               if info.type == pafs.FileType.File and not info.path.startswith(bookkeeping)}
     for folder in {posixpath.dirname(target) for target in copies}:
         fs.create_dir(folder, recursive=True)
-    with ThreadPoolExecutor(OBJECT_STORE_THREADS) as pool:
-        list(pool.map(lambda target: fs.copy_file(copies[target], target), copies))
+    if output.staged_inside:
+        for target, source in copies.items():
+            fs.move(source, target)
+    else:
+        with ThreadPoolExecutor(OBJECT_STORE_THREADS) as pool:
+            list(pool.map(lambda target: fs.copy_file(copies[target], target), copies))
     written = set(copies)
+    staged = output.staging.rstrip("/") + "/"
     for info in fs.get_file_info(pafs.FileSelector(output.path, recursive=True, allow_not_found=True)):
-        if info.type == pafs.FileType.File and info.path not in written:
+        if info.type == pafs.FileType.File and info.path not in written and not info.path.startswith(staged):
             fs.delete_file(info.path)
     _write_text(fs, marker, "")
     return output.staging

@@ -51,9 +51,11 @@ def identity(input_uri: str, source: io.Source, task: str, payload: str, models:
              schema: pa.Schema) -> dict:
     """What must not change between attempts for their rows to belong in one output. `input_uri` is the
     input as resolved (absolute, no trailing slash), so `data` and `./data/` are one input; `models` name
-    each model with its version (tasks.model_version)."""
+    each model with its version (tasks.model_version). The partitioning is in it because the ledger counts
+    rows by part number: a retry on an inferkit that cuts the input into other parts (another
+    IMAGES_PER_READ_TASK) would take old entries for new parts, skipping or doubling rows."""
     return {"input": {"uri": input_uri, "format": source.format, "units": len(source.units),
-                      "listing": source.listing},
+                      "listing": source.listing, "units per part": source.units_per_part},
             "task": task, "input column": payload, "models": models, "ensemble": ensemble,
             "output columns": [f"{f.name}: {f.type}" for f in schema]}
 
@@ -67,6 +69,8 @@ def _changes(before: dict, now: dict) -> list[str]:
             was, now_input = before.get(key) or {}, now[key]
             what = (f"{was.get('units')} input unit(s) then, {now_input['units']} now"
                     if was.get("units") != now_input["units"] else
+                    f"cut into parts of {was.get('units per part')} unit(s) then, {now_input['units per part']} now: "
+                    "another inferkit version" if was.get("units per part") != now_input["units per part"] else
                     f"{was.get('uri')} then, {now_input['uri']} now" if was.get("uri") != now_input["uri"] else
                     "files renamed, added, removed or changed in size")
             changed.append(f"the input listing ({what})")
