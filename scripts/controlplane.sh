@@ -12,7 +12,7 @@
 #
 # Versions: Kubernetes, etcd and kwok are pinned by the wrapper module scripts/controlplane/go.mod (read
 # from there); the KubeRay operator here. Binaries go to $INFERKIT_CONTROLPLANE_CACHE (default
-# ~/.cache/inferkit-controlplane)/<component>-<version>/ and are reused when present. Builds run under
+# ~/.cache/inferkit-tests/controlplane)/<component>-<version>/ and are reused when present. Builds run under
 # `nice -n 19` (INFERKIT_CONTROLPLANE_GOFLAGS, default -p=2: niced, the builds only take idle cycles).
 #
 # The pod network: every pod IP the API server dials (its service and pod proxy, kubelet calls) goes through
@@ -41,7 +41,8 @@ fi
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MODULE=$HERE/controlplane
 REPO=$(dirname "$HERE")
-CACHE=${INFERKIT_CONTROLPLANE_CACHE:-$HOME/.cache/inferkit-controlplane}
+# The tests' one cache root (INFERKIT_TEST_CACHE, README "Running the tests"), keyed by component and version.
+CACHE=${INFERKIT_CONTROLPLANE_CACHE:-${INFERKIT_TEST_CACHE:-$HOME/.cache/inferkit-tests}/controlplane}
 export GOFLAGS="-buildvcs=false ${INFERKIT_CONTROLPLANE_GOFLAGS:--p=2}"
 
 die() { echo "controlplane: $*" >&2; exit 1; }

@@ -1,4 +1,5 @@
-"""Shared fixtures: the CLI in-process, the KubeRay CRD schemas from ../shared, tiny models."""
+"""Shared fixtures, each saying its scope: the CLI in-process, the KubeRay CRD schemas from ../shared, tiny
+models, an embedded Ray and `ray start` clusters; the test cache root; marks by cost."""
 
 from __future__ import annotations
 
@@ -12,12 +13,33 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO.parent / "shared" / "kuberay-crds" / "v1.7.0"
+# Everything the tests keep between runs, outside temp folders, keyed by version: controlplane/<component>-
+# <version> (scripts/controlplane.sh's binaries), compile/torch-<version> (inductor's kernels).
+TEST_CACHE = Path(os.environ.get("INFERKIT_TEST_CACHE") or Path.home() / ".cache" / "inferkit-tests")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache() -> Path:
+    """Session (autouse): the compile cache every run of this session uses (in-process and in the processes the tests
+    start), under the test cache root, so it is as warm in CI on a machine as on a developer's; a test that
+    needs a cold one sets INFERKIT_COMPILE_CACHE itself."""
+    from importlib.metadata import version
+
+    folder = TEST_CACHE / "compile" / f"torch-{version('torch')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get("INFERKIT_COMPILE_CACHE")
+    os.environ["INFERKIT_COMPILE_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("INFERKIT_COMPILE_CACHE", None)
+    else:
+        os.environ["INFERKIT_COMPILE_CACHE"] = previous
 
 
 # Marks follow cost, per test: a test that asks for one of these fixtures starts a real Ray (or the control
 # plane) and is marked so here; a test that starts Ray in a subprocess says so with its own marks.
 # `pytest -m "not slow"` is then every pure test and every refusal that stops before Ray.
-RAY_FIXTURES = {"ray_local", "ray_cluster", "busy_cluster", "ray_head"}
+RAY_FIXTURES = {"ray_local", "ray_cluster", "busy_cluster", "dashboard_cluster", "ray_head"}
 CONTROLPLANE_FIXTURES = {"controlplane"}
 
 
@@ -42,7 +64,7 @@ class Result:
 
 @pytest.fixture
 def inferkit(capsys, monkeypatch):
-    """Run the CLI in this process, as a user would from a shell; returns exit code, stdout, stderr."""
+    """Function: run the CLI in this process, as a user would from a shell; returns code, stdout, stderr."""
     from inferkit.cli import main
 
     monkeypatch.delenv("INFERKIT_CRD_DIR", raising=False)
@@ -73,6 +95,7 @@ def _point_ray_logs_at(stream) -> None:
 
 @pytest.fixture(scope="session")
 def crd_dir() -> str:
+    """Session: the v1.7.0 KubeRay CRD folder in ../shared (skips where the clone has none beside it)."""
     if not CRD_DIR.is_dir():
         pytest.skip(f"KubeRay CRDs not found at {CRD_DIR}: this clone has no ../shared beside it (CI has)")
     return str(CRD_DIR)
@@ -80,6 +103,7 @@ def crd_dir() -> str:
 
 @pytest.fixture(scope="session")
 def crd_schemas(crd_dir):
+    """Session: those CRDs' strict v1 schemas by kind."""
     from inferkit.crds import load_crd_schemas
 
     return load_crd_schemas(crd_dir)
@@ -87,6 +111,7 @@ def crd_schemas(crd_dir):
 
 @pytest.fixture(scope="session")
 def update_golden() -> bool:
+    """Session: INFERKIT_UPDATE_GOLDEN=1 rewrites the golden renders instead of comparing."""
     return os.environ.get("INFERKIT_UPDATE_GOLDEN") == "1"
 
 
@@ -106,7 +131,24 @@ def ray_local() -> Path:
 
 
 @pytest.fixture(scope="session")
+def controlplane(tmp_path_factory):
+    """Session: the real control plane (tests/controlplane.py), up once, torn down also when set-up fails."""
+    from controlplane import start_control_plane, stop_control_plane
+
+    state = tmp_path_factory.mktemp("controlplane")
+    try:
+        plane = start_control_plane(state)
+    except BaseException:
+        stop_control_plane(state)
+        raise
+    print(f"\ncontrol plane up in {plane.started_in:.1f} s", file=sys.stderr)
+    yield plane
+    stop_control_plane(state)
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
+    """Session: the tiny models of tests/tiny.py, saved once, by name."""
     import tiny
 
     root = tmp_path_factory.mktemp("models")
@@ -251,6 +293,7 @@ class RayCluster:
 
 @pytest.fixture
 def ray_cluster(tmp_path):
+    """Function: a `ray start` cluster of the test's own shape (call .start); stopped after the test."""
     cluster = RayCluster(tmp_path)
     yield cluster
     cluster.stop()
@@ -275,7 +318,7 @@ sys.stdin.read()
 
 @pytest.fixture(scope="module")
 def busy_cluster(tmp_path_factory):
-    """A 1-CPU Ray cluster with a dashboard whose CPU another driver holds: an `inferkit run` submitted
+    """Module: a 1-CPU Ray cluster with a dashboard whose CPU another driver holds: an `inferkit run` submitted
     to it starts, then waits for a CPU until stopped. A job that cannot end makes --timeout, Ctrl-C and
     --detach deterministic: no race with a job that ends first, no sleeps."""
     import subprocess

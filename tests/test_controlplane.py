@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controlplane import RayHead, start_control_plane, stop_control_plane, wait_until
+from controlplane import RayHead, wait_until
 from inferkit import chart
 from inferkit.kuberay import VERSIONS, version_of_crd, version_problems
 from shapes import GOLDEN, SHAPES
@@ -26,27 +26,16 @@ from shapes import GOLDEN, SHAPES
 PRESETS = ("kind", "gke-gpu", "eks-gpu")
 
 
-@pytest.fixture(scope="session")
-def controlplane(tmp_path_factory):
-    state = tmp_path_factory.mktemp("controlplane")
-    try:
-        plane = start_control_plane(state)
-    except BaseException:
-        stop_control_plane(state)
-        raise
-    print(f"\ncontrol plane up in {plane.started_in:.1f} s", file=sys.stderr)
-    yield plane
-    stop_control_plane(state)
-
-
 @pytest.fixture(autouse=True)
 def quick(monkeypatch):
+    """Function (autouse): the follower polls every half second."""
     monkeypatch.setattr("inferkit.submit.POLL_SECONDS", 0.5)
     monkeypatch.setattr("inferkit.submit.DASHBOARD_POLL_SECONDS", 0.5)
 
 
 @pytest.fixture
 def namespace(controlplane, request):
+    """Function: a new namespace of the control plane, named after the test."""
     return controlplane.new_namespace(request.node.name.removeprefix("test_")[:20].replace("_", "-").rstrip("-"))
 
 
@@ -284,6 +273,7 @@ def test_k8s_job_mode_creates_cluster_pods_and_submitter_job(controlplane, names
 
 @pytest.fixture
 def ray_head(controlplane, tmp_path):
+    """Function: a real `ray start --head` on the pod host (tests/controlplane.py's RayHead)."""
     head = RayHead(controlplane.pod_host, tmp_path).start()
     yield head
     head.stop()

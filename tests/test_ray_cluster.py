@@ -66,12 +66,23 @@ def _submit(cluster, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def test_ray_address_job_succeeds_and_writes_its_output(ray_cluster, tiny_models, tmp_path):
-    ray_cluster.start(head_cpus=2, dashboard=True)
+@pytest.fixture(scope="module")
+def dashboard_cluster(tmp_path_factory):
+    """Module: one 2-CPU head with a dashboard for the jobs submitted with --ray-address that end."""
+    from conftest import RayCluster
+
+    cluster = RayCluster(tmp_path_factory.mktemp("dashboard"))
+    try:
+        yield cluster.start(head_cpus=2, dashboard=True)
+    finally:
+        cluster.stop()
+
+
+def test_ray_address_job_succeeds_and_writes_its_output(dashboard_cluster, tiny_models, tmp_path):
     rows = [{"id": i, "text": f"a good day {i}"} for i in range(20)]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    result = _submit(ray_cluster, "--model", tiny_models["embedder"], "--input", str(tmp_path / "in.jsonl"),
+    result = _submit(dashboard_cluster, "--model", tiny_models["embedder"], "--input", str(tmp_path / "in.jsonl"),
                      "--output", str(out), "--precision", "fp32")
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     assert "the job succeeded" in result.stderr
@@ -79,9 +90,8 @@ def test_ray_address_job_succeeds_and_writes_its_output(ray_cluster, tiny_models
     assert Counter(pd.read_parquet(out).id) == Counter(range(20))
 
 
-def test_ray_address_job_that_fails_exits_1(ray_cluster, tmp_path):
-    ray_cluster.start(head_cpus=2, dashboard=True)
-    result = _submit(ray_cluster, "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out"))
+def test_ray_address_job_that_fails_exits_1(dashboard_cluster, tmp_path):
+    result = _submit(dashboard_cluster, "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out"))
     assert result.returncode == 1, result.stderr[-3000:]
     assert "no such file or folder" in result.stdout  # the driver's own error, in its log
     assert "FAILED" in result.stderr and "exit code 2" in result.stderr
