@@ -763,3 +763,46 @@ def test_readme_first_command_runs_the_demo_offline_on_an_embedded_ray(tmp_path)
     assert precision["checked"] is cpu_has_bf16()
     if precision["checked"]:
         assert precision["agreement"] >= 0.99 and precision["chosen"] == "bf16"
+
+
+def test_a_parquet_footer_unreadable_at_listing_loses_no_row_group(tmp_path, monkeypatch):
+    """A 120-row file of three row groups whose footer read fails while listing (a 503, a file still being
+    written): read again, all three row groups are listed; still unreadable, the file is one unit read whole
+    when its task runs (it was taken for row group 0 alone: 40 rows and no error); unreadable then too, it
+    is one error row that names it."""
+    import pyarrow.fs as pafs
+
+    from inferkit.job import io
+
+    monkeypatch.setattr(io, "FOOTER_RETRY_SECONDS", (0.0, 0.0))
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": list(range(120)), "text": ["x"] * 120}), path, row_group_size=40)
+
+    class Flaky(pafs.LocalFileSystem):
+        failures = 0
+
+        def open_input_file(self, source):
+            if Flaky.failures:
+                Flaky.failures -= 1
+                raise OSError("503 Service Unavailable")
+            return super().open_input_file(source)
+
+    def listed_then_read(failures_at_listing: int, failures_at_reading: int) -> tuple[io.Source, pa.Table]:
+        Flaky.failures = failures_at_listing
+        with mock.patch.object(io, "open_filesystem", return_value=(Flaky(), str(path))):
+            source = io.discover(str(path), "auto")
+        Flaky.failures = failures_at_reading
+        schema = pa.schema([("id", pa.int64()), ("text", pa.string())])
+        tables = [io.read_units(source.part_table(part), filesystem=Flaky(), fmt="parquet", schema=schema)
+                  for part in range(source.parts)]
+        return source, pa.concat_tables(tables)
+
+    source, table = listed_then_read(1, 0)
+    assert source.units == tuple((str(path), g) for g in range(3)) and source.unit_rows == (40, 40, 40)
+    assert sorted(table.column("id").to_pylist()) == list(range(120))
+    source, table = listed_then_read(3, 0)
+    assert source.units == ((str(path), io.WHOLE_FILE),)
+    assert sorted(table.column("id").to_pylist()) == list(range(120))
+    assert table.column(io.ERROR).null_count == 120
+    _, table = listed_then_read(3, 1)
+    assert table.num_rows == 1 and table.column(io.ERROR)[0].as_py().startswith(f"{io.UNREADABLE}{path}: ")

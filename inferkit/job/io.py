@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import posixpath
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ REPORT = "_inferkit_report.json"
 ERROR = "error"
 PATH = "path"
 IMAGES_PER_READ_TASK = 64
+# A parquet footer that cannot be read while listing (a transient 503, a file still being written) is read
+# again after these waits (seconds); one that stays unreadable makes its file one unit, read whole.
+FOOTER_RETRY_SECONDS = (0.5, 2.0)
+WHOLE_FILE = -2  # the row group of a unit that is a whole parquet file
 UNREADABLE = "cannot read "  # how an unreadable unit's error row starts
 OBJECT_STORE_THREADS = 16  # requests at once: an object store answers many small ones in parallel
 # Every row carries where it came from until it is written: its part (one block of read units, the unit
@@ -130,13 +135,13 @@ def discover(uri: str, input_format: str) -> Source:
     unit_rows: list[int | None] = []
     for file in chosen:
         if input_format == "parquet":
-            try:
-                metadata = pq.ParquetFile(filesystem.open_input_file(file)).metadata
+            metadata = _footer(filesystem, file)
+            if metadata is None:  # the read task reads the whole file, or reports it as an error row
+                units.append((file, WHOLE_FILE))
+                unit_rows.append(None)
+            else:
                 units += [(file, g) for g in range(metadata.num_row_groups)]
                 unit_rows += [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
-            except (OSError, pa.ArrowInvalid):
-                units.append((file, 0))  # unreadable: the read task reports it as an error row
-                unit_rows.append(None)
         else:
             units.append((file, -1))
             unit_rows.append(1 if input_format == "images" else None)
@@ -144,6 +149,20 @@ def discover(uri: str, input_format: str) -> Source:
         raise ConfigError([f"--input {uri}: its parquet files hold no rows"])
     return Source(uri=uri, filesystem=filesystem, format=input_format, units=tuple(units), skipped=skipped,
                   unit_rows=tuple(unit_rows), listing=_listing_digest(input_format, units, unit_rows, infos))
+
+
+def _footer(filesystem: pafs.FileSystem, file: str) -> pq.FileMetaData | None:
+    """The file's parquet footer, read again after FOOTER_RETRY_SECONDS while it fails; None if it never
+    could be. (Taking an unreadable file for one row group lost every other row group, with no error, when
+    the footer could be read again by the time the read task ran.)"""
+    for wait in (*FOOTER_RETRY_SECONDS, None):
+        try:
+            with filesystem.open_input_file(file) as handle:
+                return pq.ParquetFile(handle).metadata
+        except (OSError, pa.ArrowInvalid):
+            if wait is None:
+                return None
+            time.sleep(wait)
 
 
 def _listing_digest(input_format: str, units: list[tuple[str, int]], unit_rows: list[int | None],
@@ -161,7 +180,9 @@ def _listing_digest(input_format: str, units: list[tuple[str, int]], unit_rows: 
 
 def _read_table(filesystem: pafs.FileSystem, fmt: str, file: str, row_group: int) -> pa.Table:
     if fmt == "parquet":
-        return pq.ParquetFile(filesystem.open_input_file(file)).read_row_group(max(row_group, 0))
+        with filesystem.open_input_file(file) as handle:
+            parquet = pq.ParquetFile(handle)
+            return parquet.read() if row_group == WHOLE_FILE else parquet.read_row_group(row_group)
     if fmt == "jsonl":
         with filesystem.open_input_stream(file) as stream:
             return pa_json.read_json(stream)
