@@ -35,8 +35,12 @@ def quick(monkeypatch):
 
 @pytest.fixture
 def namespace(controlplane, request):
-    """Function: a new namespace of the control plane, named after the test."""
-    return controlplane.new_namespace(request.node.name.removeprefix("test_")[:20].replace("_", "-").rstrip("-"))
+    """Function: a new namespace of the control plane, named after the test; deleted after it with what the
+    test left there (RayJobs a test stopped following would otherwise keep the one operator busy: their
+    status checks all reach the one head, and an HTTPMode job run later waited minutes for its turn)."""
+    name = controlplane.new_namespace(request.node.name.removeprefix("test_")[:20].replace("_", "-").rstrip("-"))
+    yield name
+    controlplane.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def kube_args(controlplane, namespace) -> list[str]:

@@ -91,9 +91,9 @@ def test_cpu_mode_runs_every_step(tmp_path):
     failed = {name: step for name, step in report["steps"].items() if not step["ok"]}
     assert result.returncode == 0 and not failed, (failed, result.stdout[-3000:], result.stderr[-3000:])
     steps = report["steps"]
-    assert set(steps) == {"install", "gpu_tests", "resnet-16", "resnet-48", "vit-48", "minilm", "out_of_memory"}
+    assert set(steps) == {"install", "gpu_tests", "resnet-16", "minilm", "out_of_memory"}  # one run of each kind
     assert "skipped" in steps["gpu_tests"]["summary"] and "failed" not in steps["gpu_tests"]["summary"]
-    for name in ("resnet-16", "resnet-48", "vit-48", "minilm", "out_of_memory"):
+    for name in ("resnet-16", "minilm", "out_of_memory"):
         step = steps[name]
         assert step["rows"] == step["expected_rows"] and step["duplicates"] == step["missing"] == 0
         assert any(line.startswith("device: cpu") for line in step["plan"])
@@ -103,10 +103,10 @@ def test_cpu_mode_runs_every_step(tmp_path):
     assert oom["injected"] and [16, 8] in oom["oom_retries"] and [8, 4] in oom["oom_retries"]
     ceilings = report["ceilings"]
     assert ceilings["model"]["images_per_second"] > 0 and ceilings["input"]["images_per_second"] > 0
-    assert ceilings["input"]["images"] == 48 and ceilings["input"]["failed"] == 0
+    assert ceilings["input"]["images"] == 16 and ceilings["input"]["failed"] == 0
     assert ceilings["bound_by"] in ("model", "input") and "steady_share_of_bound" in ceilings
-    steady = ceilings["inferkit_steady_images_per_second"]  # on a busy 2-core machine tiny runs may not show one
-    assert steady is None and "no steady state" in ceilings["steady_note"] or steady > 0
+    assert ceilings["inferkit_steady_images_per_second"] is None  # one size: the steady state is the GPU run's
+    assert ceilings["steady_note"] == "one size only (CPU mode): no steady state measured"
     assert report["machine"]["device"] == "cpu" and report["machine"]["cpus"] >= 1
 
 
