@@ -735,20 +735,30 @@ def test_run_rejects_bad_input_before_starting_ray(inferkit, tiny_models, tmp_pa
 @pytest.mark.ray
 @pytest.mark.slow
 def test_readme_first_command_runs_the_demo_offline_on_an_embedded_ray(tmp_path):
-    """README's first command, `inferkit run`, in a fresh process with no Ray around: it starts an
-    embedded Ray and its workers write the output (in-process tests reuse a connected Ray instead)."""
+    """README's first command, `inferkit run`, in a fresh process (its own home, no Ray around, offline): it
+    starts an embedded Ray and its workers write the output (in-process tests reuse a connected Ray instead);
+    it prints nothing alarming and names its model; the report holds absolute paths."""
     import os
-    import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "inferkit", "run"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=600)
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"HF_HUB_OFFLINE": "1", "HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "inferkit", "run"], cwd=work, env=env, capture_output=True,
+                            text=True, timeout=900)  # a guard only: a loaded machine is slow
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on an embedded Ray" in result.stderr
+    for noise in ("WARNING", "Warning", "core_worker", "Progress bars", "Traceback"):
+        assert noise not in result.stderr, result.stderr
+    start = next(line for line in result.stderr.splitlines() if " run " in line and "model" in line)
+    assert "model the bundled all-MiniLM-L6-v2 (/" in start and "from /" in start
     out = Path(result.stdout.strip().removeprefix("output: "))
-    assert out.parent == tmp_path / "inferkit-output"
-    assert _report(out)["output"]["write"] == "distributed"
+    assert out.parent == work / "inferkit-output"
+    report = _report(out)
+    assert report["output"]["write"] == "distributed" and report["output"]["uri"] == str(out)
+    assert report["models"][0].startswith("/") and report["models"][0].endswith("model")
+    assert report["input"]["uri"].startswith("/")
     frame = _assert_published(out).set_index("id")
     assert len(frame) == 100 and frame.error.isna().all()
     vectors = {i: np.asarray(v) for i, v in frame.embedding.items()}

@@ -192,23 +192,6 @@ def _fresh_env(tmp_path: Path) -> dict:
     return {"HOME": str(home), "HF_HUB_OFFLINE": "1"}
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_a_clean_run_prints_nothing_alarming_and_names_its_model(tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    done = _inferkit("run", cwd=work, env=_fresh_env(tmp_path))
-    assert done.returncode == 0, done.stderr
-    for noise in ("WARNING", "Warning", "core_worker", "Progress bars", "Traceback"):
-        assert noise not in done.stderr, done.stderr
-    start = next(line for line in done.stderr.splitlines() if " run " in line and "model" in line)
-    assert "model the bundled all-MiniLM-L6-v2 (/" in start and "from /" in start
-    out = Path(done.stdout.strip().removeprefix("output: "))
-    report = json.loads((out / "_inferkit_report.json").read_text())
-    assert report["models"][0].startswith("/") and report["models"][0].endswith("model")
-    assert report["input"]["uri"].startswith("/") and report["output"]["uri"] == str(out)
-
-
 def _run_in_a_terminal(args: list[str], cwd: Path, env: dict) -> tuple[int, str]:
     """`inferkit run` with a pseudo-terminal as stdout and stderr, as in an interactive shell."""
     import pty

@@ -236,26 +236,23 @@ def test_an_image_that_kills_its_decoder_becomes_an_error_row(inferkit, ray_loca
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_retried_rayjob_resumes_on_a_new_cluster(tiny_models, tmp_path):
-    """As a KubeRay retry: the first cluster (a head without CPUs and a worker) dies with its driver, a new
-    cluster runs the same entrypoint and finishes from what the output's folder holds."""
+    """As a KubeRay retry: the first attempt's Ray dies with its driver (an embedded one, killed with its
+    process group as a pod is), a new cluster shaped as KubeRay shapes it (a head without CPUs and a worker)
+    runs the same entrypoint and finishes from what the output's folder holds."""
     from conftest import RayCluster
 
     source = _parquet_input(tmp_path / "in")
     out = tmp_path / "out"
     command = _command(tiny_models["classifier"], source, str(out))
-    for attempt in (1, 2):
-        cluster = RayCluster(tmp_path / f"cluster{attempt}")
-        (tmp_path / f"cluster{attempt}").mkdir()
-        try:
-            cluster.start(head_cpus=0, workers=(2,))
-            env = {**cluster.env, "RAY_ADDRESS": cluster.address}
-            if attempt == 1:
-                env["INFERKIT_INJECT_FAULT"] = "slow:0.1"
-                _kill_midway(command, env, Path(str(out) + UNFINISHED), ROWS // 2, tmp_path / "first.log")
-            else:
-                second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        finally:
-            cluster.stop()
+    _kill_midway(command, _env(slow="0.1"), Path(str(out) + UNFINISHED), ROWS // 2, tmp_path / "first.log")
+    (tmp_path / "cluster").mkdir()
+    cluster = RayCluster(tmp_path / "cluster")
+    try:
+        cluster.start(head_cpus=0, workers=(2,))
+        second = subprocess.run(command, env={**cluster.env, "RAY_ADDRESS": cluster.address}, capture_output=True,
+                                text=True, timeout=600)
+    finally:
+        cluster.stop()
     assert second.returncode == 0, second.stderr[-3000:]
     frame, report = _published(out)
     assert Counter(frame.id) == Counter(range(ROWS))
