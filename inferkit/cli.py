@@ -16,6 +16,7 @@ import click
 from inferkit import __version__
 from inferkit.config import RAYCLUSTER, RAYJOB, run_fields, strip_optional
 from inferkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, ApiError, InferkitError
+from inferkit.kuberay import VERSIONS
 
 EXIT_CODES = """\b
 Exit codes:
@@ -104,8 +105,8 @@ CLUSTER_OPTIONS = [
                  help="Values file laid over the chart defaults and preset (repeatable; later wins)."),
     click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
                  help="Set one value, e.g. --set gpuWorkers.memory=64Gi (repeatable; escape dots in keys as \\.)."),
-    click.option("--kuberay-version", type=click.Choice(["1.5", "1.6", "1.7"]), default=None,
-                 help="KubeRay operator version of the cluster (default 1.7): refuses what it lacks."),
+    click.option("--kuberay-version", type=click.Choice(VERSIONS), default=None,
+                 help=f"KubeRay operator version of the cluster (default {VERSIONS[-1]}): refuses what it lacks."),
     click.option("--crd-dir", envvar="INFERKIT_CRD_DIR", default=None, type=click.Path(exists=False),
                  help="Check against the KubeRay CRDs in this file or folder (env INFERKIT_CRD_DIR)."),
 ]

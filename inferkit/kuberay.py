@@ -135,6 +135,11 @@ def mismatch(rendered_for: str, installed: tuple[str, str] | None) -> str | None
     if installed is None or installed[0] == rendered_for:
         return None
     version, how = installed
+    newest = VERSIONS[-1]
+    if _key(version) > _key(newest):  # newer than inferkit knows: it renders what the newest it knows accepts
+        return None if rendered_for == newest else (
+            f"the cluster runs KubeRay {version} ({how}), newer than inferkit knows; pass --kuberay-version "
+            f"{newest}, the newest it knows (values key kuberayVersion)")
     if version not in VERSIONS:  # older than every supported version, judged by an image tag
         return (f"the cluster runs KubeRay {version} ({how}); inferkit supports {', '.join(VERSIONS)}: upgrade the "
                 "operator")

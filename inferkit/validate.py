@@ -342,7 +342,7 @@ def kuberay_warnings(obj: dict, version: str) -> list[str]:
     warnings = []
     if cluster_removal_ttl(spec, "Complete", "SUCCEEDED") is None:
         warnings.append("job.deletionRules: no DeleteCluster or DeleteSelf rule covers a job that succeeds "
-                        "(jobStatus SUCCEEDED or jobDeploymentStatus Complete), and shutdownAfterJobFinishes is off: "
+                        "(jobStatus SUCCEEDED), and shutdownAfterJobFinishes is off: "
                         "the RayCluster and its GPUs stay until the RayJob is deleted")
     if version == "1.5":
         warnings.append("job.deletionRules: KubeRay 1.5 matches deletion rules by jobStatus only, so a job that fails "

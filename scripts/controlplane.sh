@@ -82,7 +82,8 @@ kwok_stages() {  # kwok's own stages (a node is Ready at once, a pod Running and
 kuberay_source() {  # the operator module's source folder at $KUBERAY_VERSION, from the Go module proxy
     local dir log
     log=$(cd "$MODULE" && GOFLAGS=-mod=mod go mod download -json "$KUBERAY_MODULE@$KUBERAY_VERSION" 2>&1) \
-        || unavailable "the Go module proxy does not serve $KUBERAY_MODULE@$KUBERAY_VERSION: ${log%%$'\n'*}"
+        || unavailable "the Go module proxy does not serve $KUBERAY_MODULE@$KUBERAY_VERSION:" \
+                       "$(sed -n 's/^[[:space:]]*"Error": "\(.*\)",\{0,1\}$/\1/p' <<< "$log" | head -n 1)"
     dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<< "$log")
     [ -f "$dir/go.mod" ] || unavailable "no source folder for $KUBERAY_MODULE@$KUBERAY_VERSION in the Go module cache"
     echo "$dir"
@@ -270,15 +271,23 @@ start_operator() {  # feature gates (e.g. RayJobDeletionPolicy=true; "" = the ve
 wait_for_operator() { wait_for "the KubeRay operator" 180 grep -q "Starting workers" "$STATE/kuberay-operator.log"; }
 
 restart_operator() {  # the operator again, with other feature gates, in a running control plane
-    [ -f "$STATE/pids" ] || die "no control plane in $STATE (run: $0 up $STATE)"
+    [ -f "$STATE/pids" ] && [ -f "$STATE/pod-host" ] || die "no control plane in $STATE (run: $0 up $STATE)"
+    POD_HOST=$(cat "$STATE/pod-host")
     local pid name
     read -r pid name < <(grep ' kuberay-operator$' "$STATE/pids") || die "no operator in $STATE/pids"
     kill -TERM -- "-$pid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL -- "-$pid" 2>/dev/null || true
     grep -v ' kuberay-operator$' "$STATE/pids" > "$STATE/pids.tmp"; mv "$STATE/pids.tmp" "$STATE/pids"
+    # The old log aside, so that its "Starting workers" is not taken for the new operator's.
+    mv "$STATE/kuberay-operator.log" "$STATE/kuberay-operator.log.$(date +%s%N)"
     start_operator "$1"
-    wait_for_operator
+    local deadline=$((SECONDS + 180))  # a failure here leaves the rest of the control plane running
+    until grep -q "Starting workers" "$STATE/kuberay-operator.log" 2>/dev/null; do
+        [ $SECONDS -lt $deadline ] || die "the KubeRay operator did not come up again in 180 s (log:" \
+                                          "$STATE/kuberay-operator.log)"
+        sleep 0.5
+    done
     note "operator restarted${1:+ with --feature-gates=$1}"
 }
 
@@ -314,6 +323,6 @@ case "$command" in
     up) up ;;
     down) down ;;
     env) K8S=$(module_version k8s.io/kubernetes); env_ ;;
-    restart-operator) POD_HOST=$(cat "$STATE/pod-host"); restart_operator "${3:-}" ;;
+    restart-operator) restart_operator "${3:-}" ;;
     *) die "usage: $0 build|up|down|env [STATE_DIR] | restart-operator STATE_DIR [FEATURE_GATES]" ;;
 esac

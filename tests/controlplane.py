@@ -25,10 +25,10 @@ SCRIPT = REPO / "scripts" / "controlplane.sh"
 UNAVAILABLE = 3  # scripts/controlplane.sh: nothing to build from here (no Go, no module proxy, no operator source)
 # A cold build of every binary takes tens of minutes on two busy cores; a warm start takes seconds.
 UP_TIMEOUT = 3600
-DASHBOARD_PORT = 8265
+DASHBOARD_PORT = 8265  # the head Service's dashboard port that KubeRay gives every RayCluster
 # A throwaway test Ray gets this long to stop on SIGTERM, then its process group is killed (a clean stop of
 # `ray start --block` took 35-50 s on two busy cores; nothing of it is kept).
-STOP_GRACE_SECONDS = 10  # the head Service's dashboard port that KubeRay gives every RayCluster
+STOP_GRACE_SECONDS = 10
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -170,6 +171,31 @@ def test_server_rejects_what_the_crd_forbids(controlplane, namespace):
                                    check=False)
     assert applied.returncode == 1
     assert 'unknown field "spec.shutdownAfterJobFinish"' in applied.stderr
+
+
+def readme_commands() -> list[list[str]]:
+    """The `inferkit render`/`submit` commands of README's code blocks, as render arguments (continuation
+    lines joined; the pipe to kubectl and a values file of the user's own, prod.yaml, left out)."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for command in re.findall(r"^inferkit (?:render|submit) .*?(?<!\\)$", block.replace("\\\n", " "), re.M):
+            words = shlex.split(command.split("|")[0])[2:]
+            if "-f" in words:
+                del words[words.index("-f"):words.index("-f") + 2]
+            commands.append(words)
+    return commands
+
+
+def test_readme_examples_render_what_the_server_accepts(controlplane, namespace):
+    """Every render and submit example in README, rendered for the operator the tests run and server-side
+    applied."""
+    commands = readme_commands()
+    assert len(commands) >= 2, commands
+    for words in commands:
+        applied = controlplane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                                       stdin=render(*words, "--kuberay-version", controlplane.kuberay_version))
+        assert applied.returncode == 0 and applied.stderr == "", (words, applied.stderr)
 
 
 # -- the operator's validation --------------------------------------------------------------------------

@@ -594,32 +594,54 @@ def test_a_run_into_a_mounted_volume_publishes_there(inferkit, ray_local, tiny_m
 
 
 def test_a_publish_cut_off_midway_is_finished_by_the_same_command(tmp_path):
-    """Files copied to an object store and no `_SUCCESS`, the staged run still whole beside them: the same
-    command is let through to take the run up and publish it (it was refused as 'already exists' for ever,
-    and so was every KubeRay retry); a folder of files with no staged run of ours is still refused."""
+    """A publish to an object store cut off after some files were copied leaves them and no `_SUCCESS`: the
+    same command is let through to take the staged run up and publish it (it was refused as 'already exists'
+    for ever, and so was every KubeRay retry); files beside a staged run that never began publishing (a run
+    that died computing) are still refused."""
     import pyarrow.fs as pafs
 
     from inferkit.job import io
 
     root = tmp_path / "bucket"
-    (root / "out").mkdir(parents=True)
-    (root / "out" / "part-00000.parquet").write_text("copied before the cut")
+    root.mkdir()
     uri = "s3://bucket/out"
-    store = pafs.SubTreeFileSystem(str(root), pafs.LocalFileSystem())
+
+    class CutOff(pafs.SubTreeFileSystem):
+        copies = 0
+
+        def copy_file(self, source, target):
+            CutOff.copies += 1
+            if CutOff.copies > 1:
+                raise OSError("connection reset")
+            super().copy_file(source, target)
+
+    store = CutOff(str(root), pafs.LocalFileSystem())
 
     def prepare() -> io.Output:
         with mock.patch.object(io, "open_filesystem", return_value=(store, "out")):
             return io.prepare_output(uri, overwrite=False)
 
-    with pytest.raises(ConfigError, match="already exists"):
+    output = prepare()
+    staging = root / output.staging
+    (staging / io.BOOKKEEPING).mkdir(parents=True)
+    (staging / io.BOOKKEEPING / "job.json").write_text("{}")
+    for name in ("part-00000.parquet", "part-00001.parquet"):
+        (staging / name).write_text(name)
+    (root / "out").mkdir()
+    (root / "out" / "stray.parquet").write_text("a file of the user's")
+    with pytest.raises(ConfigError, match="already exists"):  # a run that died computing: nothing published yet
         prepare()
-    staged = root / f"out{io.UNFINISHED}" / io.BOOKKEEPING
-    staged.mkdir(parents=True)
-    (staged / "job.json").write_text("{}")
-    assert prepare().staging == f"out{io.UNFINISHED}"
-    (root / "out" / "_SUCCESS").write_text("")
-    with pytest.raises(ConfigError, match="already exists"):
-        prepare()
+    (root / "out" / "stray.parquet").unlink()
+    with pytest.raises(io.PublishInterrupted, match="has no _SUCCESS \\(the same command finishes publishing it\\)"):
+        io.publish(output, {"run": "one"})
+    assert not (root / "out" / "_SUCCESS").exists() and len(list((root / "out").iterdir())) == 1  # one copy made
+    assert sorted(p.name for p in staging.glob("part-*")) == ["part-00000.parquet", "part-00001.parquet"]
+    again = prepare()  # the cut-off publish is let through, and finishes
+    CutOff.copies = -10
+    io.publish(again, {"run": "one"})
+    assert sorted(p.name for p in (root / "out").iterdir()) == ["_SUCCESS", "_inferkit_report.json",
+                                                              "part-00000.parquet", "part-00001.parquet"]
+    assert not staging.exists()
 
 
 def test_a_local_publish_that_fails_puts_the_old_output_back_and_keeps_the_run(tmp_path):

@@ -141,6 +141,11 @@ def test_a_mismatch_names_the_installed_version_and_the_fix():
     old = installed_version(None, ["nginx:1", "quay.io/kuberay/operator:v1.3.2"])
     assert mismatch("1.7", old) == ("the cluster runs KubeRay 1.3 (by the operator image quay.io/kuberay/operator:"
                                     "v1.3.2); inferkit supports 1.5, 1.6, 1.7: upgrade the operator")
+    newer = installed_version(None, ["quay.io/kuberay/operator:v1.10.0"])
+    assert mismatch("1.7", newer) is None  # what 1.7 accepts, as near as inferkit knows
+    assert mismatch("1.5", newer) == ("the cluster runs KubeRay 1.10 (by the operator image quay.io/kuberay/operator:"
+                                      "v1.10.0), newer than inferkit knows; pass --kuberay-version 1.7, the newest "
+                                      "it knows (values key kuberayVersion)")
 
 
 def test_version_problems_ignore_rayclusters():

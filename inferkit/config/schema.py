@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_type_hints
 
 from inferkit.config.encoding import Quantity
+from inferkit.kuberay import VERSIONS
 
 RAYJOB = "RayJob"
 RAYCLUSTER = "RayCluster"
@@ -16,7 +17,7 @@ MAX_NAME_LENGTH = {RAYJOB: 47, RAYCLUSTER: 53}
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 TASKS = ("embedding", "image-classification", "text-classification")
-KubeRayVersion = Literal["1.5", "1.6", "1.7"]  # the operator versions render and submit know (inferkit/kuberay.py)
+KubeRayVersion = Literal[VERSIONS]  # the operator versions render and submit know
 
 def _help(text: str) -> Any:
     return field(metadata={"help": text})

@@ -2,7 +2,8 @@
 
 Inputs are listed on the driver and read by Ray tasks that ask for a fraction of a CPU, so reading
 never waits behind inference actors. Outputs are written under a temporary prefix and published in
-one step: a rename for local folders; for object stores, a copy, then the report, then `_SUCCESS`.
+one step: a rename for local folders; for object stores, a copy, then the report, then `_SUCCESS`; for a
+mount point (a volume at --output, staged inside it), hard links in, then the report, then `_SUCCESS`.
 """
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ def _footer(filesystem: pafs.FileSystem, file: str) -> pq.FileMetaData | None:
         try:
             with filesystem.open_input_file(file) as handle:
                 return pq.ParquetFile(handle).metadata
+        except (FileNotFoundError, PermissionError):  # no wait changes these
+            return None
         except (OSError, pa.ArrowInvalid):
             if wait is None:
                 return None
@@ -288,6 +291,8 @@ class Output:
 
 UNFINISHED = ".inferkit-unfinished"  # beside the output (inside a mount point): the run being written
 BOOKKEEPING = "_inferkit"  # inside it: what lets a later attempt resume (see inferkit.job.ledger)
+PUBLISHING = "publishing"  # in BOOKKEEPING: a copying publish began (one cut off is finished by the same command)
+LOST_FOUND = "lost+found"  # a volume's own folder at its root: never the output's, never touched
 
 
 def prepare_output(uri: str, overwrite: bool) -> Output:
@@ -303,12 +308,13 @@ def prepare_output(uri: str, overwrite: bool) -> Output:
         info = filesystem.get_file_info(path)
         exists = info.type == pafs.FileType.File or (
             info.type == pafs.FileType.Directory
-            and any(i.path.rstrip("/") != staging and posixpath.basename(i.path) != "lost+found"
+            and any(i.path.rstrip("/") != staging and posixpath.basename(i.path) != LOST_FOUND
                     for i in filesystem.get_file_info(pafs.FileSelector(path, recursive=False))))
-        # A publish cut off midway (an object store's copies, a pod killed while moving files in) left files
-        # and no _SUCCESS beside a staged run: the same command takes the run up again and finishes it.
+        # A copying publish cut off midway (an object store's copies, a pod killed while linking files into a
+        # mount) left files and no _SUCCESS, and the whole staged run marked as publishing: the same command
+        # takes the run up again and finishes it. Nothing else there is ever replaced without --overwrite.
         unfinished_publish = exists and not _exists(filesystem, posixpath.join(path, SUCCESS)) and _exists(
-            filesystem, posixpath.join(staging, BOOKKEEPING, "job.json"))
+            filesystem, posixpath.join(staging, BOOKKEEPING, PUBLISHING))
     except OSError as e:
         raise ConfigError([f"--output {uri}: cannot check it ({e})"]) from e
     if exists and not overwrite and not unfinished_publish:
@@ -335,16 +341,15 @@ def publish(output: Output, report: dict[str, Any]) -> None:
     """Make the staged run the output: all files, then the report, then `_SUCCESS`, at once where the
     filesystem can rename a folder. A failure keeps the staged run and says where it is."""
     fs = output.filesystem
+    renames = output.local and not output.staged_inside
     try:
         _write_text(fs, posixpath.join(output.staging, REPORT), json.dumps(report, indent=2, default=str) + "\n")
-        leftover = (_swap_folder(fs, output) if output.local and not output.staged_inside
-                    else _copy_over(fs, output))
+        leftover = _swap_folder(fs, output) if renames else _copy_over(fs, output)
     except OSError as e:
-        state = "is as it was" if output.local else f"has no {SUCCESS}"
+        state = "is as it was" if renames else f"has no {SUCCESS} (the same command finishes publishing it)"
         raise PublishInterrupted(f"publishing the output to {output.uri} failed ({' '.join(str(e).split())}); "
                                  f"the complete run is kept at {output.staging} and the output {state}") from e
-    for folder in (leftover, posixpath.join(output.path, BOOKKEEPING) if output.local and not output.staged_inside
-                   else None):
+    for folder in (leftover, posixpath.join(output.path, BOOKKEEPING) if renames else None):
         try:
             if folder:
                 fs.delete_dir(folder)
@@ -370,10 +375,12 @@ def _swap_folder(fs: pafs.FileSystem, output: Output) -> str | None:
 
 def _copy_over(fs: pafs.FileSystem, output: Output) -> str:
     """Object stores cannot rename a folder, nor can a mount point be renamed. Readers wait for `_SUCCESS`:
-    take it away first, copy the new files over (within a mount point: move them, the same filesystem),
+    take it away first, copy the new files over (within a mount point: hard-link them, the same filesystem),
     remove what the old output had beyond them, and put `_SUCCESS` back last. A failure midway leaves no
-    `_SUCCESS` and the staged run in place, never a half-deleted output that looks complete. Returns the
-    staged run, to remove."""
+    `_SUCCESS` and the whole staged run in place, marked as publishing, never a half-deleted output that
+    looks complete. Returns the staged run, to remove."""
+    fs.create_dir(posixpath.join(output.staging, BOOKKEEPING), recursive=True)
+    _write_text(fs, posixpath.join(output.staging, BOOKKEEPING, PUBLISHING), "")
     marker = posixpath.join(output.path, SUCCESS)
     if _exists(fs, marker):
         fs.delete_file(marker)
@@ -385,17 +392,42 @@ def _copy_over(fs: pafs.FileSystem, output: Output) -> str:
         fs.create_dir(folder, recursive=True)
     if output.staged_inside:
         for target, source in copies.items():
-            fs.move(source, target)
+            _link_or_copy(fs, source, target)
     else:
         with ThreadPoolExecutor(OBJECT_STORE_THREADS) as pool:
             list(pool.map(lambda target: fs.copy_file(copies[target], target), copies))
     written = set(copies)
-    staged = output.staging.rstrip("/") + "/"
-    for info in fs.get_file_info(pafs.FileSelector(output.path, recursive=True, allow_not_found=True)):
-        if info.type == pafs.FileType.File and info.path not in written and not info.path.startswith(staged):
-            fs.delete_file(info.path)
+    for path in _files_beside_the_run(fs, output):
+        if path not in written:
+            fs.delete_file(path)
     _write_text(fs, marker, "")
     return output.staging
+
+
+def _link_or_copy(fs: pafs.FileSystem, source: str, target: str) -> None:
+    """A staged file into the output on the same local filesystem, the staged one kept until the end."""
+    if os.path.lexists(target):
+        os.unlink(target)
+    try:
+        os.link(source, target)
+    except OSError:  # a filesystem without hard links
+        fs.copy_file(source, target)
+
+
+def _files_beside_the_run(fs: pafs.FileSystem, output: Output) -> list[str]:
+    """The output's files, leaving out the staged run inside it and a volume's lost+found (never listed:
+    a pod may not be allowed to read it)."""
+    top = fs.get_file_info(pafs.FileSelector(output.path, recursive=False, allow_not_found=True))
+    files = []
+    for info in top:
+        if info.path.rstrip("/") == output.staging.rstrip("/") or posixpath.basename(info.path) == LOST_FOUND:
+            continue
+        if info.type == pafs.FileType.File:
+            files.append(info.path)
+        elif info.type == pafs.FileType.Directory:
+            files += [i.path for i in fs.get_file_info(pafs.FileSelector(info.path, recursive=True))
+                      if i.type == pafs.FileType.File]
+    return files
 
 
 def discard(output: Output) -> None:

@@ -1,7 +1,8 @@
 """Resuming a run that died: a ledger of written output files, kept beside the output.
 
-A run writes into `<output>.inferkit-unfinished/` on the output's own filesystem or bucket, never on a
-node's disk, so a new attempt on another cluster (a KubeRay retry) finds it:
+A run writes into `<output>.inferkit-unfinished/` on the output's own filesystem or bucket (inside the
+output where it is a mount point), never on a node's disk, so a new attempt on another cluster (a KubeRay
+retry) finds it:
 
     part-<digest>.parquet              output rows, the files that are published
     _inferkit/job.json                 what job this is (its identity) and its attempts
@@ -60,6 +61,15 @@ def identity(input_uri: str, source: io.Source, task: str, payload: str, models:
             "output columns": [f"{f.name}: {f.type}" for f in schema]}
 
 
+def _as_today(job: Any) -> Any:
+    """A job.json written before the partitioning was part of the identity, read as those versions cut the
+    input (64 images or one file or row group a part), so their unfinished runs still resume."""
+    listing = job.get("input") if isinstance(job, dict) else None
+    if not isinstance(listing, dict) or "units per part" in listing:
+        return job
+    return {**job, "input": {**listing, "units per part": 64 if listing.get("format") == "images" else 1}}
+
+
 def _changes(before: dict, now: dict) -> list[str]:
     changed = []
     for key in now:
@@ -72,7 +82,8 @@ def _changes(before: dict, now: dict) -> list[str]:
                     f"cut into parts of {was.get('units per part')} unit(s) then, {now_input['units per part']} now: "
                     "another inferkit version" if was.get("units per part") != now_input["units per part"] else
                     f"{was.get('uri')} then, {now_input['uri']} now" if was.get("uri") != now_input["uri"] else
-                    "files renamed, added, removed or changed in size")
+                    "files renamed, added, removed or changed in size, or a parquet footer that could not be "
+                    "read then")
             changed.append(f"the input listing ({what})")
         else:
             changed.append(f"{key} ({_show(before.get(key))} then, {_show(now[key])} now)")
@@ -198,8 +209,8 @@ class Ledger:
             raise ConfigError([f"the unfinished run at {self.staging} has written rows, but its "
                                f"{io.BOOKKEEPING}/{JOB} cannot be read, so it is not known which job they belong "
                                "to; they are kept. Pass --restart to throw them away and start over"])
-        if previous is not None and not restart and previous.get("job") != job:
-            changed = _changes(previous.get("job") or {}, job)
+        if previous is not None and not restart and _as_today(previous.get("job")) != job:
+            changed = _changes(_as_today(previous.get("job")) or {}, job)
             raise ConfigError([f"an unfinished run of another job is kept at {self.staging}: "
                                f"{'; '.join(changed) or 'its description'} changed. Run the same job again to "
                                "resume it, or pass --restart to throw it away and start over"])
