@@ -285,7 +285,7 @@ class Output:
     staging: str  # where the run writes before publishing
     local: bool
     # The output folder is a mount point (a volume mounted at --output): it cannot be renamed, and beside it
-    # is another filesystem (the container's own disk), so the run is staged inside it and moved in file by file.
+    # is another filesystem (the container's own disk), so the run is staged inside it and linked in file by file.
     staged_inside: bool = False
 
 
