@@ -502,6 +502,21 @@ def test_unreadable_file_fails_the_run_after_writing_what_it_read(inferkit, ray_
     assert json.loads((out / "_inferkit_report.json").read_text())["unreadable_units"] == 1
 
 
+def copies_cut_off_after(base: type, limit: int) -> type:
+    """A pyarrow filesystem class whose copies fail after the first `limit` (a connection lost mid-publish)."""
+    class CutOff(base):
+        made = 0
+
+        def copy_file(self, source, target):
+            CutOff.made += 1
+            if CutOff.made > CutOff.limit:
+                raise OSError("connection reset")
+            super().copy_file(source, target)
+
+    CutOff.limit = limit
+    return CutOff
+
+
 def test_object_store_publish_never_leaves_a_complete_looking_mix(tmp_path):
     """The copy-based publish of s3:// and gs://, run on a local filesystem: stale files go, `_SUCCESS`
     comes last, and a failed copy leaves the output without `_SUCCESS`."""
@@ -527,17 +542,8 @@ def test_object_store_publish_never_leaves_a_complete_looking_mix(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_inferkit_report.json", "part-00000.parquet"]
     assert (out / "part-00000.parquet").read_text() == "two" and not (tmp_path / "out.inferkit-two").exists()
 
-    class FailsOnSecondCopy(pafs.LocalFileSystem):
-        copies = 0
-
-        def copy_file(self, source, target):
-            FailsOnSecondCopy.copies += 1
-            if FailsOnSecondCopy.copies > 1:
-                raise OSError("connection reset")
-            super().copy_file(source, target)
-
     output = dataclasses.replace(staged("three", ["part-00000.parquet", "part-00001.parquet"]),
-                                 filesystem=FailsOnSecondCopy())
+                                 filesystem=copies_cut_off_after(pafs.LocalFileSystem, 1)())
     with pytest.raises(io.PublishInterrupted, match=f"the complete run is kept at {output.staging} and the "
                                                      "output has no _SUCCESS"):
         io.publish(output, {"run": "three"})
@@ -606,16 +612,8 @@ def test_a_publish_cut_off_midway_is_finished_by_the_same_command(tmp_path):
     root.mkdir()
     uri = "s3://bucket/out"
 
-    class CutOff(pafs.SubTreeFileSystem):
-        copies = 0
-
-        def copy_file(self, source, target):
-            CutOff.copies += 1
-            if CutOff.copies > 1:
-                raise OSError("connection reset")
-            super().copy_file(source, target)
-
-    store = CutOff(str(root), pafs.LocalFileSystem())
+    cut_off = copies_cut_off_after(pafs.SubTreeFileSystem, 1)
+    store = cut_off(str(root), pafs.LocalFileSystem())
 
     def prepare() -> io.Output:
         with mock.patch.object(io, "open_filesystem", return_value=(store, "out")):
@@ -637,7 +635,7 @@ def test_a_publish_cut_off_midway_is_finished_by_the_same_command(tmp_path):
     assert not (root / "out" / "_SUCCESS").exists() and len(list((root / "out").iterdir())) == 1  # one copy made
     assert sorted(p.name for p in staging.glob("part-*")) == ["part-00000.parquet", "part-00001.parquet"]
     again = prepare()  # the cut-off publish is let through, and finishes
-    CutOff.copies = -10
+    cut_off.limit = 100
     io.publish(again, {"run": "one"})
     assert sorted(p.name for p in (root / "out").iterdir()) == ["_SUCCESS", "_inferkit_report.json",
                                                               "part-00000.parquet", "part-00001.parquet"]
