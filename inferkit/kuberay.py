@@ -6,6 +6,7 @@ fields exist in all three versions); they differ only in what inferkit does not 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 VERSIONS = ("1.5", "1.6", "1.7")
@@ -115,14 +116,14 @@ def version_of_image(image: str) -> str | None:
     return ".".join(parts[:2]) if len(parts) >= 2 and all(p.isdigit() for p in parts[:2]) else None
 
 
-def installed_version(crd: dict | None, images: list[str] | None) -> tuple[str, str] | None:
+def installed_version(crd: dict | None, images: Callable[[], list[str] | None]) -> tuple[str, str] | None:
     """(the cluster's operator version, how it was told) from what the API let the caller read: the RayJob
-    CRD's schema (which decides what the API server accepts), else the operator deployment's image tag;
-    None when neither tells."""
+    CRD's schema (which decides what the API server accepts), else the operator deployments' image tags
+    (`images` is asked only then); None when neither tells."""
     version = version_of_crd(crd) if crd else None
     if version:
         return version, "by its RayJob CRD"
-    for image in images or ():
+    for image in images() or ():
         version = version_of_image(image)
         if version:
             return version, f"by the operator image {image}"

@@ -16,7 +16,7 @@ from inferkit.console import say
 from inferkit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, ApiError
 from inferkit.follow import (AGAIN, NEW_RUN, TAKEOVER, DashboardLog, JobState, LogCursor, creation_problems,
                              driver_log_gone, driver_log_on_head, outcome, pod_problems, state_change, submission_of)
-from inferkit.kuberay import installed_version, mismatch, version_of_crd
+from inferkit.kuberay import installed_version, mismatch
 from inferkit.render import GPU_RESOURCE, dump
 
 if TYPE_CHECKING:
@@ -94,8 +94,8 @@ def preflight(kube: Kube, cfg: Config, obj: dict, *, strict_capacity: bool, need
     if "v1" not in versions:
         raise ApiError(f"the installed KubeRay serves RayJob {', '.join(versions)}, not v1; upgrade the operator "
                        "to 1.7.0")
-    refusal = mismatch(cfg.kuberay_version, installed_version(
-        crd, None if crd and version_of_crd(crd) else kube.operator_images(forbidden_ok=True)))
+    refusal = mismatch(cfg.kuberay_version,
+                       installed_version(crd, lambda: kube.operator_images(forbidden_ok=True)))
     if refusal:
         raise ApiError(refusal)
     http_mode = cfg.job.submission_mode == "HTTPMode"

@@ -120,7 +120,7 @@ def test_the_operator_version_is_read_from_the_crds_schema(crd_dir):
     assert version_of_crd(older) == "1.6"
     assert version_of_crd(_without(older, *spec, "preRunningDeadlineSeconds")) == "1.5"
     assert version_of_crd({"spec": {"versions": [{"name": "v1", "served": True}]}}) is None
-    assert installed_version(crd, ["quay.io/kuberay/operator:v1.5.0"]) == ("1.7", "by its RayJob CRD")
+    assert installed_version(crd, lambda: ["quay.io/kuberay/operator:v1.5.0"]) == ("1.7", "by its RayJob CRD")
 
 
 @pytest.mark.parametrize("image, version", [
@@ -138,10 +138,10 @@ def test_a_mismatch_names_the_installed_version_and_the_fix():
     assert mismatch("1.7", ("1.5", "by its RayJob CRD")) == (
         "the cluster runs KubeRay 1.5 (by its RayJob CRD), and this RayJob is rendered for KubeRay 1.7; pass "
         "--kuberay-version 1.5 (values key kuberayVersion)")
-    old = installed_version(None, ["nginx:1", "quay.io/kuberay/operator:v1.3.2"])
+    old = installed_version(None, lambda: ["nginx:1", "quay.io/kuberay/operator:v1.3.2"])
     assert mismatch("1.7", old) == ("the cluster runs KubeRay 1.3 (by the operator image quay.io/kuberay/operator:"
                                     "v1.3.2); inferkit supports 1.5, 1.6, 1.7: upgrade the operator")
-    newer = installed_version(None, ["quay.io/kuberay/operator:v1.10.0"])
+    newer = installed_version(None, lambda: ["quay.io/kuberay/operator:v1.10.0"])
     assert mismatch("1.7", newer) is None  # what 1.7 accepts, as near as inferkit knows
     assert mismatch("1.5", newer) == ("the cluster runs KubeRay 1.10 (by the operator image quay.io/kuberay/operator:"
                                       "v1.10.0), newer than inferkit knows; pass --kuberay-version 1.7, the newest "

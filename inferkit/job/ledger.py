@@ -209,8 +209,9 @@ class Ledger:
             raise ConfigError([f"the unfinished run at {self.staging} has written rows, but its "
                                f"{io.BOOKKEEPING}/{JOB} cannot be read, so it is not known which job they belong "
                                "to; they are kept. Pass --restart to throw them away and start over"])
-        if previous is not None and not restart and _as_today(previous.get("job")) != job:
-            changed = _changes(_as_today(previous.get("job")) or {}, job)
+        before = _as_today(previous.get("job")) if previous is not None else None
+        if previous is not None and not restart and before != job:
+            changed = _changes(before or {}, job)
             raise ConfigError([f"an unfinished run of another job is kept at {self.staging}: "
                                f"{'; '.join(changed) or 'its description'} changed. Run the same job again to "
                                "resume it, or pass --restart to throw it away and start over"])
