@@ -1,6 +1,6 @@
 # Shortcuts; each target is one command you can also run by hand. Images are built by scripts/kind.sh,
 # which sets ARCH_SUFFIX and --platform from `uname -m` (Ray's arm64 images end in -aarch64).
-.PHONY: test image-cpu image-gpu kind-up kind-image kind-load kind-submit kind-check kind-down kind-e2e kind-versions bench gpu-check-pack
+.PHONY: test image-cpu image-gpu image-standin kind-up kind-image kind-load kind-submit kind-check kind-down kind-e2e kind-versions bench gpu-check-pack
 
 test:
 	bash .ci/run
@@ -10,6 +10,10 @@ image-cpu:
 
 image-gpu:
 	scripts/kind.sh image gpu
+
+# Where no image registry answers: the CPU image on a stand-in for Ray's base (scripts/images.sh).
+image-standin:
+	scripts/images.sh job cpu
 
 kind-up:
 	scripts/kind.sh up

@@ -15,7 +15,8 @@ import click
 
 from inferkit import __version__
 from inferkit.config import RAYCLUSTER, RAYJOB, run_fields, strip_optional
-from inferkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, ApiError, InferkitError
+from inferkit.errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, ApiError, InferkitError,
+                             Terminated, stop_on_sigterm)
 from inferkit.kuberay import VERSIONS
 
 EXIT_CODES = """\b
@@ -26,7 +27,8 @@ Exit codes:
   3    pre-flight check or API error (cluster, permissions, CRDs)
   70   internal error in inferkit (a bug; the job's outcome is unknown)
   124  --timeout reached
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM: docker stop, the pod deleted)"""
 
 _state: dict[str, Any] = {"verbose": False, "argv": []}
 
@@ -415,11 +417,11 @@ def doctor(kubeconfig: str | None, context: str | None, namespace: str | None, o
 
 def main(argv: list[str] | None = None) -> None:
     _state.update(verbose=False, argv=list(sys.argv[1:] if argv is None else argv))
+    stop_on_sigterm()
     try:
         code = cli.main(args=argv, prog_name="inferkit", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Interrupted.", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.Abort as e:  # click's word for a KeyboardInterrupt it caught
+        _stop_interrupted(e.__cause__)
     except click.ClickException as e:
         click.echo(f"Error: {e.format_message()}", err=True)
         sys.exit(e.exit_code if e.exit_code else EXIT_USAGE)
@@ -428,15 +430,22 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"Error: {e}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as e:
+        _stop_interrupted(e)
     except Exception as e:  # a bug or an unforeseen failure: still one line unless -v
         if _state["verbose"]:
             traceback.print_exc()
         click.echo(f"Error: internal error: {type(e).__name__}: {e} (run with -v for the traceback)", err=True)
         sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stop_interrupted(cause: BaseException | None) -> None:
+    if isinstance(cause, Terminated):
+        click.echo("Terminated.", err=True)
+        sys.exit(EXIT_TERMINATED)
+    click.echo("Interrupted.", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":  # pragma: no cover

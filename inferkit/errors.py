@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterable
 
 # Exit codes, documented in `inferkit --help` and README.md.
@@ -12,6 +14,7 @@ EXIT_API = 3
 EXIT_INTERNAL = 70  # a bug in inferkit: neither a job failure nor the user's mistake
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 
 class InferkitError(Exception):
@@ -47,3 +50,22 @@ class JobFailed(InferkitError):
 
 class FollowTimeout(InferkitError):
     exit_code = EXIT_TIMEOUT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`docker stop`, a pod's deletion), raised in the main thread: the command stops as on Ctrl-C
+    (a run keeps what it wrote, to resume) and exits 143."""
+
+
+def stop_on_sigterm() -> None:
+    """Makes SIGTERM raise Terminated, once. Needed twice over: a container's PID 1 with no handler ignores
+    SIGTERM until the engine kills it, and ray.init installs a handler that exits 1 from whatever the main
+    thread was doing (ray/_private/worker.py and node.py), so the job calls this again after connecting."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)

@@ -14,7 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO.parent / "shared" / "kuberay-crds" / "v1.7.0"
 # Everything the tests keep between runs, outside temp folders, keyed by version: controlplane/<component>-
-# <version> (scripts/controlplane.sh's binaries), compile/torch-<version> (inductor's kernels).
+# <version> (scripts/controlplane.sh's binaries), compile/torch-<version> (inductor's kernels). Images
+# live in Docker's own store (tests/images.py says how they are kept).
 TEST_CACHE = Path(os.environ.get("INFERKIT_TEST_CACHE") or Path.home() / ".cache" / "inferkit-tests")
 
 
@@ -45,6 +46,7 @@ def compile_cache() -> Path:
 # `pytest -m "not slow"` is then every pure test and every refusal that stops before Ray.
 RAY_FIXTURES = {"ray_local", "ray_cluster", "busy_cluster", "dashboard_cluster", "ray_head"}
 CONTROLPLANE_FIXTURES = {"controlplane"}
+DOCKER_FIXTURES = {"job_image"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
@@ -56,6 +58,9 @@ def pytest_collection_modifyitems(items: list) -> None:
             item.add_marker(pytest.mark.slow)
         if uses & CONTROLPLANE_FIXTURES:
             item.add_marker(pytest.mark.controlplane)
+            item.add_marker(pytest.mark.slow)
+        if uses & DOCKER_FIXTURES:
+            item.add_marker(pytest.mark.docker)
             item.add_marker(pytest.mark.slow)
 
 
@@ -148,6 +153,19 @@ def controlplane(tmp_path_factory):
     print(f"\ncontrol plane up in {plane.started_in:.1f} s", file=sys.stderr)
     yield plane
     stop_control_plane(state)
+
+
+@pytest.fixture(scope="session")
+def job_image() -> str:
+    """Session: the CPU job image built on the stand-in base (tests/images.py); skips, saying why, only
+    where no Docker engine answers or the stand-in cannot be made."""
+    import images
+
+    if reason := images.unavailable():
+        pytest.skip(reason)
+    tag, seconds = images.build_job_image("cpu")
+    print(f"\njob image {tag} ready in {seconds:.1f} s", file=sys.stderr)
+    return tag
 
 
 @pytest.fixture(scope="session")

@@ -202,13 +202,14 @@ def test_compiled_results_agree_and_a_fresh_process_reuses_the_node_cache(tiny_m
 # The plan's decision (pure)
 
 
-def _plan(rows, nodes: int = 1, gpus: int = 0, cpus: float = 2, **changes):
+def _plan(rows, nodes: int = 1, gpus: int = 0, cpus: float = 2, compilers: tuple[bool, ...] = (), **changes):
     import dataclasses
 
     from inferkit.chart import default_run_options
     from inferkit.job.plan import ClusterResources, NodeResources, make_plan
 
-    workers = tuple(NodeResources(f"w{i}", cpus=cpus, memory_bytes=16 * 2**30, gpus=gpus) for i in range(nodes))
+    workers = tuple(NodeResources(f"w{i}", cpus=cpus, memory_bytes=16 * 2**30, gpus=gpus,
+                                  cpp_compiler=compilers[i] if i < len(compilers) else True) for i in range(nodes))
     return make_plan(ClusterResources(workers), RESNET50, dataclasses.replace(default_run_options(), **changes), rows)
 
 
@@ -288,6 +289,28 @@ def test_compile_on_and_off_are_obeyed_whatever_the_rows():
         _plan(1, compile="on"))
     assert "CUDA graphs" in _compile_decision(_plan(1, gpus=1, compile="on"))
     assert not _plan(10**9, compile="off").compile
+
+
+def test_no_cpu_compiling_where_a_node_has_no_cpp_compiler():
+    """Ray's CPU images ship without g++ (ray-project/ray docker/base-deps/Dockerfile removes it): inductor
+    could only fail there, so neither auto nor on compiles on CPUs; a GPU's kernels need no C++ compiler."""
+    for asked in ("auto", "on"):
+        plan = _plan(1_000_000, nodes=2, compilers=(True, False), compile=asked)
+        assert not plan.compile and "no C++ compiler on the nodes" in _compile_decision(plan)
+    assert _plan(1_000_000, nodes=2, compilers=(True, True)).compile
+    assert _plan(1, gpus=1, compilers=(False,), compile="on").compile
+
+
+def test_the_node_probe_finds_the_compiler_inductor_calls(monkeypatch, tmp_path):
+    from inferkit.job.resources import cpp_compiler_present
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    assert not cpp_compiler_present()
+    fake = tmp_path / "c++"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    assert cpp_compiler_present()
 
 
 # ---------------------------------------------------------------------------------------------

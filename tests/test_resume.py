@@ -66,9 +66,12 @@ def _ledger_rows(staging: Path) -> int:
     return Ledger(pafs.LocalFileSystem(), str(staging)).load().rows
 
 
-def _kill_midway(command: list[str], env: dict, staging: Path, at_rows: int, log: Path) -> None:
-    """Start a run in a process group of its own (the driver and the Ray it starts) and SIGKILL the whole
-    group once the ledger holds `at_rows` rows, as a node loss or an evicted pod would."""
+def _kill_midway(command: list[str], env: dict, staging: Path, at_rows: int, log: Path,
+                 sig: signal.Signals = signal.SIGKILL) -> None:
+    """Start a run in a process group of its own (the driver and the Ray it starts) and, once the ledger
+    holds `at_rows` rows, SIGKILL the whole group, as a node loss or an evicted pod would, or SIGTERM the
+    driver alone, as `docker stop` or a pod's deletion does: then it must stop cleanly (exit 143, saying
+    what it kept) and take its Ray with it."""
     with open(log, "w") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 600
@@ -76,7 +79,12 @@ def _kill_midway(command: list[str], env: dict, staging: Path, at_rows: int, log
         assert process.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
         assert time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    if sig == signal.SIGKILL:
+        os.killpg(process.pid, signal.SIGKILL)
+    else:
+        process.send_signal(sig)
+        assert process.wait(timeout=30) == 143, log.read_text()[-3000:]
+        assert "Terminated." in log.read_text() and "written so far are kept" in log.read_text()
     process.wait()
     for _ in range(100):  # the group's other processes (Ray's) go as the kernel reaps them
         try:
@@ -84,6 +92,9 @@ def _kill_midway(command: list[str], env: dict, staging: Path, at_rows: int, log
         except ProcessLookupError:
             break
         time.sleep(0.1)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"Ray's processes outlived the driver after {sig.name}")
 
 
 def _computed(trace: Path) -> Counter:
@@ -102,7 +113,7 @@ def _published(out: Path) -> tuple[pd.DataFrame, dict]:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
-    """Killed at a quarter, resumed and killed again at 70%, then run to the end: exactly once."""
+    """Killed at a quarter, resumed and stopped by SIGTERM at 70%, then run to the end: exactly once."""
     source = _parquet_input(tmp_path / "in")
     out = tmp_path / "out"
     staging = Path(str(out) + UNFINISHED)
@@ -113,7 +124,8 @@ def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
     command = _command(tiny_models["classifier"], source.parent, str(out))
     _kill_midway(command, _env(slow="0.1", trace=str(traces[0])), staging, ROWS // 4, tmp_path / "first.log")
     first_kept = _ledger_rows(staging)
-    _kill_midway(command, _env(slow="0.1", trace=str(traces[1])), staging, int(ROWS * 0.7), tmp_path / "second.log")
+    _kill_midway(command, _env(slow="0.1", trace=str(traces[1])), staging, int(ROWS * 0.7), tmp_path / "second.log",
+                 signal.SIGTERM)
     assert "resuming: " in (tmp_path / "second.log").read_text()
     assert not out.exists()
 

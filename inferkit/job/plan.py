@@ -82,6 +82,7 @@ class NodeResources:
     gpu_memory_bytes: int = 0
     gpu_bf16: bool = False
     cpu_bf16: bool = False
+    cpp_compiler: bool = True  # inductor on CPU builds C++ kernels (Ray's CPU images have no compiler)
 
     @property
     def usable_cpus(self) -> float:
@@ -325,9 +326,11 @@ def compile_rows_needed(profile: ModelProfile, device: str, node_cpus: float) ->
 
 
 def _compile(options: RunOptions, profile: ModelProfile, device: str, rows: int | None,
-             nodes: int, node_cpus: float) -> tuple[bool, str]:
+             nodes: int, node_cpus: float, compiler: bool = True) -> tuple[bool, str]:
     how = "inductor, weights frozen" if device == "cpu" else "inductor with CUDA graphs"
     checked = "; eager if the first batch disagrees with eager fp32"
+    if not compiler and options.compile != "off":
+        return False, "no C++ compiler on the nodes: inductor on CPU needs g++ (or $CXX) in the image"
     if options.compile != "auto":
         return options.compile == "on", (f"asked for: {how}{checked}" if options.compile == "on" else "asked for")
     if rows is None:
@@ -398,7 +401,8 @@ def make_plan(cluster: ClusterResources, profile: ModelProfile, options: RunOpti
     nodes = sum(1 for n in cluster.workers if (n.gpus if device == "gpu" else n.cpus) > 0)
     # the biggest node's CPUs: it saves the least per row, so it needs the most rows to repay compiling
     node_cpus = max((n.usable_cpus for n in cluster.workers if n.cpus > 0), default=COMPILE_MEASURED_NODE_CPUS)
-    compiled, compile_why = _compile(options, profile, device, rows, nodes, node_cpus)
+    compiler = device == "gpu" or all(n.cpp_compiler for n in cluster.workers if n.cpus > 0)
+    compiled, compile_why = _compile(options, profile, device, rows, nodes, node_cpus, compiler)
     decisions.append(Decision("compile", "on" if compiled else "off", compile_why))
     rows_per_file, file_why = output_file_rows(rows, batch, high)
     decisions.append(Decision("output files", f"{rows_per_file:,} rows each", file_why))

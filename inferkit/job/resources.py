@@ -62,6 +62,11 @@ def container_memory() -> int | None:
     return None
 
 
+def cpp_compiler_present() -> bool:
+    """The C++ compiler inductor's CPU backend calls: $CXX, else g++ (torch/_inductor/config.py, cpp.cxx)."""
+    return shutil.which(os.environ.get("CXX") or "g++") is not None
+
+
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     """Native bf16 on this CPU (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
     text = cpuinfo if cpuinfo is not None else (_read(Path("/proc/cpuinfo")) or "")
@@ -121,7 +126,7 @@ def probe_node() -> dict:
         if gpus and (slices := parse_mig_slices(_nvidia_smi("-L"))):
             gpus = [(name, min(slices), bf16) for name, _, bf16 in gpus]
     return {"real_cpus": container_cpus(), "memory_limit": container_memory(), "cpu_bf16": cpu_has_bf16(),
-            "gpus": gpus}
+            "cpp_compiler": cpp_compiler_present(), "gpus": gpus}
 
 
 def read_cluster() -> ClusterResources:
@@ -150,5 +155,6 @@ def read_cluster() -> ClusterResources:
             gpu_memory_bytes=min(g[1] for g in gpus) if gpus else 0,
             gpu_bf16=all(g[2] for g in gpus) if gpus else False,
             cpu_bf16=facts["cpu_bf16"],
+            cpp_compiler=facts["cpp_compiler"],
         ))
     return ClusterResources(tuple(nodes))

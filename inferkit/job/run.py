@@ -22,7 +22,7 @@ import pyarrow as pa
 from inferkit import __version__
 from inferkit.config import RunOptions, is_remote_uri, nesting_problem
 from inferkit.console import say
-from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed
+from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed, stop_on_sigterm
 from inferkit.job import io, terminal
 from inferkit.job.compile import check_compiled, read_tally, start_tally
 from inferkit.job.compile import settle as settle_compile
@@ -199,6 +199,7 @@ def _connect(verbose: bool) -> tuple[str, bool]:
         ray.init(address="local", include_dashboard=False, logging_level=level,  # never a stray `ray start`
                  _system_config={"num_workers_soft_limit": (os.cpu_count() or 1) + EXTRA_IDLE_WORKERS})
         where, embedded = "an embedded Ray", True
+    stop_on_sigterm()  # ray.init put its own handler in place of the CLI's
     if not verbose:
         terminal.quiet_native_stderr()
         terminal.quiet_forwarded_gcs_lines()
@@ -628,4 +629,5 @@ def _this_machine() -> Any:
         node_id="this-machine", cpus=float(os.cpu_count() or 1), real_cpus=facts["real_cpus"],
         memory_bytes=min(memory, facts["memory_limit"] or memory), gpus=len(gpus),
         gpu_type=gpus[0][0] if gpus else "", gpu_memory_bytes=min((g[1] for g in gpus), default=0),
-        gpu_bf16=all(g[2] for g in gpus) if gpus else False, cpu_bf16=facts["cpu_bf16"]),))
+        gpu_bf16=all(g[2] for g in gpus) if gpus else False, cpu_bf16=facts["cpu_bf16"],
+        cpp_compiler=facts["cpp_compiler"]),))

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The job images built where no image registry answers (this project's CI): a stand-in for Ray's base
+# image made from package registries only, then docker/Dockerfile built on it, as a user builds it.
+#
+#   scripts/images.sh standin      the stand-in for rayproject/ray:${RAY_VERSION}-py311-cpu
+#   scripts/images.sh job FLAVOR   docker/Dockerfile on the stand-in (cpu; gpu stops at its CUDA base)
+#
+# Each prints the built image's tag as its last line. The stand-in is tagged with a key of what it is
+# made from and is not rebuilt while the key holds; the job image relies on Docker's build cache (its
+# layers put the dependencies before the project's code). Needs a running Docker engine, mmdebstrap and
+# the machine's CA bundle at $CA_BUNDLE (copied into the stand-in, so that pip inside reaches PyPI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RAY_VERSION=$(sed -n 's/^ARG RAY_VERSION=//p' docker/Dockerfile)
+STANDIN_REPO=inferkit-standin/ray
+STANDIN=${STANDIN_REPO}:${RAY_VERSION}-py311-cpu
+ROOTFS=inferkit-standin/bookworm-rootfs
+CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+# Debian's packages at the snapshot this machine's apt uses, or the live archive.
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# python3.11-dev: the headers Ray's conda Python carries (inductor's C++ kernels include them).
+PACKAGES=python3.11,python3.11-venv,python3.11-dev,ca-certificates,wget,sudo,tzdata,bash,procps
+export DOCKER_BUILDKIT=1
+# A Docker client that builds with BuildKit: without the buildx plugin, clients from 23.0 refuse to, while
+# the engine's own 20.10 client (Debian's docker.io, /usr/bin/docker) has BuildKit built in.
+DOCKER=${DOCKER:-docker}
+if ! "$DOCKER" buildx version >/dev/null 2>&1 && [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker; fi
+docker() { command "$DOCKER" "$@"; }
+
+say() { printf '== %s\n' "$*" >&2; }
+
+# The images a rebuild left untagged (several GB each): only this script's.
+prune() { docker image prune -f --filter label=inferkit.built-by=scripts/images.sh >/dev/null; }
+
+standin_key() {
+  { cat docker/standin/Dockerfile "$CA_BUNDLE"; echo "$PACKAGES $DEBIAN_MIRROR $RAY_VERSION"; } \
+    | sha256sum | cut -c1-16
+}
+
+standin() {
+  local key tar
+  key=$(standin_key)
+  if [ "$(docker image inspect -f '{{index .Config.Labels "inferkit.standin.key"}}' "$STANDIN" 2>/dev/null)" = "$key" ]; then
+    say "stand-in ${STANDIN} is up to date (key ${key})"
+    echo "$STANDIN"
+    return
+  fi
+  tar=$(mktemp --suffix=.tar)
+  trap 'rm -f "$tar"' RETURN
+  say "Debian bookworm root filesystem (mmdebstrap: ${PACKAGES})"
+  # The CA bundle and a pip.conf naming it: pip inside the images then trusts what this machine trusts.
+  mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
+    --customize-hook="copy-in $CA_BUNDLE /usr/local/share/" \
+    --customize-hook='chroot "$1" sh -c "cat /usr/local/share/$(basename '"$CA_BUNDLE"') > /etc/ssl/certs/ca-certificates.crt && printf \"[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n\" > /etc/pip.conf"' \
+    bookworm "$tar" "$DEBIAN_MIRROR" >&2
+  docker import "$tar" "${ROOTFS}:${key}" >/dev/null
+  say "stand-in ${STANDIN} (Ray ${RAY_VERSION} from PyPI)"
+  docker build -f docker/standin/Dockerfile --build-arg ROOTFS="${ROOTFS}:${key}" \
+    --build-arg RAY_VERSION="$RAY_VERSION" --label inferkit.standin.key="$key" \
+    --label inferkit.built-by=scripts/images.sh -t "$STANDIN" docker/standin >&2
+  docker image rm "${ROOTFS}:${key}" >/dev/null
+  prune
+  echo "$STANDIN"
+}
+
+job() {
+  local flavor=${1:-cpu} tag
+  case "$flavor" in cpu|gpu) ;; *) echo "usage: scripts/images.sh job cpu|gpu" >&2; exit 2 ;; esac
+  standin >/dev/null
+  tag=inferkit-standin/inferkit:${flavor}
+  say "job image ${tag} (docker/Dockerfile, FLAVOR=${flavor}, on ${STANDIN_REPO}, torch from PyPI)"
+  docker build -f docker/Dockerfile --build-arg FLAVOR="$flavor" --build-arg RAY_IMAGE="$STANDIN_REPO" \
+    --build-arg WHEEL_BUILDER="$STANDIN" --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
+    --label inferkit.built-by=scripts/images.sh -t "$tag" . >&2
+  prune
+  echo "$tag"
+}
+
+case "${1:-}" in
+  standin) standin ;;
+  job) job "${2:-cpu}" ;;
+  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+esac
