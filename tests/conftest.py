@@ -14,8 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO.parent / "shared" / "kuberay-crds" / "v1.7.0"
 # Everything the tests keep between runs, outside temp folders, keyed by version: controlplane/<component>-
-# <version> (scripts/controlplane.sh's binaries), compile/torch-<version> (inductor's kernels). Images
-# live in Docker's own store (tests/images.py says how they are kept).
+# <version> (scripts/controlplane.sh's binaries), compile/torch-<version> (inductor's kernels),
+# objectstores/ (moto's venv, fake-gcs-server). Images live in Docker's own store (tests/images.py).
 TEST_CACHE = Path(os.environ.get("INFERKIT_TEST_CACHE") or Path.home() / ".cache" / "inferkit-tests")
 
 
@@ -47,6 +47,7 @@ def compile_cache() -> Path:
 RAY_FIXTURES = {"ray_local", "ray_cluster", "busy_cluster", "dashboard_cluster", "ray_head"}
 CONTROLPLANE_FIXTURES = {"controlplane"}
 DOCKER_FIXTURES = {"job_image"}
+OBJECTSTORE_FIXTURES = {"s3_server", "gcs_server", "store"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
@@ -62,6 +63,8 @@ def pytest_collection_modifyitems(items: list) -> None:
         if uses & DOCKER_FIXTURES:
             item.add_marker(pytest.mark.docker)
             item.add_marker(pytest.mark.slow)
+        if uses & OBJECTSTORE_FIXTURES:
+            item.add_marker(pytest.mark.objectstore)
 
 
 @dataclass
@@ -166,6 +169,38 @@ def job_image() -> str:
     tag, seconds = images.build_job_image("cpu")
     print(f"\njob image {tag} ready in {seconds:.1f} s", file=sys.stderr)
     return tag
+
+
+def _object_store(kind: str, tmp_path_factory):
+    import objectstores
+
+    cache = TEST_CACHE / "objectstores"
+    cache.mkdir(parents=True, exist_ok=True)
+    built, why = objectstores.moto_server(cache) if kind == "s3" else objectstores.fake_gcs_server(cache)
+    if built is None:
+        pytest.skip(why)
+    log = tmp_path_factory.mktemp(f"{kind}-server") / "server.log"
+    server = objectstores.start_s3(built, log) if kind == "s3" else objectstores.start_gcs(built, log)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """Session: moto's S3 server on loopback (tests/objectstores.py)."""
+    yield from _object_store("s3", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """Session: fake-gcs-server on loopback (tests/objectstores.py)."""
+    yield from _object_store("gs", tmp_path_factory)
+
+
+@pytest.fixture(params=["s3", "gs"])
+def store(request):
+    """Per test, once for each store: the S3 or the GCS server."""
+    return request.getfixturevalue("s3_server" if request.param == "s3" else "gcs_server")
 
 
 @pytest.fixture(scope="session")

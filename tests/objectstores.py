@@ -1,0 +1,156 @@
+"""The object-store servers of the `objectstore` tests, real API servers on loopback, built from registries
+into the test cache: moto's S3 server (PyPI) in a virtualenv of its own, so that its python-dateutil pin
+never meets the `kubernetes` client's, and fake-gcs-server (the Go module proxy) for GCS. Each server is
+a process the fixture starts on a free port and stops; `freeze` and `kill` make the outages the fault
+tests need (SIGSTOP for ten seconds, SIGKILL for good)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+MOTO_VERSION = "5.2.6"
+FAKE_GCS_MODULE, FAKE_GCS_VERSION = "github.com/fsouza/fake-gcs-server", "v1.56.1"
+BUILD_TIMEOUT = 1200
+# Keys moto accepts for any account (it checks none unless told to); the region pyarrow signs for.
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "inferkit-test", "AWS_SECRET_ACCESS_KEY": "inferkit-test-secret",
+           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+GCS_PROJECT = "inferkit-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def moto_server(cache: Path) -> tuple[Path | None, str]:
+    """moto's server script in its own venv under the cache (built once), or None and why not."""
+    venv = cache / f"moto-{MOTO_VERSION}"
+    done = venv / "inferkit-installed"  # a venv's scripts name their interpreter's path: built in place
+    if not done.exists():
+        subprocess.run(["rm", "-rf", str(venv)], check=True)
+        made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
+        if made.returncode == 0:
+            made = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"moto[server]=={MOTO_VERSION}"],
+                                  capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+        if made.returncode != 0:
+            return None, f"moto[server]=={MOTO_VERSION} could not be installed: {made.stderr.strip()[-300:]}"
+        done.touch()
+    return venv / "bin" / "moto_server", ""
+
+
+def fake_gcs_server(cache: Path) -> tuple[Path | None, str]:
+    """fake-gcs-server built from the Go module proxy under the cache (once), or None and why not."""
+    binary = cache / f"fake-gcs-server-{FAKE_GCS_VERSION}" / "fake-gcs-server"
+    if not binary.exists():
+        if not any((Path(p) / "go").exists() for p in os.environ.get("PATH", "").split(os.pathsep)):
+            return None, "Go is not installed: fake-gcs-server is built from the Go module proxy"
+        tmp = binary.parent.with_name(binary.parent.name + ".tmp")
+        built = subprocess.run(["go", "install", "-trimpath", "-ldflags=-s -w", f"{FAKE_GCS_MODULE}@{FAKE_GCS_VERSION}"],
+                               capture_output=True, text=True, timeout=BUILD_TIMEOUT,
+                               env={**os.environ, "GOBIN": str(tmp), "GOFLAGS": ""}, cwd=cache)
+        if built.returncode != 0:
+            return None, f"{FAKE_GCS_MODULE}@{FAKE_GCS_VERSION} could not be built: {built.stderr.strip()[-300:]}"
+        tmp.rename(binary.parent)
+    return binary, ""
+
+
+@dataclass
+class Server:
+    """One object-store server on loopback, and the environment a client needs to use it."""
+
+    scheme: str  # "s3" or "gs"
+    endpoint: str
+    env: dict[str, str]
+    process: subprocess.Popen
+    log: Path
+
+    def filesystem(self):
+        """A pyarrow filesystem on this server for the test's own set-up and checks (explicit options, so the
+        test process's environment is never what the product under test reads)."""
+        import pyarrow.fs as pafs
+
+        if self.scheme == "s3":
+            return pafs.S3FileSystem(access_key=S3_KEYS["AWS_ACCESS_KEY_ID"], secret_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+                                     region=S3_KEYS["AWS_REGION"], endpoint_override=self.endpoint,
+                                     allow_bucket_creation=True, allow_bucket_deletion=True)
+        return pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=self.endpoint.split("://")[1],
+                                  project_id=GCS_PROJECT)
+
+    def new_bucket(self) -> str:
+        name = f"inferkit-{uuid.uuid4().hex[:10]}"
+        self.filesystem().create_dir(name)
+        return name
+
+    def upload(self, local: Path, target: str) -> None:
+        """A local file or folder (recursively) to bucket/path `target`."""
+        import pyarrow.fs as pafs
+
+        pafs.copy_files(str(local), target, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.filesystem())
+
+    def freeze(self, seconds: float) -> None:
+        """The server stops answering for `seconds` (its connections stay open), then goes on."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+        time.sleep(seconds)
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{url}: the server exited ({process.returncode}):\n{log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url}: no answer in 60 s:\n{log.read_text()[-2000:]}")
+
+
+def start_s3(script: Path, log: Path) -> Server:
+    port = _free_port()
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(script), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    _wait_until_up(endpoint + "/moto-api/", process, log)
+    # AWS_EC2_METADATA_DISABLED: a client that finds no keys must not ask 169.254.169.254 (off this machine)
+    return Server("s3", endpoint, {**S3_KEYS, "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"},
+                  process, log)
+
+
+def start_gcs(binary: Path, log: Path) -> Server:
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                                    "-backend", "memory", "-external-url", endpoint, "-public-host",
+                                    f"127.0.0.1:{port}", "-log-level", "warn"],
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_until_up(endpoint + "/storage/v1/b", process, log)
+    return Server("gs", endpoint, {"STORAGE_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": GCS_PROJECT},
+                  process, log)
