@@ -6,6 +6,7 @@ tests need (SIGSTOP for ten seconds, SIGKILL for good)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -21,9 +22,23 @@ from pathlib import Path
 MOTO_VERSION = "5.2.6"
 FAKE_GCS_MODULE, FAKE_GCS_VERSION = "github.com/fsouza/fake-gcs-server", "v1.56.1"
 BUILD_TIMEOUT = 1200
-# Keys moto accepts for any account (it checks none unless told to); the region pyarrow signs for.
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "inferkit-test", "AWS_SECRET_ACCESS_KEY": "inferkit-test-secret",
-           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+S3_REGION = "us-east-1"
+# moto checks keys and IAM policies once this many requests have set up its users (IAM_SETUP below):
+# a key of `admin` may do anything in S3, one of `reader` may only read, an unknown key nothing.
+NO_AUTH_REQUESTS = 6
+IAM_SETUP = """
+import boto3, json, sys
+iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="setup",
+                   aws_secret_access_key="setup")
+keys = {}
+for user, actions in (("admin", ["s3:*"]), ("reader", ["s3:Get*", "s3:List*", "s3:Head*"])):
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    keys[user] = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps({"Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+print(json.dumps(keys))
+"""
 GCS_PROJECT = "inferkit-test"
 
 
@@ -74,6 +89,7 @@ class Server:
     env: dict[str, str]
     process: subprocess.Popen
     log: Path
+    reader_env: dict[str, str] | None = None  # keys that may read but not write (S3 only)
 
     def filesystem(self):
         """A pyarrow filesystem on this server for the test's own set-up and checks (explicit options, so the
@@ -81,8 +97,8 @@ class Server:
         import pyarrow.fs as pafs
 
         if self.scheme == "s3":
-            return pafs.S3FileSystem(access_key=S3_KEYS["AWS_ACCESS_KEY_ID"], secret_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
-                                     region=S3_KEYS["AWS_REGION"], endpoint_override=self.endpoint,
+            return pafs.S3FileSystem(access_key=self.env["AWS_ACCESS_KEY_ID"], secret_key=self.env["AWS_SECRET_ACCESS_KEY"],
+                                     region=S3_REGION, endpoint_override=self.endpoint,
                                      allow_bucket_creation=True, allow_bucket_deletion=True)
         return pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=self.endpoint.split("://")[1],
                                   project_id=GCS_PROJECT)
@@ -135,12 +151,15 @@ def start_s3(script: Path, log: Path) -> Server:
     port = _free_port()
     with open(log, "w") as out:
         process = subprocess.Popen([str(script), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(NO_AUTH_REQUESTS)})
     endpoint = f"http://127.0.0.1:{port}"
     _wait_until_up(endpoint + "/moto-api/", process, log)
+    keys = json.loads(subprocess.run([str(script.parent / "python"), "-c", IAM_SETUP, endpoint], check=True,
+                                     capture_output=True, text=True, timeout=60).stdout)
     # AWS_EC2_METADATA_DISABLED: a client that finds no keys must not ask 169.254.169.254 (off this machine)
-    return Server("s3", endpoint, {**S3_KEYS, "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"},
-                  process, log)
+    common = {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": S3_REGION, "AWS_EC2_METADATA_DISABLED": "true"}
+    return Server("s3", endpoint, {**common, **keys["admin"]}, process, log, reader_env={**common, **keys["reader"]})
 
 
 def start_gcs(binary: Path, log: Path) -> Server:

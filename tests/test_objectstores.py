@@ -85,3 +85,49 @@ def test_every_input_kind_from_the_store_to_the_store(store, tiny_models, tmp_pa
     ids = table.column("path" if kind == "images" else "id").to_pylist()
     assert len(ids) == rows and len(set(ids)) == rows and table.column("error").null_count == rows
     assert report["rows"] == rows and report["output"]["uri"] == f"{store.scheme}://{bucket}/output/{kind}"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bad_buckets_endpoints_and_keys_are_refused_in_one_line_before_ray(store, tmp_path):
+    bucket = store.new_bucket()
+    _write_kind("jsonl", tmp_path / "in", 3)
+    store.upload(tmp_path / "in", f"{bucket}/in")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "_SUCCESS").write_text("")
+    store.upload(tmp_path / "done", f"{bucket}/done")
+    s, good = store.scheme, f"{store.scheme}://{bucket}/in"
+    endpoint = {"s3": "AWS_ENDPOINT_URL", "gs": "STORAGE_EMULATOR_HOST"}[s]
+    cases = [
+        (["--input", f"{s}://no-such-bucket-here/in", "--output", str(tmp_path / "o")], {},
+         "no bucket 'no-such-bucket-here'"),
+        (["--input", good, "--output", f"{s}://no-such-bucket-here/out"], {}, "no bucket 'no-such-bucket-here'"),
+        (["--input", f"{s}://{bucket}/nothing-here", "--output", str(tmp_path / "o")], {}, "no such file or folder"),
+        (["--input", good, "--output", f"{s}://{bucket}/done"], {}, "already exists; pass --overwrite"),
+        (["--input", good, "--output", str(tmp_path / "o")], {endpoint: f"http://127.0.0.1:{_closed_port()}"},
+         "nnect"),  # S3: "Could not connect to server", GCS: "does not answer (... Connection refused)"
+    ]
+    if s == "s3":
+        cases += [
+            (["--input", good, "--output", f"s3://{bucket}/out"], store.reader_env, "cannot write there"),
+            (["--input", good, "--output", str(tmp_path / "o")],
+             {"AWS_ACCESS_KEY_ID": "AKIANOSUCHKEY0000000", "AWS_SECRET_ACCESS_KEY": "x"}, "cannot list it"),
+        ]
+    else:  # Google's default credentials where none can be had: no emulator, no key file, no metadata server
+        cases.append((["--input", good, "--output", str(tmp_path / "o")],
+                       {"STORAGE_EMULATOR_HOST": "", "HOME": str(tmp_path), "GCE_METADATA_ROOT": f"127.0.0.1:{_closed_port()}"},
+                       "no Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS"))
+    for args, env, said in cases:
+        started = time.monotonic()
+        result = _run(store, *args, **env)
+        line = result.stderr.strip()
+        assert result.returncode == 2 and len(line.splitlines()) == 1, (args, env, result.stderr[-2000:])
+        assert line.startswith("Error: ") and said in line, (args, env, line)
+        assert time.monotonic() - started < 30, (args, env, "took", time.monotonic() - started)
+    assert not (tmp_path / "o").exists()

@@ -13,11 +13,13 @@ import hashlib
 import json
 import os
 import posixpath
+import socket
 import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +46,10 @@ IMAGES_PER_READ_TASK = 64
 FOOTER_RETRY_SECONDS = (0.5, 2.0)
 WHOLE_FILE = -2  # the row group of a unit that is a whole parquet file
 UNREADABLE = "cannot read "  # how an unreadable unit's error row starts
+# Seconds a GCS request is retried for before the run fails (google-cloud-cpp's default is 15 minutes), and
+# the waits of the pre-flight checks (an emulator's port, the metadata server).
+GCS_RETRY_SECONDS = 60
+METADATA_TIMEOUT_SECONDS = CONNECT_TIMEOUT_SECONDS = 2.0
 OBJECT_STORE_THREADS = 16  # requests at once: an object store answers many small ones in parallel
 # Every row carries where it came from until it is written: its part (one block of read units, the unit
 # of resuming), its index in that part, and the part's row count. They never reach the output.
@@ -68,17 +74,23 @@ def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def _gcs(uri: str) -> pafs.GcsFileSystem:
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or None
+    # google-cloud-cpp retries a failing request for 15 minutes by default: a store that is gone fails the
+    # run sooner (its rows kept for a resume), while an outage of seconds is still ridden out
+    retries = timedelta(seconds=GCS_RETRY_SECONDS)
     if emulator := os.environ.get("STORAGE_EMULATOR_HOST"):
         # google-cloud-storage and google-cloud-cpp take "host:port" or a URL, and go anonymous
         endpoint = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+        try:
+            socket.create_connection((endpoint.hostname, endpoint.port or 80), timeout=CONNECT_TIMEOUT_SECONDS).close()
+        except (OSError, ValueError) as e:
+            raise ConfigError([f"{uri}: STORAGE_EMULATOR_HOST={emulator} does not answer ({e})"]) from e
         return pafs.GcsFileSystem(anonymous=True, scheme=endpoint.scheme, endpoint_override=endpoint.netloc,
-                                  project_id=project)
+                                  project_id=project, retry_time_limit=retries)
     if problem := gcs_credentials_problem():
         raise ConfigError([f"{uri}: {problem}"])
-    return pafs.GcsFileSystem(project_id=project)
+    return pafs.GcsFileSystem(project_id=project, retry_time_limit=retries)
 
 
-METADATA_TIMEOUT_SECONDS = 2.0
 
 
 def gcs_credentials_problem() -> str | None:
@@ -154,6 +166,7 @@ def discover(uri: str, input_format: str) -> Source:
     try:
         info = filesystem.get_file_info(root)
         if info.type == pafs.FileType.NotFound:
+            _check_bucket(filesystem, root, f"--input {uri}")
             raise ConfigError([f"--input {uri}: no such file or folder"])
         if info.type == pafs.FileType.File:
             infos = {root: info}
@@ -363,7 +376,30 @@ def prepare_output(uri: str, overwrite: bool) -> Output:
         raise ConfigError([f"--output {uri}: cannot check it ({e})"]) from e
     if exists and not overwrite and not unfinished_publish:
         raise ConfigError([f"--output {uri}: already exists; pass --overwrite to replace it"])
+    if not local:
+        _check_bucket(filesystem, path, f"--output {uri}")
+        _check_writable(filesystem, staging, f"--output {uri}")
     return Output(uri=uri, filesystem=filesystem, path=path, staging=staging, local=local, staged_inside=inside)
+
+
+def _check_bucket(filesystem: pafs.FileSystem, path: str, what: str) -> None:
+    """An object store's missing bucket, said as such (else it surfaces as a missing file, or mid-run)."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return
+    bucket = path.split("/", 1)[0]
+    if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+        raise ConfigError([f"{what}: no bucket {bucket!r} (or these credentials cannot see it)"])
+
+
+def _check_writable(filesystem: pafs.FileSystem, staging: str, what: str) -> None:
+    """Write and remove one empty object where the run will write, before any work: a key that may read but
+    not write (or a read-only bucket) is refused here, not after the first batch is computed."""
+    probe = posixpath.join(staging, BOOKKEEPING, f"write-check-{uuid.uuid4().hex[:8]}")
+    try:
+        _write_text(filesystem, probe, "")
+        filesystem.delete_file(probe)
+    except OSError as e:
+        raise ConfigError([f"{what}: cannot write there ({' '.join(str(e).split())[:300]})"]) from e
 
 
 def count_rows(output: Output, files: list[str]) -> tuple[int, collections.Counter[str]]:
