@@ -121,6 +121,11 @@ class Server:
         time.sleep(seconds)
         os.kill(self.process.pid, signal.SIGCONT)
 
+    def kill(self) -> None:
+        """Gone for good: the process killed, nothing answers on its port."""
+        self.process.kill()
+        self.process.wait()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGCONT)
@@ -162,12 +167,14 @@ def start_s3(script: Path, log: Path) -> Server:
     return Server("s3", endpoint, {**common, **keys["admin"]}, process, log, reader_env={**common, **keys["reader"]})
 
 
-def start_gcs(binary: Path, log: Path) -> Server:
-    port = _free_port()
+def start_gcs(binary: Path, log: Path, root: Path | None = None, port: int | None = None) -> Server:
+    """In memory, or kept in folder `root` (a server started again on it and its port finds it all)."""
+    port = port or _free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    with open(log, "w") as out:
+    backend = ["-backend", "filesystem", "-filesystem-root", str(root)] if root else ["-backend", "memory"]
+    with open(log, "a") as out:
         process = subprocess.Popen([str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-                                    "-backend", "memory", "-external-url", endpoint, "-public-host",
+                                    *backend, "-external-url", endpoint, "-public-host",
                                     f"127.0.0.1:{port}", "-log-level", "warn"],
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     _wait_until_up(endpoint + "/storage/v1/b", process, log)

@@ -8,12 +8,14 @@ mount point (a volume at --output, staged inside it), hard links in, then the re
 
 from __future__ import annotations
 
+import _thread
 import collections
 import hashlib
 import json
 import os
 import posixpath
 import socket
+import threading
 import time
 import urllib.request
 import uuid
@@ -32,7 +34,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from inferkit.console import say
-from inferkit.errors import ConfigError, JobFailed
+from inferkit.errors import ConfigError, JobFailed, Terminated
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TABLE_EXTENSIONS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -46,10 +48,15 @@ IMAGES_PER_READ_TASK = 64
 FOOTER_RETRY_SECONDS = (0.5, 2.0)
 WHOLE_FILE = -2  # the row group of a unit that is a whole parquet file
 UNREADABLE = "cannot read "  # how an unreadable unit's error row starts
-# Seconds a GCS request is retried for before the run fails (google-cloud-cpp's default is 15 minutes), and
-# the waits of the pre-flight checks (an emulator's port, the metadata server).
+# How long a request to an object store is retried before it fails: GCS for 60 s (google-cloud-cpp's default
+# is 15 minutes), S3 for 10 attempts with the AWS SDK's backoff (about a minute; its default 3 gave up
+# within a ten-second outage); and the waits of the pre-flight checks (an endpoint's port, the metadata server).
 GCS_RETRY_SECONDS = 60
+S3_ATTEMPTS = 10
 METADATA_TIMEOUT_SECONDS = CONNECT_TIMEOUT_SECONDS = 2.0
+# An object store that has not answered for STORE_OUTAGE_SECONDS (checked every STORE_CHECK_SECONDS) ends
+# the run; a shorter outage is ridden out.
+STORE_CHECK_SECONDS, STORE_OUTAGE_SECONDS = 15.0, 60.0
 OBJECT_STORE_THREADS = 16  # requests at once: an object store answers many small ones in parallel
 # Every row carries where it came from until it is written: its part (one block of read units, the unit
 # of resuming), its index in that part, and the part's row count. They never reach the output.
@@ -66,10 +73,33 @@ def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         try:
             if uri.startswith(("gs://", "gcs://")):
                 return _gcs(uri), uri.split("://", 1)[1]
+            if uri.startswith("s3://"):
+                return _s3(uri), uri.split("://", 1)[1]
             return pafs.FileSystem.from_uri(uri)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
             raise ConfigError([f"{uri}: unsupported or unreachable filesystem ({e})"]) from e
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def _s3(uri: str) -> pafs.S3FileSystem:
+    """pyarrow's own S3 filesystem for the URI (it reads AWS_ENDPOINT_URL and finds the bucket's region), made
+    again with more attempts: the AWS SDK's default three gave up within a ten-second outage, and the
+    unit being read became an error row."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:  # many attempts would make a wrong endpoint take minutes to refuse
+        _answers(endpoint, uri, "AWS_ENDPOINT_URL")
+    resolved, _ = pafs.FileSystem.from_uri(uri)
+    return pafs.S3FileSystem(region=resolved.region, endpoint_override=endpoint or None,
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
+
+
+def _answers(url: str, uri: str, setting: str) -> None:
+    endpoint = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        socket.create_connection((endpoint.hostname, port), timeout=CONNECT_TIMEOUT_SECONDS).close()
+    except (OSError, ValueError) as e:
+        raise ConfigError([f"{uri}: {setting}={url} does not answer ({e})"]) from e
 
 
 def _gcs(uri: str) -> pafs.GcsFileSystem:
@@ -79,11 +109,8 @@ def _gcs(uri: str) -> pafs.GcsFileSystem:
     retries = timedelta(seconds=GCS_RETRY_SECONDS)
     if emulator := os.environ.get("STORAGE_EMULATOR_HOST"):
         # google-cloud-storage and google-cloud-cpp take "host:port" or a URL, and go anonymous
+        _answers(emulator, uri, "STORAGE_EMULATOR_HOST")
         endpoint = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
-        try:
-            socket.create_connection((endpoint.hostname, endpoint.port or 80), timeout=CONNECT_TIMEOUT_SECONDS).close()
-        except (OSError, ValueError) as e:
-            raise ConfigError([f"{uri}: STORAGE_EMULATOR_HOST={emulator} does not answer ({e})"]) from e
         return pafs.GcsFileSystem(anonymous=True, scheme=endpoint.scheme, endpoint_override=endpoint.netloc,
                                   project_id=project, retry_time_limit=retries)
     if problem := gcs_credentials_problem():
@@ -525,3 +552,49 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
 def _write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
     with fs.open_output_stream(path) as stream:
         stream.write(text.encode("utf-8"))
+
+
+class StoreLost(JobFailed):
+    """An object store stopped answering mid-run; what was written stays there (nothing to read back now)."""
+
+
+class StoreWatch:
+    """While a run computes, a thread checks that its object stores still answer, and ends the run once one
+    has not for STORE_OUTAGE_SECONDS: it interrupts the main thread, which leaves as StoreLost. Without it a
+    store gone for good hung the run: Ray Data drops every block whose write fails (max_errored_blocks, kept
+    for rows that kill their worker) and the rescue of dropped parts then failed each one again, slowly."""
+
+    def __init__(self, stores: list[tuple[str, pafs.FileSystem, str]]):
+        self.stores = [s for s in stores if not isinstance(s[1], pafs.LocalFileSystem)]
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="inferkit-store-watch", daemon=True)
+
+    def __enter__(self) -> StoreWatch:
+        if self.stores:
+            self._thread.start()
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: Any) -> None:
+        self._stop.set()
+        if self.failure and kind is not None and issubclass(kind, KeyboardInterrupt) and not isinstance(error, Terminated):
+            raise StoreLost(self.failure) from error
+
+    def _watch(self) -> None:
+        failing_since = None
+        while not self._stop.wait(STORE_CHECK_SECONDS):
+            for what, filesystem, path in self.stores:
+                asked = time.monotonic()
+                try:
+                    filesystem.get_file_info(path)
+                except OSError as e:
+                    failing_since = failing_since or asked
+                    if time.monotonic() - failing_since >= STORE_OUTAGE_SECONDS and not self._stop.is_set():
+                        self.failure = (f"the {what} stopped answering for {time.monotonic() - failing_since:.0f} s "
+                                        f"({' '.join(str(e).split())[:200]}); what was written is kept there, and "
+                                        "the same command resumes once it is back")
+                        _thread.interrupt_main()
+                        return
+                    break
+            else:
+                failing_since = None

@@ -439,7 +439,7 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
     try:
         return _run(options, verbose, run_id, started, source, schema, facts, passthrough, output, ledger,
                     (job, attempts))
-    except io.PublishInterrupted:
+    except (io.PublishInterrupted, io.StoreLost):  # each says where the run is kept
         raise
     except InferkitError:
         _keep_for_resuming(ledger, output)
@@ -523,18 +523,20 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     write_mode, stats, precision = "none: every row was written by earlier attempts", "", {"chosen": spec.precision,
                                                                                          "checked": False}
     compiled, tally = {"on": False}, None
-    if parts:
-        prepared = _prepared(source, parts, facts, schema, options, plan, spec)
-        sample = _first_rows(prepared) if plan.precision_check or spec.compile else None
-        spec, precision = _settle_precision(sample, spec, plan)
-        _record_precision(ledger, history, spec.precision)
-        spec, compiled = settle_compile(sample, spec, _check_task(check_compiled, plan, retries=0))
-        tally = start_tally() if spec.compile else None
-        predictions = _predictions(prepared, spec, plan)
-        with terminal.row_progress(_listed_rows(source), progress.rows):
-            write_mode = _write(predictions, output, ledger, node_ids, plan, embedded)
-        stats = predictions.stats()
-    crashed_rows = _finish_incomplete_parts(ledger, source, facts, schema, options, plan, spec)
+    stores = [("input store", source.filesystem, source.units[0][0]), ("output store", output.filesystem, output.staging)]
+    with io.StoreWatch(stores):
+        if parts:
+            prepared = _prepared(source, parts, facts, schema, options, plan, spec)
+            sample = _first_rows(prepared) if plan.precision_check or spec.compile else None
+            spec, precision = _settle_precision(sample, spec, plan)
+            _record_precision(ledger, history, spec.precision)
+            spec, compiled = settle_compile(sample, spec, _check_task(check_compiled, plan, retries=0))
+            tally = start_tally() if spec.compile else None
+            predictions = _predictions(prepared, spec, plan)
+            with terminal.row_progress(_listed_rows(source), progress.rows):
+                write_mode = _write(predictions, output, ledger, node_ids, plan, embedded)
+            stats = predictions.stats()
+        crashed_rows = _finish_incomplete_parts(ledger, source, facts, schema, options, plan, spec)
     files = ledger.files_to_publish(source.parts)  # the pipeline and the rescue are done: no write is left
     execute_seconds = time.time() - execute_started
     rows, errors_by_message = io.count_rows(output, files)
