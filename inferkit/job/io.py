@@ -57,7 +57,8 @@ METADATA_TIMEOUT_SECONDS = CONNECT_TIMEOUT_SECONDS = 2.0
 # An object store that has not answered for STORE_OUTAGE_SECONDS (checked every STORE_CHECK_SECONDS) ends
 # the run; a shorter outage is ridden out.
 STORE_CHECK_SECONDS, STORE_OUTAGE_SECONDS = 15.0, 60.0
-OBJECT_STORE_THREADS = 16  # requests at once: an object store answers many small ones in parallel
+OBJECT_STORE_THREADS = 16
+OBJECT_STORES = (pafs.S3FileSystem, pafs.GcsFileSystem)  # where a path begins with its bucket  # requests at once: an object store answers many small ones in parallel
 # Every row carries where it came from until it is written: its part (one block of read units, the unit
 # of resuming), its index in that part, and the part's row count. They never reach the output.
 PART, ROW, PART_ROWS = "_inferkit_part", "_inferkit_row", "_inferkit_part_rows"
@@ -403,7 +404,7 @@ def prepare_output(uri: str, overwrite: bool) -> Output:
         raise ConfigError([f"--output {uri}: cannot check it ({e})"]) from e
     if exists and not overwrite and not unfinished_publish:
         raise ConfigError([f"--output {uri}: already exists; pass --overwrite to replace it"])
-    if not local:
+    if isinstance(filesystem, OBJECT_STORES):
         _check_bucket(filesystem, path, f"--output {uri}")
         _check_writable(filesystem, staging, f"--output {uri}")
     return Output(uri=uri, filesystem=filesystem, path=path, staging=staging, local=local, staged_inside=inside)
@@ -411,7 +412,7 @@ def prepare_output(uri: str, overwrite: bool) -> Output:
 
 def _check_bucket(filesystem: pafs.FileSystem, path: str, what: str) -> None:
     """An object store's missing bucket, said as such (else it surfaces as a missing file, or mid-run)."""
-    if isinstance(filesystem, pafs.LocalFileSystem):
+    if not isinstance(filesystem, OBJECT_STORES):
         return
     bucket = path.split("/", 1)[0]
     if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
