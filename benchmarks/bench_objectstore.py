@@ -76,6 +76,7 @@ def main() -> None:
             server.upload(images, f"{bucket}/images")
             s3 = timed_run({**env, **server.env}, model, f"s3://{bucket}/images", f"s3://{bucket}/out")
             on_s3 = commit_seconds(server.filesystem(), f"{bucket}/ledger", args.commits)
+            (tmp / "ledger" / "_inferkit" / "ledger").mkdir(parents=True)  # an object store needs no folders
             on_disk = commit_seconds(pafs.LocalFileSystem(), str(tmp / "ledger"), args.commits)
         finally:
             server.stop()

@@ -28,7 +28,7 @@ Exit codes:
   70   internal error in inferkit (a bug; the job's outcome is unknown)
   124  --timeout reached
   130  interrupted (Ctrl-C)
-  143  terminated (SIGTERM: docker stop, the pod deleted)"""
+  143  inferkit run terminated (SIGTERM: docker stop, the pod deleted)"""
 
 _state: dict[str, Any] = {"verbose": False, "argv": []}
 

@@ -17,7 +17,7 @@ STANDIN_REPO=inferkit-standin/ray
 STANDIN=${STANDIN_REPO}:${RAY_VERSION}-py311-cpu
 ROOTFS=inferkit-standin/bookworm-rootfs
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
-# Debian's packages at the snapshot this machine's apt uses, or the live archive.
+# Where mmdebstrap takes Debian's packages from.
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # python3.11-dev: the headers Ray's conda Python carries (inductor's C++ kernels include them).
 PACKAGES=python3.11,python3.11-venv,python3.11-dev,ca-certificates,wget,sudo,tzdata,bash,procps
@@ -29,12 +29,20 @@ if ! "$DOCKER" buildx version >/dev/null 2>&1 && [ -x /usr/bin/docker ]; then DO
 docker() { command "$DOCKER" "$@"; }
 
 say() { printf '== %s\n' "$*" >&2; }
+# What a stand-in build leaves on the way, removed however the script ends: the root filesystem's tar and
+# its imported image.
+TAR= ROOTFS_TAG=
+cleanup() {
+  rm -f "$TAR"
+  if [ -n "$ROOTFS_TAG" ]; then docker image rm "$ROOTFS_TAG" >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
 
 # The images a rebuild left untagged (several GB each): only this script's.
 prune() { docker image prune -f --filter label=inferkit.built-by=scripts/images.sh >/dev/null; }
 
 standin_key() {
-  { cat docker/standin/Dockerfile "$CA_BUNDLE"; echo "$PACKAGES $DEBIAN_MIRROR $RAY_VERSION"; } \
+  { cat docker/standin/Dockerfile "$CA_BUNDLE" "$0"; echo "$DEBIAN_MIRROR"; } \
     | sha256sum | cut -c1-16
 }
 
@@ -46,20 +54,19 @@ standin() {
     echo "$STANDIN"
     return
   fi
-  tar=$(mktemp --suffix=.tar)
-  trap 'rm -f "$tar"' RETURN
+  TAR=$(mktemp --suffix=.tar)
   say "Debian bookworm root filesystem (mmdebstrap: ${PACKAGES})"
   # The CA bundle and a pip.conf naming it: pip inside the images then trusts what this machine trusts.
   mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
     --customize-hook="copy-in $CA_BUNDLE /usr/local/share/" \
     --customize-hook='chroot "$1" sh -c "cat /usr/local/share/$(basename '"$CA_BUNDLE"') > /etc/ssl/certs/ca-certificates.crt && printf \"[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n\" > /etc/pip.conf"' \
-    bookworm "$tar" "$DEBIAN_MIRROR" >&2
-  docker import "$tar" "${ROOTFS}:${key}" >/dev/null
+    bookworm "$TAR" "$DEBIAN_MIRROR" >&2
+  ROOTFS_TAG=${ROOTFS}:${key}
+  docker import "$TAR" "$ROOTFS_TAG" >/dev/null
   say "stand-in ${STANDIN} (Ray ${RAY_VERSION} from PyPI)"
-  docker build -f docker/standin/Dockerfile --build-arg ROOTFS="${ROOTFS}:${key}" \
+  docker build -f docker/standin/Dockerfile --build-arg ROOTFS="$ROOTFS_TAG" \
     --build-arg RAY_VERSION="$RAY_VERSION" --label inferkit.standin.key="$key" \
     --label inferkit.built-by=scripts/images.sh -t "$STANDIN" docker/standin >&2
-  docker image rm "${ROOTFS}:${key}" >/dev/null
   prune
   echo "$STANDIN"
 }
@@ -80,5 +87,5 @@ job() {
 case "${1:-}" in
   standin) standin ;;
   job) job "${2:-cpu}" ;;
-  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,11p' "$0" >&2; exit 2 ;;
 esac

@@ -42,7 +42,7 @@ print(json.dumps(keys))
 GCS_PROJECT = "inferkit-test"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -153,7 +153,7 @@ def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
 
 
 def start_s3(script: Path, log: Path) -> Server:
-    port = _free_port()
+    port = free_port()
     with open(log, "w") as out:
         process = subprocess.Popen([str(script), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True,
@@ -169,7 +169,7 @@ def start_s3(script: Path, log: Path) -> Server:
 
 def start_gcs(binary: Path, log: Path, root: Path | None = None, port: int | None = None) -> Server:
     """In memory, or kept in folder `root` (a server started again on it and its port finds it all)."""
-    port = port or _free_port()
+    port = port or free_port()
     endpoint = f"http://127.0.0.1:{port}"
     backend = ["-backend", "filesystem", "-filesystem-root", str(root)] if root else ["-backend", "memory"]
     with open(log, "a") as out:

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -88,11 +87,50 @@ def test_every_input_kind_from_the_store_to_the_store(store, tiny_models, tmp_pa
 
 
 def _closed_port() -> int:
-    import socket
+    from objectstores import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
+
+
+def test_s3_filesystems_reach_ray_workers_with_their_retries(s3_server, monkeypatch):
+    """pyarrow pickles an S3 filesystem without its retry strategy: the reads and writes in Ray's workers
+    would give up after the SDK's three attempts. The filesystem inferkit opens unpickles with its own."""
+    import pickle
+
+    from ray import cloudpickle
+
+    from inferkit.job import io
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    filesystem, path = io.open_filesystem(f"s3://{s3_server.new_bucket()}/x")
+    sent = cloudpickle.dumps(filesystem)
+    assert b"s3_with_attempts" in sent
+    assert pickle.loads(sent).get_file_info(path.split("/")[0]).type == pafs.FileType.Directory
+
+
+def test_the_store_watch_ends_a_block_whose_store_is_gone_and_only_then(monkeypatch):
+    """Against a GCS endpoint where nothing listens (each check fails at once): the block is ended with
+    StoreLost once the outage is long enough; a block that ends first is never interrupted afterwards."""
+    from datetime import timedelta
+
+    from inferkit.job import io
+
+    monkeypatch.setattr(io, "STORE_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(io, "STORE_OUTAGE_SECONDS", 0.3)
+    gone = pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=f"127.0.0.1:{_closed_port()}",
+                              retry_time_limit=timedelta(seconds=0))
+    started = time.monotonic()
+    with pytest.raises(io.StoreLost, match="the output store stopped answering"):
+        with io.StoreWatch([("output store", gone, "bucket/out")]):
+            time.sleep(60)
+    assert time.monotonic() - started < 30
+    with io.StoreWatch([("output store", gone, "bucket/out")]):
+        pass
+    time.sleep(1)  # nothing is raised here: the watch ended with its block
+    with io.StoreWatch([("output store", pafs.LocalFileSystem(), "/")]) as local:
+        time.sleep(0.2)
+    assert not local.stores and local.failure is None  # a local filesystem is not watched
 
 
 def test_bad_buckets_endpoints_and_keys_are_refused_in_one_line_before_ray(store, tmp_path):

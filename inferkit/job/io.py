@@ -8,12 +8,13 @@ mount point (a volume at --output, staged inside it), hard links in, then the re
 
 from __future__ import annotations
 
-import _thread
 import collections
+import copyreg
 import hashlib
 import json
 import os
 import posixpath
+import signal
 import socket
 import threading
 import time
@@ -57,8 +58,8 @@ METADATA_TIMEOUT_SECONDS = CONNECT_TIMEOUT_SECONDS = 2.0
 # An object store that has not answered for STORE_OUTAGE_SECONDS (checked every STORE_CHECK_SECONDS) ends
 # the run; a shorter outage is ridden out.
 STORE_CHECK_SECONDS, STORE_OUTAGE_SECONDS = 15.0, 60.0
-OBJECT_STORE_THREADS = 16
-OBJECT_STORES = (pafs.S3FileSystem, pafs.GcsFileSystem)  # where a path begins with its bucket  # requests at once: an object store answers many small ones in parallel
+OBJECT_STORE_THREADS = 16  # requests at once: an object store answers many small ones in parallel
+OBJECT_STORES = (pafs.S3FileSystem, pafs.GcsFileSystem)  # where a path begins with its bucket
 # Every row carries where it came from until it is written: its part (one block of read units, the unit
 # of resuming), its index in that part, and the part's row count. They never reach the output.
 PART, ROW, PART_ROWS = "_inferkit_part", "_inferkit_row", "_inferkit_part_rows"
@@ -90,8 +91,19 @@ def _s3(uri: str) -> pafs.S3FileSystem:
     if endpoint:  # many attempts would make a wrong endpoint take minutes to refuse
         _answers(endpoint, uri, "AWS_ENDPOINT_URL")
     resolved, _ = pafs.FileSystem.from_uri(uri)
+    # pyarrow's pickling drops retry_strategy: Ray's workers, where the reads and writes are, rebuild it
+    copyreg.pickle(pafs.S3FileSystem, _reduce_with_attempts)
     return pafs.S3FileSystem(region=resolved.region, endpoint_override=endpoint or None,
                              retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
+
+
+def _reduce_with_attempts(filesystem: pafs.S3FileSystem) -> tuple:
+    return s3_with_attempts, (filesystem.__reduce__()[1][0],)
+
+
+def s3_with_attempts(options: dict) -> pafs.S3FileSystem:
+    """An S3 filesystem unpickled with S3_ATTEMPTS (see _s3)."""
+    return pafs.S3FileSystem(**options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
 
 
 def _answers(url: str, uri: str, setting: str) -> None:
@@ -405,7 +417,10 @@ def prepare_output(uri: str, overwrite: bool) -> Output:
     if exists and not overwrite and not unfinished_publish:
         raise ConfigError([f"--output {uri}: already exists; pass --overwrite to replace it"])
     if isinstance(filesystem, OBJECT_STORES):
-        _check_bucket(filesystem, path, f"--output {uri}")
+        try:
+            _check_bucket(filesystem, path, f"--output {uri}")
+        except OSError as e:
+            raise ConfigError([f"--output {uri}: cannot check it ({' '.join(str(e).split())[:300]})"]) from e
         _check_writable(filesystem, staging, f"--output {uri}")
     return Output(uri=uri, filesystem=filesystem, path=path, staging=staging, local=local, staged_inside=inside)
 
@@ -561,25 +576,37 @@ class StoreLost(JobFailed):
 
 class StoreWatch:
     """While a run computes, a thread checks that its object stores still answer, and ends the run once one
-    has not for STORE_OUTAGE_SECONDS: it interrupts the main thread, which leaves as StoreLost. Without it a
-    store gone for good hung the run: Ray Data drops every block whose write fails (max_errored_blocks, kept
-    for rows that kill their worker) and the rescue of dropped parts then failed each one again, slowly."""
+    has not for STORE_OUTAGE_SECONDS: it signals the main thread (SIGUSR2, whose handler raises StoreLost
+    there; not SIGINT, which a process started in the background ignores). Without it a store gone for good
+    hung the run: Ray Data drops every block whose write fails (max_errored_blocks, kept for rows that kill
+    their worker) and the rescue of dropped parts then failed each one again, slowly."""
 
     def __init__(self, stores: list[tuple[str, pafs.FileSystem, str]]):
-        self.stores = [s for s in stores if not isinstance(s[1], pafs.LocalFileSystem)]
+        self.stores = [s for s in stores if isinstance(s[1], OBJECT_STORES)]
         self.failure: str | None = None
+        self._done = False
+        self._lock = threading.Lock()  # the signal is sent only while the block runs
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="inferkit-store-watch", daemon=True)
+        self._previous: Any = None
 
     def __enter__(self) -> StoreWatch:
-        if self.stores:
+        if self.stores and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGUSR2, self._raise)
             self._thread.start()
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, traceback: Any) -> None:
-        self._stop.set()
-        if self.failure and kind is not None and issubclass(kind, KeyboardInterrupt) and not isinstance(error, Terminated):
+        with self._lock:
+            self._done = True
+            self._stop.set()
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR2, self._previous)
+        if self.failure and not isinstance(error, (Terminated, StoreLost)):
             raise StoreLost(self.failure) from error
+
+    def _raise(self, signum: int, frame: Any) -> None:
+        raise StoreLost(self.failure or "an object store stopped answering")
 
     def _watch(self) -> None:
         failing_since = None
@@ -590,11 +617,14 @@ class StoreWatch:
                     filesystem.get_file_info(path)
                 except OSError as e:
                     failing_since = failing_since or asked
-                    if time.monotonic() - failing_since >= STORE_OUTAGE_SECONDS and not self._stop.is_set():
-                        self.failure = (f"the {what} stopped answering for {time.monotonic() - failing_since:.0f} s "
-                                        f"({' '.join(str(e).split())[:200]}); what was written is kept there, and "
-                                        "the same command resumes once it is back")
-                        _thread.interrupt_main()
+                    if time.monotonic() - failing_since >= STORE_OUTAGE_SECONDS:
+                        with self._lock:
+                            if not self._done:
+                                self.failure = (f"the {what} stopped answering for "
+                                                f"{time.monotonic() - failing_since:.0f} s "
+                                                f"({' '.join(str(e).split())[:200]}); what was written is kept "
+                                                "there, and the same command resumes once it is back")
+                                signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR2)
                         return
                     break
             else:
