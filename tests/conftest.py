@@ -63,8 +63,9 @@ def pytest_collection_modifyitems(items: list) -> None:
         if uses & DOCKER_FIXTURES:
             item.add_marker(pytest.mark.docker)
             item.add_marker(pytest.mark.slow)
-        if uses & OBJECTSTORE_FIXTURES:
+        if uses & OBJECTSTORE_FIXTURES:  # a server to start (and on a new machine, to build)
             item.add_marker(pytest.mark.objectstore)
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass

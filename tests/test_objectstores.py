@@ -238,9 +238,10 @@ def test_a_run_killed_at_40_percent_resumes_on_the_store(store, tiny_models, tmp
 def test_a_store_that_freezes_for_ten_seconds_is_ridden_out(store, tiny_models, tmp_path):
     bucket, args = _long_job(store, tmp_path)
     log = tmp_path / "run.log"
-    process = _start(store, tiny_models["classifier"], args, log, INFERKIT_INJECT_FAULT="slow:0.05")
+    process = _start(store, tiny_models["classifier"], args, log, INFERKIT_INJECT_FAULT="slow:0.1")
     _wait_for_rows(store, bucket, process, log, 1)
     store.freeze(10)
+    assert process.poll() is None, "the run ended before the store came back: the freeze proved nothing"
     assert process.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
     _every_row_once(store, bucket)
 
@@ -262,7 +263,7 @@ def test_a_store_gone_for_good_fails_the_run_and_the_rows_written_stay(tiny_mode
     try:
         bucket, args = _long_job(server, tmp_path)
         run_log = tmp_path / "run.log"
-        process = _start(server, tiny_models["classifier"], args, run_log, INFERKIT_INJECT_FAULT="slow:0.05")
+        process = _start(server, tiny_models["classifier"], args, run_log, INFERKIT_INJECT_FAULT="slow:0.1")
         _wait_for_rows(server, bucket, process, run_log, ROWS // 4)
         kept = _ledger_rows(server, bucket)
         server.kill()
