@@ -38,8 +38,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The images a rebuild left untagged (several GB each): only this script's.
-prune() { docker image prune -f --filter label=inferkit.built-by=scripts/images.sh >/dev/null; }
+# The images a rebuild left untagged (several GB each): only this script's. And BuildKit's cache beyond
+# about two builds' layers (each holds a 5 GB torch layer; a full disk made Ray refuse to create objects).
+prune() {
+  docker image prune -f --filter label=inferkit.built-by=scripts/images.sh >/dev/null
+  docker builder prune -f --keep-storage 16GB >/dev/null
+}
 
 standin_key() {
   { cat docker/standin/Dockerfile "$CA_BUNDLE" "$0"; echo "$DEBIAN_MIRROR"; } \
