@@ -87,9 +87,10 @@ def _s3(uri: str) -> pafs.S3FileSystem:
     """pyarrow's own S3 filesystem for the URI (it reads AWS_ENDPOINT_URL and finds the bucket's region), made
     again with more attempts: the AWS SDK's default three gave up within a ten-second outage, and the
     unit being read became an error row."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    setting = "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+    endpoint = os.environ.get(setting)
     if endpoint:  # many attempts would make a wrong endpoint take minutes to refuse
-        _answers(endpoint, uri, "AWS_ENDPOINT_URL")
+        _answers(endpoint, uri, setting)
     resolved, _ = pafs.FileSystem.from_uri(uri)
     # pyarrow's pickling drops retry_strategy: Ray's workers, where the reads and writes are, rebuild it
     copyreg.pickle(pafs.S3FileSystem, _reduce_with_attempts)
@@ -129,8 +130,6 @@ def _gcs(uri: str) -> pafs.GcsFileSystem:
     if problem := gcs_credentials_problem():
         raise ConfigError([f"{uri}: {problem}"])
     return pafs.GcsFileSystem(project_id=project, retry_time_limit=retries)
-
-
 
 
 def gcs_credentials_problem() -> str | None:
