@@ -39,7 +39,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The images a rebuild left untagged (several GB each): only this script's. And BuildKit's cache beyond
-# about two builds' layers (each holds a 5 GB torch layer; a full disk made Ray refuse to create objects).
+# about two builds' layers (each holds a 5 GB torch layer; with the disk 95% full Ray warned on every run).
 prune() {
   docker image prune -f --filter label=inferkit.built-by=scripts/images.sh >/dev/null
   docker builder prune -f --keep-storage 16GB >/dev/null
@@ -51,7 +51,7 @@ standin_key() {
 }
 
 standin() {
-  local key tar
+  local key
   key=$(standin_key)
   if [ "$(docker image inspect -f '{{index .Config.Labels "inferkit.standin.key"}}' "$STANDIN" 2>/dev/null)" = "$key" ]; then
     say "stand-in ${STANDIN} is up to date (key ${key})"
