@@ -1,7 +1,8 @@
 """The job images and the kind path, as far as this machine allows: the Dockerfile agrees with the
 package (one Ray version, the entrypoint, the cache folder, the user), picks Ray's image for the build
-architecture and a torch whose CUDA matches it, passes hadolint; the kind preset fits a laptop; and the
-kind end-to-end run where Docker, kind, helm and kubectl exist."""
+architecture and a torch whose CUDA matches it, passes hadolint; the CPU image built on the stand-in base
+(scripts/images.sh) and run in containers (marked `docker`); the kind preset fits a laptop; and the kind
+end-to-end run where Docker, kind, helm and kubectl exist."""
 
 from __future__ import annotations
 
