@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from inferkit.errors import ConfigError
+from inferkit.errors import ConfigError, one_line
 from inferkit.validate import crd_schemas
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -27,7 +27,7 @@ def load_crd_schemas(source: str) -> dict[str, dict]:
         try:
             documents += [d for d in yaml.load_all(file.read_text(encoding="utf-8"), Loader=_Loader) if d]
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise ConfigError([f"--crd-dir: cannot read {file}: {' '.join(str(e).split())}"]) from e
+            raise ConfigError([f"--crd-dir: cannot read {file}: {one_line(e)}"]) from e
     try:
         schemas = crd_schemas(documents)
     except (KeyError, TypeError, AttributeError, IndexError) as e:

@@ -17,6 +17,11 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 
+def one_line(error: BaseException, limit: int | None = None) -> str:
+    """An error's message on one line (SDKs and servers write several), cut to `limit` characters."""
+    return " ".join(str(error).split())[:limit]
+
+
 class InferkitError(Exception):
     """An error the CLI reports as `Error: <message>` without a traceback (unless -v)."""
 

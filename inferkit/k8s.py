@@ -18,7 +18,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from inferkit.errors import ApiError
+from inferkit.errors import ApiError, one_line
 from inferkit.follow import driver_log_on_head
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
@@ -91,7 +91,7 @@ class Kube:
             default_namespace = current.get("context", {}).get("namespace") or "default"
         except (yaml.YAMLError, TypeError, KeyError, AttributeError, ValueError) as e:  # not a kubeconfig
             raise ApiError(f"cannot read kubeconfig {kubeconfig or '~/.kube/config'}: {type(e).__name__}: "
-                           f"{' '.join(str(e).split())}") from e
+                           f"{one_line(e)}") from e
         except (ConfigException, OSError) as e:
             if kubeconfig or context:
                 raise ApiError(f"cannot use kubeconfig {kubeconfig or '~/.kube/config'}: {e}") from e

@@ -35,7 +35,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from inferkit.console import say
-from inferkit.errors import ConfigError, JobFailed, Terminated
+from inferkit.errors import ConfigError, JobFailed, Terminated, one_line
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TABLE_EXTENSIONS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -330,7 +330,7 @@ def read_units(batch: pa.Table, *, filesystem: pafs.FileSystem, fmt: str, schema
         except (OSError, pa.ArrowInvalid) as e:
             empty = {PATH: [file]} if fmt == "images" else {}
             table = pa.Table.from_pylist([empty], schema=schema)
-            error = pa.array([f"{UNREADABLE}{file}: {' '.join(str(e).split())[:300]}"], pa.string())
+            error = pa.array([f"{UNREADABLE}{file}: {one_line(e, 300)}"], pa.string())
         tables.append(table.append_column(ERROR, error))
     table = pa.concat_tables(tables)
     rows = table.num_rows
@@ -366,7 +366,7 @@ def sample_schema(source: Source) -> pa.Schema:
         return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f.with_nullable(True)
                           for f in schema])
     except (OSError, pa.ArrowInvalid) as e:
-        raise ConfigError([f"--input {source.uri}: cannot read {file} ({' '.join(str(e).split())[:300]})"]) from e
+        raise ConfigError([f"--input {source.uri}: cannot read {file} ({one_line(e, 300)})"]) from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ def prepare_output(uri: str, overwrite: bool) -> Output:
         try:
             _check_bucket(filesystem, path, f"--output {uri}")
         except OSError as e:
-            raise ConfigError([f"--output {uri}: cannot check it ({' '.join(str(e).split())[:300]})"]) from e
+            raise ConfigError([f"--output {uri}: cannot check it ({one_line(e, 300)})"]) from e
         _check_writable(filesystem, staging, f"--output {uri}")
     return Output(uri=uri, filesystem=filesystem, path=path, staging=staging, local=local, staged_inside=inside)
 
@@ -441,7 +441,7 @@ def _check_writable(filesystem: pafs.FileSystem, staging: str, what: str) -> Non
         _write_text(filesystem, probe, "")
         filesystem.delete_file(probe)
     except OSError as e:
-        raise ConfigError([f"{what}: cannot write there ({' '.join(str(e).split())[:300]})"]) from e
+        raise ConfigError([f"{what}: cannot write there ({one_line(e, 300)})"]) from e
 
 
 def count_rows(output: Output, files: list[str]) -> tuple[int, collections.Counter[str]]:
@@ -469,7 +469,7 @@ def publish(output: Output, report: dict[str, Any]) -> None:
         leftover = _swap_folder(fs, output) if renames else _copy_over(fs, output)
     except OSError as e:
         state = "is as it was" if renames else f"has no {SUCCESS} (the same command finishes publishing it)"
-        raise PublishInterrupted(f"publishing the output to {output.uri} failed ({' '.join(str(e).split())}); "
+        raise PublishInterrupted(f"publishing the output to {output.uri} failed ({one_line(e)}); "
                                  f"the complete run is kept at {output.staging} and the output {state}") from e
     for folder in (leftover, posixpath.join(output.path, BOOKKEEPING) if renames else None):
         try:
@@ -621,7 +621,7 @@ class StoreWatch:
                             if not self._done:
                                 self.failure = (f"the {what} stopped answering for "
                                                 f"{time.monotonic() - failing_since:.0f} s "
-                                                f"({' '.join(str(e).split())[:200]}); what was written is kept "
+                                                f"({one_line(e, 200)}); what was written is kept "
                                                 "there, and the same command resumes once it is back")
                                 signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR2)
                         return

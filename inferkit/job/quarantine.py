@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from inferkit.console import say
-from inferkit.errors import JobFailed
+from inferkit.errors import JobFailed, one_line
 from inferkit.job import io
 from inferkit.job.ledger import Ledger, Progress
 from inferkit.job.tasks import ModelSpec, decode_images, output_table
@@ -102,7 +102,7 @@ def _serve() -> None:
                 result = predictor(table)
             reply: tuple[str, Any] = ("ok", result)
         except Exception as e:  # noqa: BLE001 - reported to the driver, which fails the run with it
-            reply = ("error", f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
+            reply = ("error", f"{type(e).__name__}: {one_line(e, 500)}")
         pickle.dump(reply, outbox)
         outbox.flush()
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from inferkit.errors import one_line
 from inferkit.job.compile import FAULT as COMPILE_FAULT
 from inferkit.job.compile import ActorCompiler
 from inferkit.job.io import KEYS, PART, ROW
@@ -123,7 +124,7 @@ def read_model_facts(model: str, task: str, trust_remote_code: bool) -> ModelFac
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "cannot use this model"
         raise ConfigError([f"--model {model}: cannot load its config ({type(e).__name__}: "
-                           f"{' '.join(str(e).split())[:300]})"]) from e
+                           f"{one_line(e, 300)})"]) from e
     processor = None
     if task == "image-classification":
         from transformers import AutoImageProcessor
@@ -132,7 +133,7 @@ def read_model_facts(model: str, task: str, trust_remote_code: bool) -> ModelFac
             processor = AutoImageProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code)
         except Exception as e:  # noqa: BLE001 - no preprocessor_config.json, or one transformers cannot use
             raise ConfigError([f"--model {model}: cannot load its image processor, so it cannot classify images "
-                               f"({type(e).__name__}: {' '.join(str(e).split())[:300]})"]) from e
+                               f"({type(e).__name__}: {one_line(e, 300)})"]) from e
     labels = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
     return ModelFacts(
         model=model,
@@ -216,9 +217,9 @@ def decode_images(batch: pa.Table, *, processors: list, shapes: list[tuple[int, 
                 except UnidentifiedImageError:
                     errors[i] = "cannot decode image: not a format PIL recognises"
                 except Image.DecompressionBombError as e:
-                    errors[i] = f"image too large to decode safely: {' '.join(str(e).split())[:200]}"
+                    errors[i] = f"image too large to decode safely: {one_line(e, 200)}"
                 except Exception as e:  # noqa: BLE001 - whatever a decoder raises, it is this row's error
-                    errors[i] = f"cannot decode image: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                    errors[i] = f"cannot decode image: {type(e).__name__}: {one_line(e, 200)}"
         for k, processor in enumerate(processors):
             pixels = None
             if image is not None:
@@ -226,7 +227,7 @@ def decode_images(batch: pa.Table, *, processors: list, shapes: list[tuple[int, 
                     pixels = processor(image, do_rescale=False, do_normalize=False,
                                        return_tensors="np")["pixel_values"][0]
                 except Exception as e:  # noqa: BLE001 - a size or mode the processor refuses: this row's error
-                    errors[i] = f"cannot preprocess image: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                    errors[i] = f"cannot preprocess image: {type(e).__name__}: {one_line(e, 200)}"
                     image = None
             arrays[k].append(np.zeros(shapes[k], dtype=np.uint8) if pixels is None
                              else np.clip(pixels, 0, 255).astype(np.uint8))
