@@ -32,6 +32,7 @@ from inferkit.job.tasks import ModelSpec, decode_images, output_table
 DIED = "the worker process died on this row: "
 DEATHS_PER_ROW = 2  # a row that kills this many fresh processes is an error row, not a victim of chance
 SUPERVISOR_RESTARTS = 3  # the actor itself (not its child) lost, as with a lost node
+MEMORY_MONITOR = "killed by Ray's memory monitor, the node running low on memory"
 
 
 def how_it_ended(returncode: int) -> str:
@@ -65,7 +66,7 @@ class Quarantine:
         """("ok", table), ("error", text) for an exception, or ("died", how) when the child died."""
         if self.child is None:
             self.child = subprocess.Popen([sys.executable, "-m", "inferkit.job.quarantine"], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE)
+                                          stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
             pickle.dump(self.setup, self.child.stdin)
         try:
             pickle.dump((command, table), self.child.stdin)
@@ -75,6 +76,16 @@ class Quarantine:
             child, self.child = self.child, None
             child.kill()  # nothing if it is gone; a child that broke the protocol is not trusted again
             return "died", how_it_ended(child.wait())
+
+
+def _die_with_parent() -> None:
+    """The child is killed when its actor's process dies. Ray's memory monitor SIGKILLs the worker, which
+    leaves its children running (Ray kills them only on a worker's clean exit): a child taking memory would
+    outlive its actor and hold that memory while the monitor killed the node's other workers."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1  # prctl(2)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _serve() -> None:
@@ -138,13 +149,17 @@ class Rescue:
 
     def _call(self, command: str, table: pa.Table) -> tuple[str, Any]:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import OutOfMemoryError, RayActorError
 
         for _ in range(SUPERVISOR_RESTARTS):
             if self.actor is None:
                 self.actor = ray.remote(Quarantine).options(max_restarts=0, **self.actor_options).remote(self.setup)
             try:
                 return ray.get(self.actor.call.remote(command, table))
+            except OutOfMemoryError:  # the monitor killed the actor for what its child took: a death too
+                ray.kill(self.actor)
+                self.actor = None
+                return "died", MEMORY_MONITOR
             except RayActorError:
                 self.actor = None
         raise JobFailed(f"the actor that finishes crashed rows was lost {SUPERVISOR_RESTARTS} times in a row")

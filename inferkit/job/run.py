@@ -38,6 +38,12 @@ SAMPLE_ROWS = 64  # the first batch the precision and compile checks compare
 # Retries of a read, decode, inference or write task whose process died (Ray Data's default is without
 # limit): a block that still fails is dropped by Ray Data and finished row by row (quarantine.py).
 TASK_RETRIES = 2
+# Retries of a task that Ray's memory monitor killed, counted apart from TASK_RETRIES: Ray 2.60 retries
+# those without limit (task_oom_retries, -1), so a row whose decoding takes more memory than the node
+# has hung the run for ever (seen: a decode task killed and started again for minutes). Bounded, its
+# block is dropped and quarantine.py does its rows again one chunk at a time, which is the retry that
+# needs the least memory, and finds the row.
+OOM_RETRIES = 1
 # Ray 2.60 has no named parameter for those retry bounds (dataset.py's named remote parameters stop at
 # label_selector ... runtime_env), so they go through ray_remote_args, which warns of its removal in 2.64 on
 # every map_batches. Ray is pinned to 2.60; the warning is ours to act on when Ray moves, not the user's.
@@ -186,6 +192,9 @@ def _connect(verbose: bool) -> tuple[str, bool]:
     import ray
 
     address = os.environ.get("RAY_ADDRESS")
+    # Read by this process's core worker, which retries the tasks it submits (Ray Data's); a value the
+    # user set is kept.
+    os.environ.setdefault("RAY_task_oom_retries", str(OOM_RETRIES))
     # Ray's own warnings (advice for Ray developers) only with -v; its errors always.
     level = logging.INFO if verbose else logging.ERROR
     embedded = False
@@ -197,7 +206,8 @@ def _connect(verbose: bool) -> tuple[str, bool]:
     else:
         _choose_token_auth()
         ray.init(address="local", include_dashboard=False, logging_level=level,  # never a stray `ray start`
-                 _system_config={"num_workers_soft_limit": (os.cpu_count() or 1) + EXTRA_IDLE_WORKERS})
+                 _system_config={"num_workers_soft_limit": (os.cpu_count() or 1) + EXTRA_IDLE_WORKERS,
+                                 "task_oom_retries": int(os.environ["RAY_task_oom_retries"])})
         where, embedded = "an embedded Ray", True
     stop_on_sigterm()  # ray.init put its own handler in place of the CLI's
     if not verbose:

@@ -28,6 +28,7 @@ from inferkit.job.plan import AGREEMENT_THRESHOLD, ModelProfile, top1_agreement
 
 ERROR = "error"
 CRASH_EXIT_CODE = 86  # what crash-on makes the process exit with
+HOG_STEP_BYTES, HOG_LIMIT_BYTES = 256 * 2**20, 8 * 2**30  # hog-memory-decode-on's steps and ceiling
 # Model types whose layers are mostly 2-D convolutions: they run faster in channels_last.
 CONVOLUTIONAL = {"resnet", "convnext", "convnextv2", "regnet", "efficientnet", "mobilenet_v1", "mobilenet_v2",
                  "bit", "van", "poolformer", "levit", "mobilevit", "mobilevitv2"}
@@ -199,6 +200,7 @@ def decode_images(batch: pa.Table, *, processors: list, shapes: list[tuple[int, 
     from PIL import Image, UnidentifiedImageError
 
     crash_on(fault, "crash-decode-on", batch, id_column)
+    hog_memory_on(fault, "hog-memory-decode-on", batch, id_column)
     blobs = batch.column(image_column).to_pylist()
     errors = batch.column(ERROR).to_pylist() if ERROR in batch.column_names else [None] * len(blobs)
     arrays: list[list[np.ndarray]] = [[] for _ in processors]
@@ -509,6 +511,8 @@ def output_table(spec: ModelSpec, batch: pa.Table, good: list[int], results: lis
 #   oom-above:<rows>         a model call on more rows raises an out-of-memory error
 #   crash-on:<id>            the process exits whenever it predicts the row whose id is <id>, every time
 #   crash-decode-on:<id>     the same in the image decoding stage
+#   hog-memory-decode-on:<id>  decoding the image whose id is <id> takes memory until the process is killed
+#                            (by Ray's memory monitor; at most HOG_LIMIT_BYTES, then it waits), every time
 #   slow:<seconds>           each inference batch takes this much longer (to stop a run midway)
 #   trace:<folder>           each inference batch appends the ids it computes to a file there
 
@@ -517,10 +521,25 @@ def faults(spec: str) -> dict[str, str]:
     return dict(item.partition(":")[::2] for item in spec.split(",") if item)
 
 
-def crash_on(spec: str, kind: str, batch: pa.Table, id_column: str) -> None:
+def _holds_target(spec: str, kind: str, batch: pa.Table, id_column: str) -> bool:
     target = faults(spec).get(kind)
-    if target and id_column in batch.column_names and target in {str(v) for v in batch.column(id_column).to_pylist()}:
+    return bool(target) and id_column in batch.column_names and target in {
+        str(v) for v in batch.column(id_column).to_pylist()}
+
+
+def crash_on(spec: str, kind: str, batch: pa.Table, id_column: str) -> None:
+    if _holds_target(spec, kind, batch, id_column):
         os._exit(CRASH_EXIT_CODE)
+
+
+def hog_memory_on(spec: str, kind: str, batch: pa.Table, id_column: str) -> None:
+    if not _holds_target(spec, kind, batch, id_column):
+        return
+    held = []
+    while len(held) * HOG_STEP_BYTES < HOG_LIMIT_BYTES:
+        held.append(np.ones(HOG_STEP_BYTES, dtype=np.uint8))  # written, so resident
+        time.sleep(0.05)
+    time.sleep(3600)
 
 
 def _trace(spec: str, batch: pa.Table) -> None:
