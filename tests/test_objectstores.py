@@ -109,23 +109,21 @@ def test_s3_filesystems_reach_ray_workers_with_their_retries(s3_server, monkeypa
     assert pickle.loads(sent).get_file_info(path.split("/")[0]).type == pafs.FileType.Directory
 
 
-def test_the_store_watch_ends_a_block_whose_store_is_gone_and_only_then(monkeypatch):
+def test_the_store_watch_ends_a_block_whose_store_is_gone_and_only_then():
     """Against a GCS endpoint where nothing listens (each check fails at once): the block is ended with
     StoreLost once the outage is long enough; a block that ends first is never interrupted afterwards."""
     from datetime import timedelta
 
     from inferkit.job import io
 
-    monkeypatch.setattr(io, "STORE_CHECK_SECONDS", 0.05)
-    monkeypatch.setattr(io, "STORE_OUTAGE_SECONDS", 0.3)
     gone = pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=f"127.0.0.1:{_closed_port()}",
                               retry_time_limit=timedelta(seconds=0))
     started = time.monotonic()
     with pytest.raises(io.StoreLost, match="the output store stopped answering"):
-        with io.StoreWatch([("output store", gone, "bucket/out")]):
+        with io.StoreWatch([("output store", gone, "bucket/out")], outage_seconds=0.3):
             time.sleep(60)
     assert time.monotonic() - started < 30
-    with io.StoreWatch([("output store", gone, "bucket/out")]):
+    with io.StoreWatch([("output store", gone, "bucket/out")], outage_seconds=0.3):
         pass
     time.sleep(1)  # nothing is raised here: the watch ended with its block
     with io.StoreWatch([("output store", pafs.LocalFileSystem(), "/")]) as local:
@@ -249,13 +247,12 @@ def test_a_store_that_freezes_for_ten_seconds_is_ridden_out(store, tiny_models, 
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_store_gone_for_good_fails_the_run_and_the_rows_written_stay(tiny_models, tmp_path, gcs_server):
-    """fake-gcs-server keeping its objects in a folder, killed mid-run: the run fails (after GCS_RETRY_SECONDS,
-    not google-cloud-cpp's 15 minutes) in one line, exit 1; started again on the same folder, the same command
-    resumes from what was written before the loss."""
+    """fake-gcs-server keeping its objects in a folder, killed mid-run: the run fails (after
+    --store-outage-seconds, not google-cloud-cpp's 15 minutes) in one line, exit 1; started again on the same
+    folder, the same command resumes from what was written before the loss."""
     import objectstores
 
-    from inferkit.job.io import GCS_RETRY_SECONDS
-
+    outage = 12
     binary = Path(gcs_server.process.args[0])
     root, log = tmp_path / "objects", tmp_path / "server.log"
     root.mkdir()
@@ -263,15 +260,17 @@ def test_a_store_gone_for_good_fails_the_run_and_the_rows_written_stay(tiny_mode
     try:
         bucket, args = _long_job(server, tmp_path)
         run_log = tmp_path / "run.log"
-        process = _start(server, tiny_models["classifier"], args, run_log, INFERKIT_INJECT_FAULT="slow:0.1")
+        process = _start(server, tiny_models["classifier"], [*args, "--store-outage-seconds", str(outage)], run_log,
+                         INFERKIT_INJECT_FAULT="slow:0.1")
         _wait_for_rows(server, bucket, process, run_log, ROWS // 4)
         kept = _ledger_rows(server, bucket)
         server.kill()
         lost = time.monotonic()
-        assert process.wait(timeout=GCS_RETRY_SECONDS + 240) == 1, run_log.read_text()[-3000:]
+        assert process.wait(timeout=RUN_TIMEOUT) == 1, run_log.read_text()[-3000:]
         took = time.monotonic() - lost
         errors = [line for line in run_log.read_text().splitlines() if line.startswith("Error: ")]
-        assert len(errors) == 1 and "store stopped answering" in errors[0], run_log.read_text()[-3000:]
+        assert len(errors) == 1 and "store stopped answering for" in errors[0], run_log.read_text()[-3000:]
+        assert int(errors[0].split("stopped answering for ")[1].split(" s ")[0]) >= outage, errors[0]
         server = objectstores.start_gcs(binary, log, root=root, port=int(server.endpoint.rsplit(":", 1)[1]))
         assert _ledger_rows(server, bucket) >= kept > 0
         again = _run(server, "--task", "text-classification", "--model", tiny_models["classifier"], *args)

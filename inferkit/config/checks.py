@@ -123,6 +123,8 @@ def check_run(run: RunOptions) -> list[str]:
             problems.append(f"run.{camel(name)}: must be greater than 0, not {value}")
     if not 0 <= run.max_error_fraction <= 1:
         problems.append(f"run.maxErrorFraction: must be between 0 and 1, not {run.max_error_fraction}")
+    if not run.store_outage_seconds > 0:
+        problems.append(f"run.storeOutageSeconds: must be greater than 0, not {run.store_outage_seconds}")
     if run.device == "cpu" and run.num_gpus_per_actor:
         problems.append("run.numGpusPerActor: conflicts with device 'cpu'")
     nesting = nesting_problem(run.input, run.output)

@@ -49,15 +49,15 @@ IMAGES_PER_READ_TASK = 64
 FOOTER_RETRY_SECONDS = (0.5, 2.0)
 WHOLE_FILE = -2  # the row group of a unit that is a whole parquet file
 UNREADABLE = "cannot read "  # how an unreadable unit's error row starts
-# How long a request to an object store is retried before it fails: GCS for 60 s (google-cloud-cpp's default
-# is 15 minutes), S3 for 10 attempts with the AWS SDK's backoff (about a minute; its default 3 gave up
-# within a ten-second outage); and the waits of the pre-flight checks (an endpoint's port, the metadata server).
-GCS_RETRY_SECONDS = 60
+# An object store that has not answered for an outage's seconds (--store-outage-seconds; checked every
+# STORE_CHECK_SECONDS, or a quarter of the outage if less) ends the run; a shorter outage is ridden out.
+# A request is retried as long: GCS for the outage's seconds (google-cloud-cpp's default is 15 minutes),
+# S3 for S3_ATTEMPTS with the AWS SDK's backoff (about a minute; its default 3 gave up within a ten-second
+# outage). And the waits of the pre-flight checks (an endpoint's port, the metadata server).
+STORE_OUTAGE_SECONDS = 60.0
+STORE_CHECK_SECONDS = 15.0
 S3_ATTEMPTS = 10
 METADATA_TIMEOUT_SECONDS = CONNECT_TIMEOUT_SECONDS = 2.0
-# An object store that has not answered for STORE_OUTAGE_SECONDS (checked every STORE_CHECK_SECONDS) ends
-# the run; a shorter outage is ridden out.
-STORE_CHECK_SECONDS, STORE_OUTAGE_SECONDS = 15.0, 60.0
 OBJECT_STORE_THREADS = 16  # requests at once: an object store answers many small ones in parallel
 OBJECT_STORES = (pafs.S3FileSystem, pafs.GcsFileSystem)  # where a path begins with its bucket
 # Every row carries where it came from until it is written: its part (one block of read units, the unit
@@ -66,7 +66,7 @@ PART, ROW, PART_ROWS = "_inferkit_part", "_inferkit_row", "_inferkit_part_rows"
 KEYS = (PART, ROW, PART_ROWS)
 
 
-def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+def open_filesystem(uri: str, outage_seconds: float = STORE_OUTAGE_SECONDS) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it; plain paths are local. s3:// takes its endpoint and
     credentials as the AWS SDK does (AWS_ENDPOINT_URL, AWS_* keys, profiles, the instance's role); gs://
     as Google's client libraries do (STORAGE_EMULATOR_HOST for an emulator or a compatible endpoint,
@@ -74,7 +74,7 @@ def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" in uri:
         try:
             if uri.startswith(("gs://", "gcs://")):
-                return _gcs(uri), uri.split("://", 1)[1]
+                return _gcs(uri, outage_seconds), uri.split("://", 1)[1]
             if uri.startswith("s3://"):
                 return _s3(uri), uri.split("://", 1)[1]
             return pafs.FileSystem.from_uri(uri)
@@ -116,11 +116,9 @@ def _answers(url: str, uri: str, setting: str) -> None:
         raise ConfigError([f"{uri}: {setting}={url} does not answer ({e})"]) from e
 
 
-def _gcs(uri: str) -> pafs.GcsFileSystem:
+def _gcs(uri: str, outage_seconds: float) -> pafs.GcsFileSystem:
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or None
-    # google-cloud-cpp retries a failing request for 15 minutes by default: a store that is gone fails the
-    # run sooner (its rows kept for a resume), while an outage of seconds is still ridden out
-    retries = timedelta(seconds=GCS_RETRY_SECONDS)
+    retries = timedelta(seconds=outage_seconds)
     if emulator := os.environ.get("STORAGE_EMULATOR_HOST"):
         # google-cloud-storage and google-cloud-cpp take "host:port" or a URL, and go anonymous
         _answers(emulator, uri, "STORAGE_EMULATOR_HOST")
@@ -199,9 +197,9 @@ def _format_of(path: str) -> str | None:
     return "images" if suffix in IMAGE_EXTENSIONS else TABLE_EXTENSIONS.get(suffix)
 
 
-def discover(uri: str, input_format: str) -> Source:
+def discover(uri: str, input_format: str, outage_seconds: float = STORE_OUTAGE_SECONDS) -> Source:
     """List the input (recursively for folders) and decide its format."""
-    filesystem, root = open_filesystem(uri)
+    filesystem, root = open_filesystem(uri, outage_seconds)
     try:
         info = filesystem.get_file_info(root)
         if info.type == pafs.FileType.NotFound:
@@ -391,11 +389,11 @@ PUBLISHING = "publishing"  # in BOOKKEEPING: a copying publish began (one cut of
 LOST_FOUND = "lost+found"  # a volume's own folder at its root: never the output's, never touched
 
 
-def prepare_output(uri: str, overwrite: bool) -> Output:
+def prepare_output(uri: str, overwrite: bool, outage_seconds: float = STORE_OUTAGE_SECONDS) -> Output:
     """Refuse an existing output unless --overwrite (checked before any work). The run is written to a
     folder beside the output, on the same filesystem, so that a run that dies can be resumed from there;
     into the output itself where it is a mount point (a pod's volume), whose parent is another filesystem."""
-    filesystem, path = open_filesystem(uri)
+    filesystem, path = open_filesystem(uri, outage_seconds)
     path = path.rstrip("/") or "/"
     local = isinstance(filesystem, pafs.LocalFileSystem)
     inside = local and os.path.ismount(path)
@@ -575,13 +573,15 @@ class StoreLost(JobFailed):
 
 class StoreWatch:
     """While a run computes, a thread checks that its object stores still answer, and ends the run once one
-    has not for STORE_OUTAGE_SECONDS: it signals the main thread (SIGUSR2, whose handler raises StoreLost
+    has not for `outage_seconds`: it signals the main thread (SIGUSR2, whose handler raises StoreLost
     there; not SIGINT, which a process started in the background ignores). Without it a store gone for good
     hung the run: Ray Data drops every block whose write fails (max_errored_blocks, kept for rows that kill
     their worker) and the rescue of dropped parts then failed each one again, slowly."""
 
-    def __init__(self, stores: list[tuple[str, pafs.FileSystem, str]]):
+    def __init__(self, stores: list[tuple[str, pafs.FileSystem, str]], outage_seconds: float = STORE_OUTAGE_SECONDS):
         self.stores = [s for s in stores if isinstance(s[1], OBJECT_STORES)]
+        self.outage_seconds = outage_seconds
+        self.check_seconds = min(STORE_CHECK_SECONDS, outage_seconds / 4)
         self.failure: str | None = None
         self._done = False
         self._lock = threading.Lock()  # the signal is sent only while the block runs
@@ -609,14 +609,14 @@ class StoreWatch:
 
     def _watch(self) -> None:
         failing_since = None
-        while not self._stop.wait(STORE_CHECK_SECONDS):
+        while not self._stop.wait(self.check_seconds):
             for what, filesystem, path in self.stores:
                 asked = time.monotonic()
                 try:
                     filesystem.get_file_info(path)
                 except OSError as e:
                     failing_since = failing_since or asked
-                    if time.monotonic() - failing_since >= STORE_OUTAGE_SECONDS:
+                    if time.monotonic() - failing_since >= self.outage_seconds:
                         with self._lock:
                             if not self._done:
                                 self.failure = (f"the {what} stopped answering for "

@@ -424,7 +424,7 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
     started = time.time()
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     _check_nesting(options, _output_uri(options, run_id))
-    source = io.discover(options.input or str(SAMPLE), options.input_format)
+    source = io.discover(options.input or str(SAMPLE), options.input_format, options.store_outage_seconds)
     schema = io.sample_schema(source)
     problems = _check_columns(options, source, schema)
     if not options.model and options.task != "embedding":
@@ -440,7 +440,7 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
     passthrough = _passthrough(options, source, schema)
     if dry_run:
         return _dry_run(options, run_id, source, schema, facts, verbose)
-    output = io.prepare_output(_output_uri(options, run_id), options.overwrite)
+    output = io.prepare_output(_output_uri(options, run_id), options.overwrite, options.store_outage_seconds)
     ledger = Ledger(output.filesystem, output.staging)
     job = identity(_absolute(source.uri).rstrip("/"), source, options.task, _payload_column(options, source),
                    [f"{f.model} ({f.version})" for f in facts], options.ensemble,
@@ -534,7 +534,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
                                                                                          "checked": False}
     compiled, tally = {"on": False}, None
     stores = [("input store", source.filesystem, source.units[0][0]), ("output store", output.filesystem, output.staging)]
-    with io.StoreWatch(stores):
+    with io.StoreWatch(stores, options.store_outage_seconds):
         if parts:
             prepared = _prepared(source, parts, facts, schema, options, plan, spec)
             sample = _first_rows(prepared) if plan.precision_check or spec.compile else None
