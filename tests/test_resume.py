@@ -373,6 +373,35 @@ def test_reading_a_part_again_leaves_out_the_rows_already_written(tmp_path):
     assert set(table.column(io.PART).to_pylist()) == {2} and set(table.column(io.PART_ROWS).to_pylist()) == {40}
 
 
+def test_entries_that_number_a_part_otherwise_do_not_count_and_are_not_published(tmp_path):
+    """A unit whose read failed once (a 503) becomes one error row where its rows belong, so that attempt
+    numbers the part's rows otherwise than a whole read does. Its entries are not combined with the whole
+    read's (the last entry's size used to win: a false "cannot read" row published, or rows "written twice"
+    and every attempt refused); the largest read of a part counts, the others' rows are computed again."""
+    import pyarrow.parquet as pq
+
+    ledger = _ledger(tmp_path)
+    staging = Path(ledger.staging)
+    ledger.commit(_block(0, [0], 2, error="cannot read in.parquet: 503"))  # attempt 1: its unit 0 failed
+    ledger.commit(_block(1, [0, 1], 2))
+    (placeholder,) = [f for f in ledger.load().files if pq.read_table(staging / f).column("error")[0].is_valid]
+    ledger.commit(_block(0, [1, 2, 3], 4))  # attempt 2 read the part whole: rows 1..3, row 0 was "done"
+    progress = ledger.load()
+    assert progress.done[0] == [(1, 4)] and progress.sizes[0] == 4 and not progress.complete(0)
+    assert placeholder not in progress.files and progress.rows == 5 and progress.unreadable == 0
+    ledger.commit(_block(0, [0], 4))  # the rescue or the next attempt computes row 0 again
+    published = pq.read_table(ledger.files_to_publish(parts=2))
+    assert sorted(published.column("id").to_pylist()) == ["0-0", "0-1", "0-2", "0-3", "1-0", "1-1"]
+    assert published.column("error").null_count == 6
+
+    ledger = _ledger(tmp_path / "other")  # a one-row part (its size unknown when it failed) beside a whole read
+    ledger.commit(_block(0, [0], 1, error="cannot read in.parquet: the worker process died reading it"))
+    ledger.commit(_block(0, [0, 1, 2], 3))
+    progress = ledger.load()
+    assert progress.overlaps == 0 and progress.complete(0) and progress.rows == 3
+    assert len(ledger.files_to_publish(parts=1)) == 1
+
+
 def test_an_entry_whose_file_is_gone_or_another_size_does_not_count_and_is_not_published(tmp_path):
     """A write that finishes its file, then its entry, while an attempt loads the ledger must keep its file:
     load deletes nothing, and an entry without its whole file leaves its rows to be computed again."""

@@ -160,6 +160,18 @@ def row_ranges(table: pa.Table) -> tuple[dict[str, list[list[int]]], dict[str, i
     return ranges, part_sizes
 
 
+def _largest_reads(entries: dict[str, dict]) -> dict[str, dict]:
+    """The entries that number each of their parts' rows as the part's largest read does. A unit whose read
+    failed (a 503; a part whose reading killed its process) is one error row where its rows belong, so
+    entries of that read number the part otherwise: theirs are not counted (their files are not published,
+    their rows are computed again), never combined with the whole read's."""
+    largest: dict[str, int] = {}
+    for entry in entries.values():
+        for part, size in entry["sizes"].items():
+            largest[part] = max(size, largest.get(part, size))
+    return {k: e for k, e in entries.items() if all(size == largest[p] for p, size in e["sizes"].items())}
+
+
 @dataclass(frozen=True)
 class Ledger:
     """The unfinished run of one output; picklable, so write tasks commit their own files."""
@@ -253,6 +265,7 @@ class Ledger:
         # read above whose file is not here now (or is another size) has lost its file.
         sizes = self._data_files()
         entries = {k: e for k, e in entries.items() if not e["file"] or sizes.get(e["file"]) == e.get("bytes")}
+        entries = _largest_reads(entries)
         progress = Progress()
         for entry in entries.values():
             progress.add(entry)
