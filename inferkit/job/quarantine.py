@@ -65,8 +65,8 @@ class Quarantine:
     def call(self, command: str, table: pa.Table) -> tuple[str, Any]:
         """("ok", table), ("error", text) for an exception, or ("died", how) when the child died."""
         if self.child is None:
-            self.child = subprocess.Popen([sys.executable, "-m", "inferkit.job.quarantine"], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
+            self.child = subprocess.Popen([sys.executable, "-m", "inferkit.job.quarantine", str(os.getpid())],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             pickle.dump(self.setup, self.child.stdin)
         try:
             pickle.dump((command, table), self.child.stdin)
@@ -78,20 +78,24 @@ class Quarantine:
             return "died", how_it_ended(child.wait())
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """The child is killed when its actor's process dies. Ray's memory monitor SIGKILLs the worker, which
     leaves its children running (Ray kills them only on a worker's clean exit): a child taking memory would
-    outlive its actor and hold that memory while the monitor killed the node's other workers."""
+    outlive its actor and hold that memory while the monitor killed the node's other workers. Set in the
+    child itself (a preexec_fn can deadlock a forked child of a process with threads, as an actor is)."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1  # prctl(2)
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the actor died before that was set
+        os._exit(1)
 
 
 def _serve() -> None:
     """The child: the setup, then (command, table) requests until its parent closes the pipe."""
     from inferkit.job.tasks import Predictor
 
+    _die_with_parent(int(sys.argv[1]))
     inbox = sys.stdin.buffer
     outbox = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # what libraries print goes to stderr, never into the replies
