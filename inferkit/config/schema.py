@@ -156,8 +156,8 @@ class RunOptions:
         "Exit non-zero when more than this fraction of rows failed, or when an input file could not be read "
         "at all (its rows are missing); the output is written either way.")
     store_outage_seconds: float = _help(
-        "How long an s3:// or gs:// store may stop answering before the run fails (its rows kept for a resume); "
-        "a shorter outage is ridden out.")
+        "How long an s3:// or gs:// store may stop answering before the run fails (its rows kept for a resume). "
+        "GCS requests are retried as long; S3 requests ten times with the AWS SDK's backoff (about a minute).")
     overwrite: bool = _help("Replace an existing output folder.")
     restart: bool = _help(
         "Throw away an unfinished earlier run of this output and start over (without it, running the same "

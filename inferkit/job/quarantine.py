@@ -83,9 +83,11 @@ def _die_with_parent(parent: int) -> None:
     leaves its children running (Ray kills them only on a worker's clean exit): a child taking memory would
     outlive its actor and hold that memory while the monitor killed the node's other workers. Set in the
     child itself (a preexec_fn can deadlock a forked child of a process with threads, as an actor is)."""
+    if not sys.platform.startswith("linux"):  # prctl(2) is Linux's; elsewhere the child may outlive its actor
+        return
     import ctypes
 
-    PR_SET_PDEATHSIG = 1  # prctl(2)
+    PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the actor died before that was set
         os._exit(1)

@@ -192,9 +192,11 @@ def _connect(verbose: bool) -> tuple[str, bool]:
     import ray
 
     address = os.environ.get("RAY_ADDRESS")
-    # Read by this process's core worker, which retries the tasks it submits (Ray Data's); a value the
-    # user set is kept.
-    os.environ.setdefault("RAY_task_oom_retries", str(OOM_RETRIES))
+    # Read by this process's core worker as it starts, which retries the tasks it submits (Ray Data's); a
+    # value the user set is kept. A caller that connected already keeps its own (Ray's default: no bound).
+    oom_retries = os.environ.setdefault("RAY_task_oom_retries", str(OOM_RETRIES))
+    if not oom_retries.lstrip("-").isdigit():
+        raise ConfigError([f"RAY_task_oom_retries={oom_retries!r}: must be a whole number"])
     # Ray's own warnings (advice for Ray developers) only with -v; its errors always.
     level = logging.INFO if verbose else logging.ERROR
     embedded = False
@@ -207,7 +209,7 @@ def _connect(verbose: bool) -> tuple[str, bool]:
         _choose_token_auth()
         ray.init(address="local", include_dashboard=False, logging_level=level,  # never a stray `ray start`
                  _system_config={"num_workers_soft_limit": (os.cpu_count() or 1) + EXTRA_IDLE_WORKERS,
-                                 "task_oom_retries": int(os.environ["RAY_task_oom_retries"])})
+                                 "task_oom_retries": int(oom_retries)})
         where, embedded = "an embedded Ray", True
     stop_on_sigterm()  # ray.init put its own handler in place of the CLI's
     if not verbose:
