@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -67,14 +68,20 @@ def _ledger_rows(staging: Path) -> int:
 
 
 def _kill_midway(command: list[str], env: dict, staging: Path, at_rows: int, log: Path,
-                 sig: signal.Signals = signal.SIGKILL) -> None:
+                 sig: signal.Signals = signal.SIGKILL, meanwhile: Callable[[], None] | None = None) -> None:
     """Start a run in a process group of its own (the driver and the Ray it starts) and, once the ledger
     holds `at_rows` rows, SIGKILL the whole group, as a node loss or an evicted pod would, or SIGTERM the
     driver alone, as `docker stop` or a pod's deletion does: then it must stop cleanly (exit 143, saying
-    what it kept) and take its Ray with it."""
+    what it kept) and take its Ray with it. `meanwhile` is called once the run has written a row."""
     with open(log, "w") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 600
+    if meanwhile:
+        while _ledger_rows(staging) < 1:
+            assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        meanwhile()
+        assert process.poll() is None, f"the run ended during `meanwhile`:\n{log.read_text()[-3000:]}"
     while _ledger_rows(staging) < at_rows:
         assert process.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
         assert time.time() < deadline, log.read_text()[-3000:]
@@ -113,7 +120,8 @@ def _published(out: Path) -> tuple[pd.DataFrame, dict]:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
-    """Killed at a quarter, resumed and stopped by SIGTERM at 70%, then run to the end: exactly once."""
+    """Killed at a quarter or later, resumed and stopped by SIGTERM halfway through the rest, then run to the
+    end: exactly once. While the first attempt runs, a second run of the same output is refused (its lease)."""
     source = _parquet_input(tmp_path / "in")
     out = tmp_path / "out"
     staging = Path(str(out) + UNFINISHED)
@@ -122,9 +130,18 @@ def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
         trace.mkdir()
     # The fault setting (slow, trace) is not part of the job, so it never stands in the way of a resume.
     command = _command(tiny_models["classifier"], source.parent, str(out))
-    _kill_midway(command, _env(slow="0.1", trace=str(traces[0])), staging, ROWS // 4, tmp_path / "first.log")
+
+    def second_run_is_refused() -> None:
+        refused = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert refused.stderr.strip().splitlines()[-1].endswith("is writing this output now (" + str(
+            staging / "_inferkit" / "lease.json") + " is being renewed): wait for it to end, or stop it first")
+
+    _kill_midway(command, _env(slow="0.5", trace=str(traces[0])), staging, ROWS // 4, tmp_path / "first.log",
+                 meanwhile=second_run_is_refused)
     first_kept = _ledger_rows(staging)
-    _kill_midway(command, _env(slow="0.1", trace=str(traces[1])), staging, int(ROWS * 0.7), tmp_path / "second.log",
+    second_target = first_kept + (ROWS - first_kept) // 2
+    _kill_midway(command, _env(slow="0.1", trace=str(traces[1])), staging, second_target, tmp_path / "second.log",
                  signal.SIGTERM)
     assert "resuming: " in (tmp_path / "second.log").read_text()
     assert not out.exists()
@@ -137,7 +154,7 @@ def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
     frame, report = _published(out)
     assert Counter(frame.id) == Counter(range(ROWS)) and frame.error.isna().all()  # exactly once
     resumed = report["rows_resumed"]
-    assert resumed >= int(ROWS * 0.7) and report["attempts"] == 3
+    assert resumed >= second_target and report["attempts"] == 3
     assert f"resuming: {resumed} of {ROWS} rows already done" in third.stderr
     # Each attempt computed only rows no earlier attempt had written, each once; the last exactly the rest.
     second_computed, third_computed = _computed(traces[1]), _computed(traces[2])
@@ -400,6 +417,51 @@ def test_entries_that_number_a_part_otherwise_do_not_count_and_are_not_published
     progress = ledger.load()
     assert progress.overlaps == 0 and progress.complete(0) and progress.rows == 3
     assert len(ledger.files_to_publish(parts=1)) == 1
+
+
+HOLD_LEASE = """
+import sys, time, pyarrow.fs as pafs
+from inferkit.job.ledger import Lease
+Lease(pafs.LocalFileSystem(), sys.argv[1], "holder", renew_seconds=0.2).take()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_live_runs_lease_keeps_others_off_the_output_and_a_dead_ones_is_taken_over(tmp_path):
+    import pyarrow.fs as pafs
+
+    from inferkit.errors import ConfigError, JobFailed
+    from inferkit.job.ledger import Lease
+
+    fs, staging = pafs.LocalFileSystem(), str(tmp_path / f"out{UNFINISHED}")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, staging], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=r"run holder \(pid \d+ on .*\) is writing this output now"):
+            Lease(fs, staging, "second", stale_seconds=30).wait_for_others()
+        assert time.monotonic() - started < 10  # refused at the first renewal seen, not after the wait
+    finally:
+        holder.kill()
+        holder.wait()
+    second = Lease(fs, staging, "second", renew_seconds=3600, stale_seconds=30)  # no renewal during the test
+    started = time.monotonic()
+    second.wait_for_others()  # its holder is a dead process of this host: taken over at once
+    assert time.monotonic() - started < 5
+    second.take()
+    lease = Path(staging) / "_inferkit" / "lease.json"
+    lease.write_text(json.dumps({"run_id": "elsewhere", "host": "another-node", "pid": 1, "renewals": 7}))
+    third = Lease(fs, staging, "third", stale_seconds=1.0)
+    third.wait_for_others()  # another node's lease, not renewed for stale_seconds: taken over
+    third.take()
+    with pytest.raises(JobFailed, match="held by run third .*, not by this run second"):
+        second.check_held()
+    second.release()  # not its lease any more: left alone
+    assert json.loads(lease.read_text())["run_id"] == "third"
+    third.check_held()
+    third.release()
+    assert not lease.exists()
 
 
 def test_an_entry_whose_file_is_gone_or_another_size_does_not_count_and_is_not_published(tmp_path):

@@ -8,6 +8,7 @@ retry) finds it:
     _inferkit/job.json                 what job this is (its identity) and its attempts
     _inferkit/ledger/<digest>.json     one entry per data file, written after the file is complete:
                                        which input rows (part, row ranges) it holds, and its counts
+    _inferkit/lease.json               the run writing it now (see Lease), renewed while it runs
 
 An entry names its data file and that file's size; an entry whose file is missing or has another size
 does not count (its rows are computed again). A data file that no entry names is a write that died
@@ -29,7 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
+import socket
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -41,11 +45,16 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from inferkit.console import say
 from inferkit.errors import ConfigError, JobFailed
 from inferkit.job import io
 
 JOB = "job.json"
 ENTRIES = "ledger"
+LEASE = "lease.json"
+# A run renews its lease every LEASE_RENEW_SECONDS; another run waits up to LEASE_STALE_SECONDS for a
+# renewal before it takes over a lease whose run it cannot see (one on another node, or in another container).
+LEASE_RENEW_SECONDS, LEASE_STALE_SECONDS = 10.0, 30.0
 
 
 def identity(input_uri: str, source: io.Source, task: str, payload: str, models: list[str], ensemble: str,
@@ -336,3 +345,109 @@ def write_through(dataset: Any, ledger: Ledger, rows_per_file: int, ray_remote_a
                 ledger.commit(pa.concat_tables(tables))
 
     dataset.write_datasink(LedgerDatasink(), ray_remote_args=ray_remote_args)
+
+
+class Lease:
+    """Which run is writing an unfinished output: a second run (or a second copy of a RayJob) on the same
+    output would add files between the exactly-once check and the publish, or throw away the first's rows
+    with --restart. A run takes the lease before it touches the folder and renews it while it runs; another
+    run refuses to start while the lease is renewed, and takes over one that is not: at once where it can
+    see the holder is gone (the same host, its process dead), else after LEASE_STALE_SECONDS without a
+    renewal (a KubeRay retry on a new cluster waits that long). Renewals are compared by their count, not
+    by clocks, so nodes need not agree on the time. A lease, not a lock: two runs that start within a
+    moment of each other are not kept apart (object stores have no create-if-absent here)."""
+
+    def __init__(self, filesystem: pafs.FileSystem, staging: str, run_id: str,
+                 renew_seconds: float = LEASE_RENEW_SECONDS, stale_seconds: float = LEASE_STALE_SECONDS):
+        self.filesystem, self.run_id = filesystem, run_id
+        self.path = posixpath.join(staging, io.BOOKKEEPING, LEASE)
+        self.renew_seconds, self.stale_seconds = renew_seconds, stale_seconds
+        self.holder = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "renewals": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wait_for_others(self) -> None:
+        """Returns once no other live run holds the lease; raises ConfigError while one does."""
+        first = self._read()
+        if first is None or first.get("run_id") == self.run_id or self._gone(first):
+            return
+        say(f"the output's lease is held by run {first.get('run_id')} on {first.get('host')}: waiting up to "
+            f"{self.stale_seconds:.0f} s for it to be renewed before taking it over")
+        deadline = time.monotonic() + self.stale_seconds
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, self.renew_seconds / 4))
+            now = self._read()
+            if now is None:
+                return
+            if now.get("renewals") != first.get("renewals") or now.get("run_id") != first.get("run_id"):
+                raise ConfigError([f"run {now.get('run_id')} (pid {now.get('pid')} on {now.get('host')}) is "
+                                   f"writing this output now ({self.path} is being renewed): wait for it to end, or "
+                                   "stop it first"])
+        say(f"the lease of run {first.get('run_id')} was not renewed in {self.stale_seconds:.0f} s: taking it over")
+
+    def take(self) -> None:
+        """Write the lease and renew it in a thread until `stop`."""
+        self.filesystem.create_dir(posixpath.dirname(self.path), recursive=True)
+        self._write()
+        self._thread = threading.Thread(target=self._renew, name="inferkit-lease", daemon=True)
+        self._thread.start()
+
+    def check_held(self) -> None:
+        """Before publishing: the lease is still this run's (none took it over while this one was stalled)."""
+        now = self._read()
+        if now is None or now.get("run_id") != self.run_id:
+            holder = f"run {now.get('run_id')} on {now.get('host')}" if now else "no run"
+            raise JobFailed(f"the output's lease is held by {holder}, not by this run {self.run_id}: another run "
+                            "took this output over while this one was stalled; nothing is published")
+
+    def stop(self) -> None:
+        """Stop renewing (before the staging folder is published or left for a resume)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def release(self) -> None:
+        """Stop renewing and remove the lease if it is still this run's (a published output took it along)."""
+        self.stop()
+        try:
+            now = self._read()
+            if now is not None and now.get("run_id") == self.run_id:
+                self.filesystem.delete_file(self.path)
+        except OSError:  # the store may be what failed; a lease left behind is taken over later
+            pass
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.renew_seconds):
+            try:
+                self._write()
+            except OSError:  # an outage: the store watch ends the run if it lasts
+                pass
+
+    def _write(self) -> None:
+        self.holder["renewals"] += 1
+        with self.filesystem.open_output_stream(self.path) as stream:
+            stream.write(json.dumps(self.holder).encode())
+
+    def _read(self) -> dict | None:
+        try:
+            with self.filesystem.open_input_stream(self.path) as stream:
+                return json.loads(stream.read())
+        except (FileNotFoundError, ValueError):
+            return None
+        except OSError:
+            if self.filesystem.get_file_info(self.path).type == pafs.FileType.NotFound:
+                return None
+            raise
+
+    def _gone(self, holder: dict) -> bool:
+        """Whether the holder is seen to be gone: a process of this host that no longer exists."""
+        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+            return False
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # another user's process: alive
+            return False
+        return holder["pid"] == os.getpid()  # this very process: a lease left by an earlier run in it
+

@@ -26,7 +26,7 @@ from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed, stop
 from inferkit.job import io, terminal
 from inferkit.job.compile import check_compiled, read_tally, start_tally
 from inferkit.job.compile import settle as settle_compile
-from inferkit.job.ledger import Ledger, Progress, identity, write_through
+from inferkit.job.ledger import Lease, Ledger, Progress, identity, write_through
 from inferkit.job.plan import Plan, make_plan, settle_precision
 from inferkit.job.quarantine import Rescue
 from inferkit.job.tasks import (ERROR, ModelFacts, ModelSpec, Predictor, check_precision, decode_images, demo_model,
@@ -447,27 +447,33 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
     job = identity(_absolute(source.uri).rstrip("/"), source, options.task, _payload_column(options, source),
                    [f"{f.model} ({f.version})" for f in facts], options.ensemble,
                    _output_schema(options, schema, passthrough))
+    lease = Lease(output.filesystem, output.staging, run_id)
+    lease.wait_for_others()
     attempts = ledger.open(job, options.restart, run_id)
+    lease.take()
     try:
         return _run(options, verbose, run_id, started, source, schema, facts, passthrough, output, ledger,
-                    (job, attempts))
+                    (job, attempts), lease)
     except (io.PublishInterrupted, io.StoreLost):  # each says where the run is kept
         raise
     except InferkitError:
-        _keep_for_resuming(ledger, output)
+        _keep_for_resuming(ledger, output, lease)
         raise
     except Exception as e:
-        _keep_for_resuming(ledger, output)
+        _keep_for_resuming(ledger, output, lease)
         raise JobFailed(f"the run failed: {_root_cause(e)}") from e
     except BaseException:
-        _keep_for_resuming(ledger, output)
+        _keep_for_resuming(ledger, output, lease)
         raise
+    finally:
+        lease.release()
 
 
-def _keep_for_resuming(ledger: Ledger, output: io.Output) -> None:
+def _keep_for_resuming(ledger: Ledger, output: io.Output, lease: Lease) -> None:
     """A run that died or failed on the way (a lost cluster, an I/O error, Ctrl-C, a task that raised)
     keeps what it wrote, for the same command (or a KubeRay retry) to resume once the cause is fixed;
     only a run that wrote nothing leaves nothing."""
+    lease.stop()  # no renewal may write into a folder that is being discarded
     try:
         rows = ledger.load().rows
     except Exception:  # noqa: BLE001 - the output's filesystem may be what failed; keep it as it is
@@ -502,7 +508,7 @@ def _root_cause(error: BaseException) -> str:
 
 def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source: io.Source, schema: pa.Schema,
          facts: list[ModelFacts], passthrough: list[str], output: io.Output, ledger: Ledger,
-         history: tuple[dict, list[dict]]) -> int:
+         history: tuple[dict, list[dict]], lease: Lease) -> int:
     from inferkit.job.resources import read_cluster
 
     where, embedded = _connect(verbose)
@@ -580,6 +586,8 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
         "throughput_rows_per_second": round((rows - progress.rows) / execute_seconds, 3) if execute_seconds else None,
         "ray_data_stats": stats,
     }
+    lease.check_held()
+    lease.stop()  # no renewal may write into the staging folder once it is published
     io.publish(output, report)
     say(f"done: {rows} rows, {errors} with errors ({fraction:.2%}), {report['throughput_rows_per_second']} rows/s, "
          f"{wall:.1f} s in all")
