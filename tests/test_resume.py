@@ -28,10 +28,10 @@ SUBTREE_DRIVER = """
 import sys, pyarrow.fs as pafs
 from inferkit.job import io
 plain = io.open_filesystem
-def open_filesystem(uri):
+def open_filesystem(uri, *args):
     if uri.startswith("subtree://"):
         return pafs.SubTreeFileSystem(sys.argv[1], pafs.LocalFileSystem()), uri.removeprefix("subtree://")
-    return plain(uri)
+    return plain(uri, *args)
 io.open_filesystem = open_filesystem
 from inferkit.cli import main
 main(sys.argv[2:])
