@@ -242,6 +242,24 @@ def test_a_row_that_kills_its_worker_every_time_becomes_an_error_row(inferkit, r
     assert report["rows_that_killed_their_worker"] == 1 and report["errors"] == 1
 
 
+def test_a_node_that_kills_every_process_fails_the_run_instead_of_blaming_every_row(inferkit, ray_local, tiny_models,
+                                                                                    tmp_path, monkeypatch):
+    """Every inference process dies, whatever rows it gets (crash-on:*, as on a broken node): the rescue holds
+    rows that killed two processes as suspects while nothing has been computed, and after three fails the run,
+    instead of splitting every chunk down and writing every row as "died on this row". On the way, the rescue's
+    actor must find room: the pipeline's last actor, restarted as the pipeline ended, held the CPUs (a hang)."""
+    source = _parquet_input(tmp_path / "in", 12)
+    monkeypatch.setenv("INFERKIT_INJECT_FAULT", "crash-on:*")
+    out = tmp_path / "out"
+    result = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], "--input",
+                      str(source), "--output", str(out), "--precision", "fp32", "--batch-size", "4")
+    assert result.code == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "Error: the processes that finish crashed rows died on 3 different row(s), 2 times each, and none "
+        "computed a row (last: exit code 86)")
+    assert "written as an error row" not in result.stderr and not out.exists()
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_images_that_kill_their_decoder_or_take_all_memory_become_error_rows(tiny_models, tmp_path):

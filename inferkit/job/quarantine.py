@@ -6,7 +6,8 @@ bounds those retries (see run.py's `_contain_crashes`) and lets Ray Data drop a 
 the ledger then shows which input rows are missing, and this module finishes them: their parts are read
 again, and their rows go through a child process in chunks. A chunk whose process dies is split in two,
 down to single rows; a row that kills a fresh process twice becomes an error row naming how it died
-(the child's exit code or signal, which Ray does not report). The rest are written as usual.
+(the child's exit code or signal, which Ray does not report), once some process here has computed a row
+(before that it is a suspect: a broken node kills whatever it runs). The rest are written as usual.
 
 The child is a plain subprocess of a Ray actor that holds an inference actor's CPUs and GPUs, so it runs
 where inference runs, and its death is seen exactly (a Ray actor's death only says "connection error").
@@ -31,6 +32,10 @@ from inferkit.job.tasks import ModelSpec, decode_images, output_table
 
 DIED = "the worker process died on this row: "
 DEATHS_PER_ROW = 2  # a row that kills this many fresh processes is an error row, not a victim of chance
+# Rows that killed their processes before any process of the rescue computed a row are only suspects: a
+# node or device that kills every process would have every row split down and blamed. This many suspects
+# and still nothing computed fails the run instead, its rows kept.
+SUSPECTS_BEFORE_BLAMING_THE_NODE = 3
 SUPERVISOR_RESTARTS = 3  # the actor itself (not its child) lost, as with a lost node
 MEMORY_MONITOR = "killed by Ray's memory monitor, the node running low on memory"
 
@@ -135,6 +140,8 @@ class Rescue:
         self.actor: Any = None
         self.crashed_rows = 0
         self.deaths = 0
+        self.computed = False  # a process of this rescue computed rows: the node can run the model
+        self.suspects: list[tuple[int, pa.Table, str]] = []  # (part, row, how it died) held until then
 
     def finish(self, progress: Progress) -> int:
         """Completes every incomplete part; returns the rows written."""
@@ -146,6 +153,8 @@ class Rescue:
         try:
             for part in incomplete:
                 written += self._part(part, progress)
+            if self.suspects:
+                self._blame_the_node()
         finally:
             if self.actor is not None:
                 import ray
@@ -193,6 +202,9 @@ class Rescue:
             if state == "ok":
                 self.ledger.commit(out)
                 written += out.num_rows
+                self.computed = True
+                written += sum(self._blame(*suspect) for suspect in self.suspects)
+                self.suspects.clear()
                 continue
             self.deaths += 1
             if chunk.num_rows > 1:
@@ -203,13 +215,27 @@ class Rescue:
             deaths[row] = deaths.get(row, 0) + 1
             if deaths[row] < DEATHS_PER_ROW:
                 pending.append(chunk)
-                continue
-            say(f"input part {part} row {row} killed its worker process {deaths[row]} times ({out}): written as "
-                "an error row")
-            self.crashed_rows += 1
-            self.ledger.commit(output_table(self.spec, chunk, [], [], [DIED + out]))
-            written += 1
+            elif self.computed:
+                written += self._blame(part, chunk, out)
+            else:
+                self.suspects.append((part, chunk, out))
+                if len(self.suspects) >= SUSPECTS_BEFORE_BLAMING_THE_NODE:
+                    self._blame_the_node()
         return written
+
+    def _blame(self, part: int, row: pa.Table, how: str) -> int:
+        """Write a row that killed DEATHS_PER_ROW processes as an error row."""
+        say(f"input part {part} row {row.column(io.ROW)[0].as_py()} killed its worker process {DEATHS_PER_ROW} "
+            f"times ({how}): written as an error row")
+        self.crashed_rows += 1
+        self.ledger.commit(output_table(self.spec, row, [], [], [DIED + how]))
+        return 1
+
+    def _blame_the_node(self) -> None:
+        raise JobFailed(f"the processes that finish crashed rows died on {len(self.suspects)} different row(s), "
+                        f"{DEATHS_PER_ROW} times each, and none computed a row (last: {self.suspects[-1][2]}): the "
+                        "node or its device is more likely at fault than the rows. The rows written so far are "
+                        "kept: run the same command again (on a healthy node) to resume")
 
     def _unreadable(self, part: int, progress: Progress, why: str) -> pa.Table:
         """Error rows for a part whose reading kills its process: one per missing row where its size is

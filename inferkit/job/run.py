@@ -7,6 +7,7 @@ and the output folder are checked before Ray starts and before any model is load
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import re
@@ -554,6 +555,11 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
             with terminal.row_progress(_listed_rows(source), progress.rows):
                 write_mode = _write(predictions, output, ledger, node_ids, plan, embedded)
             stats = predictions.stats()
+            # Ray Data releases its actors by dropping its references (actor_pool_map_operator.py): one
+            # restarting as the pipeline ended lived on while the pipeline was referenced here, holding the
+            # CPUs the rescue's actor needs (the run hung).
+            del predictions, prepared
+            gc.collect()
         crashed_rows = _finish_incomplete_parts(ledger, source, facts, schema, options, plan, spec)
     files = ledger.files_to_publish(source.parts)  # the pipeline and the rescue are done: no write is left
     execute_seconds = time.time() - execute_started
