@@ -137,7 +137,7 @@ def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
         assert refused.stderr.strip().splitlines()[-1].endswith("is writing this output now (" + str(
             staging / "_inferkit" / "lease.json") + " is being renewed): wait for it to end, or stop it first")
 
-    _kill_midway(command, _env(slow="0.5", trace=str(traces[0])), staging, ROWS // 4, tmp_path / "first.log",
+    _kill_midway(command, _env(slow="1.0", trace=str(traces[0])), staging, ROWS // 4, tmp_path / "first.log",
                  meanwhile=second_run_is_refused)
     first_kept = _ledger_rows(staging)
     second_target = first_kept + (ROWS - first_kept) // 2
@@ -463,17 +463,24 @@ def test_a_live_runs_lease_keeps_others_off_the_output_and_a_dead_ones_is_taken_
     finally:
         holder.kill()
         holder.wait()
-    second = Lease(fs, staging, "second", renew_seconds=3600, stale_seconds=30)  # no renewal during the test
+    second = Lease(fs, staging, "second", renew_seconds=0.2, stale_seconds=30)
     started = time.monotonic()
     second.wait_for_others()  # its holder is a dead process of this host: taken over at once
     assert time.monotonic() - started < 5
     second.take()
     lease = Path(staging) / "_inferkit" / "lease.json"
-    lease.write_text(json.dumps({"run_id": "elsewhere", "host": "another-node", "pid": 1, "renewals": 7}))
+    deadline = time.monotonic() + 30
+    while second.lost_to is None:  # a run on another node took it over while `second` was stalled
+        assert time.monotonic() < deadline
+        lease.write_text(json.dumps({"run_id": "elsewhere", "host": "another-node", "pid": 1, "renewals": 7}))
+        time.sleep(0.3)
+    assert second.lost_to["run_id"] == "elsewhere"  # and `second` stopped renewing: it never writes it back
     third = Lease(fs, staging, "third", stale_seconds=1.0)
     third.wait_for_others()  # another node's lease, not renewed for stale_seconds: taken over
     third.take()
-    with pytest.raises(JobFailed, match="held by run third .*, not by this run second"):
+    time.sleep(1)
+    assert json.loads(lease.read_text())["run_id"] == "third"
+    with pytest.raises(JobFailed, match="held by run elsewhere .*, not by this run second"):
         second.check_held()
     second.release()  # not its lease any more: left alone
     assert json.loads(lease.read_text())["run_id"] == "third"

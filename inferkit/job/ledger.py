@@ -363,6 +363,7 @@ class Lease:
         self.path = posixpath.join(staging, io.BOOKKEEPING, LEASE)
         self.renew_seconds, self.stale_seconds = renew_seconds, stale_seconds
         self.holder = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "renewals": 0}
+        self.lost_to: dict | None = None  # the lease of the run that took this one's over, once seen
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -392,48 +393,71 @@ class Lease:
         self._thread = threading.Thread(target=self._renew, name="inferkit-lease", daemon=True)
         self._thread.start()
 
+    def held(self) -> bool:
+        """Whether the lease is still this run's: no other run took it over while this one was stalled."""
+        if self.lost_to is None:
+            try:
+                now = self._read()
+            except OSError:  # the store does not answer: not known to be lost
+                return True
+            if now is None or now.get("run_id") != self.run_id:
+                self.lost_to = now or {}
+        return self.lost_to is None
+
     def check_held(self) -> None:
-        """Before publishing: the lease is still this run's (none took it over while this one was stalled)."""
-        now = self._read()
-        if now is None or now.get("run_id") != self.run_id:
-            holder = f"run {now.get('run_id')} on {now.get('host')}" if now else "no run"
+        """Before publishing: the lease is still this run's."""
+        if not self.held():
+            holder = f"run {self.lost_to.get('run_id')} on {self.lost_to.get('host')}" if self.lost_to else "no run"
             raise JobFailed(f"the output's lease is held by {holder}, not by this run {self.run_id}: another run "
                             "took this output over while this one was stalled; nothing is published")
 
     def stop(self) -> None:
-        """Stop renewing (before the staging folder is published or left for a resume)."""
+        """Stop renewing (before the staging folder is published or left for a resume). A renewal stuck in a
+        store that stopped answering is not waited for (the thread is a daemon)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=self.renew_seconds)
 
-    def release(self) -> None:
-        """Stop renewing and remove the lease if it is still this run's (a published output took it along)."""
+    def release(self, store_answers: bool = True) -> None:
+        """Stop renewing and remove the lease if it is still this run's (a published output took it along).
+        A store that stopped answering is not asked again: the lease is left to be taken over."""
         self.stop()
+        if not store_answers or self.lost_to is not None:
+            return
         try:
             now = self._read()
             if now is not None and now.get("run_id") == self.run_id:
                 self.filesystem.delete_file(self.path)
-        except OSError:  # the store may be what failed; a lease left behind is taken over later
+        except OSError:  # a lease left behind is taken over later
             pass
 
     def _renew(self) -> None:
+        """Renew until stopped, or until another run is seen holding the lease (then this run has lost it and
+        must never write it back)."""
         while not self._stop.wait(self.renew_seconds):
             try:
+                if not self.held():
+                    return
                 self._write()
             except OSError:  # an outage: the store watch ends the run if it lasts
                 pass
 
     def _write(self) -> None:
+        """Whole or not at all (a new file moved over it), so a reader never takes a torn lease for none."""
         self.holder["renewals"] += 1
-        with self.filesystem.open_output_stream(self.path) as stream:
+        temporary = f"{self.path}.{uuid.uuid4().hex[:12]}.tmp"
+        with self.filesystem.open_output_stream(temporary) as stream:
             stream.write(json.dumps(self.holder).encode())
+        self.filesystem.move(temporary, self.path)
 
     def _read(self) -> dict | None:
         try:
             with self.filesystem.open_input_stream(self.path) as stream:
                 return json.loads(stream.read())
-        except (FileNotFoundError, ValueError):
+        except FileNotFoundError:
             return None
+        except ValueError:  # not this code's writing: a lease all the same, of no known run
+            return {}
         except OSError:
             if self.filesystem.get_file_info(self.path).type == pafs.FileType.NotFound:
                 return None

@@ -455,7 +455,10 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
     try:
         return _run(options, verbose, run_id, started, source, schema, facts, passthrough, output, ledger,
                     (job, attempts), lease)
-    except (io.PublishInterrupted, io.StoreLost):  # each says where the run is kept
+    except io.StoreLost:  # says where the run is kept; the store is not asked again
+        lease.release(store_answers=False)
+        raise
+    except io.PublishInterrupted:  # says where the run is kept
         raise
     except InferkitError:
         _keep_for_resuming(ledger, output, lease)
@@ -475,6 +478,9 @@ def _keep_for_resuming(ledger: Ledger, output: io.Output, lease: Lease) -> None:
     keeps what it wrote, for the same command (or a KubeRay retry) to resume once the cause is fixed;
     only a run that wrote nothing leaves nothing."""
     lease.stop()  # no renewal may write into a folder that is being discarded
+    if not lease.held():  # another run took the output over: its folder now, nothing here is touched
+        say(f"{lease.lost_to.get('run_id') or 'another run'} holds {output.staging} now; this run leaves it alone")
+        return
     try:
         rows = ledger.load().rows
     except Exception:  # noqa: BLE001 - the output's filesystem may be what failed; keep it as it is
