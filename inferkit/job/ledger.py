@@ -364,6 +364,7 @@ class Lease:
         self.renew_seconds, self.stale_seconds = renew_seconds, stale_seconds
         self.holder = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "renewals": 0}
         self.lost_to: dict | None = None  # the lease of the run that took this one's over, once seen
+        self._released = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -411,17 +412,22 @@ class Lease:
             raise JobFailed(f"the output's lease is held by {holder}, not by this run {self.run_id}: another run "
                             "took this output over while this one was stalled; nothing is published")
 
-    def stop(self) -> None:
-        """Stop renewing (before the staging folder is published or left for a resume). A renewal stuck in a
-        store that stopped answering is not waited for (the thread is a daemon)."""
+    def stop(self, wait: float | None = None) -> None:
+        """Stop renewing: before publishing, until the renewal under way is done (`wait` None), so none
+        writes into a published folder; on the way out after a failure, waiting at most `wait` seconds for
+        a renewal stuck in a store that stopped answering (the thread is a daemon)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.renew_seconds)
+            self._thread.join(timeout=wait)
 
     def release(self, store_answers: bool = True) -> None:
         """Stop renewing and remove the lease if it is still this run's (a published output took it along).
-        A store that stopped answering is not asked again: the lease is left to be taken over."""
-        self.stop()
+        A store that stopped answering is not asked again: the lease is left to be taken over. Only the
+        first call does anything."""
+        if self._released:
+            return
+        self._released = True
+        self.stop(wait=self.renew_seconds if store_answers else 1.0)
         if not store_answers or self.lost_to is not None:
             return
         try:

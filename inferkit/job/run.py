@@ -27,7 +27,7 @@ from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed, stop
 from inferkit.job import io, terminal
 from inferkit.job.compile import check_compiled, read_tally, start_tally
 from inferkit.job.compile import settle as settle_compile
-from inferkit.job.ledger import Lease, Ledger, Progress, identity, write_through
+from inferkit.job.ledger import LEASE_RENEW_SECONDS, Lease, Ledger, Progress, identity, write_through
 from inferkit.job.plan import Plan, make_plan, settle_precision
 from inferkit.job.quarantine import Rescue
 from inferkit.job.tasks import (ERROR, ModelFacts, ModelSpec, Predictor, check_precision, decode_images, demo_model,
@@ -477,7 +477,7 @@ def _keep_for_resuming(ledger: Ledger, output: io.Output, lease: Lease) -> None:
     """A run that died or failed on the way (a lost cluster, an I/O error, Ctrl-C, a task that raised)
     keeps what it wrote, for the same command (or a KubeRay retry) to resume once the cause is fixed;
     only a run that wrote nothing leaves nothing."""
-    lease.stop()  # no renewal may write into a folder that is being discarded
+    lease.stop(wait=LEASE_RENEW_SECONDS)  # no renewal may write into a folder that is being discarded
     if not lease.held():  # another run took the output over: its folder now, nothing here is touched
         say(f"{lease.lost_to.get('run_id') or 'another run'} holds {output.staging} now; this run leaves it alone")
         return
