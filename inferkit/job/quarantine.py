@@ -154,8 +154,7 @@ class Rescue:
             for part in incomplete:
                 written += self._part(part, progress)
             # suspects still held, too few to blame the node, and no row left to try: the rows are what kills
-            written += sum(self._blame(*suspect) for suspect in self.suspects)
-            self.suspects.clear()
+            written += self._blame_suspects()
         finally:
             if self.actor is not None:
                 import ray
@@ -204,8 +203,7 @@ class Rescue:
                 self.ledger.commit(out)
                 written += out.num_rows
                 self.computed = True
-                written += sum(self._blame(*suspect) for suspect in self.suspects)
-                self.suspects.clear()
+                written += self._blame_suspects()
                 continue
             self.deaths += 1
             if chunk.num_rows > 1:
@@ -231,6 +229,12 @@ class Rescue:
         self.crashed_rows += 1
         self.ledger.commit(output_table(self.spec, row, [], [], [DIED + how]))
         return 1
+
+    def _blame_suspects(self) -> int:
+        """Write every suspect held so far as an error row."""
+        written = sum(self._blame(*suspect) for suspect in self.suspects)
+        self.suspects.clear()
+        return written
 
     def _blame_the_node(self) -> None:
         raise JobFailed(f"the processes that finish crashed rows died on {len(self.suspects)} different row(s), "
