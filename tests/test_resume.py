@@ -546,19 +546,19 @@ def test_a_job_json_torn_or_unreadable_never_costs_the_rows_written(tmp_path, mo
     """job.json is replaced whole (a write killed midway leaves the old one); one that cannot be read
     beside written rows is refused rather than taken for "no earlier run", which would empty the folder."""
     from inferkit.errors import ConfigError
-    from inferkit.job.ledger import Ledger
+    from inferkit.job import ledger as ledger_module
 
     ledger = _ledger(tmp_path)
     ledger.commit(_block(0, [0], 1))
     job = Path(ledger.staging) / "_inferkit" / "job.json"
 
-    def killed_midway(self, path, value):
-        with self.filesystem.open_output_stream(path) as stream:
+    def killed_midway(filesystem, path, value):
+        with filesystem.open_output_stream(path) as stream:
             stream.write(json.dumps(value).encode()[:10])
         raise OSError("killed while writing")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Ledger, "_write", killed_midway)
+        patch.setattr(ledger_module, "_write_json", killed_midway)
         with pytest.raises(OSError):
             ledger.note_attempt({"task": "t"}, [{"run_id": "two"}])
     assert [a["run_id"] for a in json.loads(job.read_text())["attempts"]] == ["one"]

@@ -169,6 +169,18 @@ def row_ranges(table: pa.Table) -> tuple[dict[str, list[list[int]]], dict[str, i
     return ranges, part_sizes
 
 
+def _write_json(filesystem: pafs.FileSystem, path: str, value: dict) -> None:
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(json.dumps(value, separators=(",", ":")).encode())
+
+
+def _write_whole(filesystem: pafs.FileSystem, path: str, value: dict) -> None:
+    """Write a JSON file whole or not at all: a new file moved over the old one, never a torn one."""
+    temporary = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+    _write_json(filesystem, temporary, value)
+    filesystem.move(temporary, path)
+
+
 def _largest_reads(entries: dict[str, dict]) -> dict[str, dict]:
     """The entries that number each of their parts' rows as the part's largest read does. A unit whose read
     failed (a 503; a part whose reading killed its process) is one error row where its rows belong, so
@@ -216,8 +228,7 @@ class Ledger:
                     {"file": None, "rows": 0, "errors": 0, "unreadable": 0, "ranges": {}, "sizes": {str(part): 0}})
 
     def _write(self, path: str, value: dict) -> None:
-        with self.filesystem.open_output_stream(path) as stream:
-            stream.write(json.dumps(value, separators=(",", ":")).encode())
+        _write_json(self.filesystem, path, value)
 
     # -- the driver's side -----------------------------------------------------------------------
 
@@ -248,10 +259,7 @@ class Ledger:
     def note_attempt(self, job: dict, attempts: list[dict]) -> None:
         """Rewrite job.json whole or not at all (a new file renamed over it): a torn job.json would leave
         the rows written so far without a job."""
-        path = posixpath.join(self.folder, JOB)
-        temporary = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
-        self._write(temporary, {"job": job, "attempts": attempts})
-        self.filesystem.move(temporary, path)
+        _write_whole(self.filesystem, posixpath.join(self.folder, JOB), {"job": job, "attempts": attempts})
 
     def _entry_paths(self) -> list[str]:
         selector = pafs.FileSelector(posixpath.join(self.folder, ENTRIES), allow_not_found=True)
@@ -451,10 +459,7 @@ class Lease:
     def _write(self) -> None:
         """Whole or not at all (a new file moved over it), so a reader never takes a torn lease for none."""
         self.holder["renewals"] += 1
-        temporary = f"{self.path}.{uuid.uuid4().hex[:12]}.tmp"
-        with self.filesystem.open_output_stream(temporary) as stream:
-            stream.write(json.dumps(self.holder).encode())
-        self.filesystem.move(temporary, self.path)
+        _write_whole(self.filesystem, self.path, self.holder)
 
     def _read(self) -> dict | None:
         try:
