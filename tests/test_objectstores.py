@@ -210,38 +210,37 @@ def _every_row_once(store, bucket: str) -> dict:
     table, report = _published(store, f"{bucket}/out")
     ids = table.column("id").to_pylist()
     assert sorted(ids) == sorted(f"r{i}" for i in range(ROWS)) and table.column("error").null_count == ROWS
+    staging = store.filesystem().get_file_info(f"{bucket}/out.inferkit-unfinished")
+    assert staging.type == pafs.FileType.NotFound, "the staging prefix outlived the publish"
     return report
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_run_killed_at_40_percent_resumes_on_the_store(store, tiny_models, tmp_path):
-    """SIGKILL of the run's whole process group (a lost node) at ~40%, then the same command: every row
-    once, the rest computed, where the store has no rename (ledger entries and the publish copy objects)."""
+def test_a_killed_run_resumes_on_the_store_and_rides_out_a_frozen_store(store, tiny_models, tmp_path):
+    """The first attempt loses an inference actor (crash-once) and then its whole process group to SIGKILL
+    (a lost node) at ~40%; the same command resumes, and the store freezes for ten seconds under it, which
+    it rides out: every row once, the rest computed, where the store has no rename (ledger entries and the
+    publish copy objects)."""
     bucket, args = _long_job(store, tmp_path)
-    process = _start(store, tiny_models["classifier"], args, tmp_path / "first.log", INFERKIT_INJECT_FAULT="slow:0.05")
-    _wait_for_rows(store, bucket, process, tmp_path / "first.log", int(ROWS * 0.4))
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    marker = tmp_path / "crashed"
+    first = _start(store, tiny_models["classifier"], args, tmp_path / "first.log",
+                   INFERKIT_INJECT_FAULT=f"slow:0.05,crash-once:{marker}")
+    _wait_for_rows(store, bucket, first, tmp_path / "first.log", int(ROWS * 0.4))
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert marker.exists(), "the actor did not crash: the crash proved nothing"
     kept = _ledger_rows(store, bucket)
-    again = _run(store, "--task", "text-classification", "--model", tiny_models["classifier"], *args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming: {kept} of {ROWS} rows already done" in again.stderr
+    log = tmp_path / "second.log"
+    second = _start(store, tiny_models["classifier"], args, log, INFERKIT_INJECT_FAULT="slow:0.1")
+    _wait_for_rows(store, bucket, second, log, kept + 1)
+    store.freeze(10)
+    assert second.poll() is None, "the run ended before the store came back: the freeze proved nothing"
+    assert second.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
+    assert f"resuming: {kept} of {ROWS} rows already done" in log.read_text()
     report = _every_row_once(store, bucket)
     assert report["rows_resumed"] == kept > 0 and report["attempts"] == 2
-
-
-@pytest.mark.slow
-@pytest.mark.ray
-def test_a_store_that_freezes_for_ten_seconds_is_ridden_out(store, tiny_models, tmp_path):
-    bucket, args = _long_job(store, tmp_path)
-    log = tmp_path / "run.log"
-    process = _start(store, tiny_models["classifier"], args, log, INFERKIT_INJECT_FAULT="slow:0.1")
-    _wait_for_rows(store, bucket, process, log, 1)
-    store.freeze(10)
-    assert process.poll() is None, "the run ended before the store came back: the freeze proved nothing"
-    assert process.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
-    _every_row_once(store, bucket)
+    assert report["output"]["write"] == "distributed"
 
 
 @pytest.mark.slow

@@ -22,20 +22,6 @@ import tiny
 
 ROWS, ROWS_PER_GROUP = 480, 40
 UNFINISHED = ".inferkit-unfinished"
-# A driver that lets the output live on pyarrow's SubTreeFileSystem, which is not a local filesystem to
-# inferkit: the object-store way of writing and publishing (no folder rename), as on s3:// or gs://.
-SUBTREE_DRIVER = """
-import sys, pyarrow.fs as pafs
-from inferkit.job import io
-plain = io.open_filesystem
-def open_filesystem(uri, *args):
-    if uri.startswith("subtree://"):
-        return pafs.SubTreeFileSystem(sys.argv[1], pafs.LocalFileSystem()), uri.removeprefix("subtree://")
-    return plain(uri, *args)
-io.open_filesystem = open_filesystem
-from inferkit.cli import main
-main(sys.argv[2:])
-"""
 
 
 def _parquet_input(folder: Path, rows: int = ROWS) -> Path:
@@ -46,10 +32,9 @@ def _parquet_input(folder: Path, rows: int = ROWS) -> Path:
     return folder / "in.parquet"
 
 
-def _command(model: str, source: Path | str, output: str, *extra: str, subtree: Path | None = None) -> list[str]:
-    prefix = [sys.executable, "-c", SUBTREE_DRIVER, str(subtree)] if subtree else [sys.executable, "-m", "inferkit"]
-    return [*prefix, "run", "--task", "text-classification", "--model", model, "--input", str(source), "--output",
-            output, "--batch-size", "8", "--precision", "fp32", *extra]
+def _command(model: str, source: Path | str, output: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "inferkit", "run", "--task", "text-classification", "--model", model, "--input",
+            str(source), "--output", output, "--batch-size", "8", "--precision", "fp32", *extra]
 
 
 def _env(**faults: str) -> dict[str, str]:
@@ -160,27 +145,6 @@ def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
     second_computed, third_computed = _computed(traces[1]), _computed(traces[2])
     assert sum(second_computed.values()) <= ROWS - first_kept and set(second_computed.values()) == {1}
     assert sum(third_computed.values()) == ROWS - resumed and set(third_computed.values()) <= {1}
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_injected_actor_crash_and_an_object_store_output_resume(tiny_models, tmp_path):
-    """The first attempt loses an inference actor and is then killed; the output is on a filesystem that
-    is not local to inferkit (written by the workers, published by copying, as on s3://)."""
-    source = _parquet_input(tmp_path / "in")
-    bucket = tmp_path / "bucket"
-    bucket.mkdir()
-    command = _command(tiny_models["classifier"], source, "subtree://results/out", subtree=bucket)
-    marker = tmp_path / "crashed"
-    _kill_midway(command, _env(crash_once=str(marker), slow="0.1"), bucket / "results" / f"out{UNFINISHED}",
-                 ROWS // 2, tmp_path / "first.log")
-    assert marker.exists(), "the actor did crash"
-    second = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    frame, report = _published(bucket / "results" / "out")
-    assert Counter(frame.id) == Counter(range(ROWS)) and frame.error.isna().all()
-    assert report["rows_resumed"] >= ROWS // 2 and report["output"]["write"] == "distributed"
-    assert not (bucket / "results" / f"out{UNFINISHED}").exists()
 
 
 def test_another_job_is_refused_restart_starts_over_and_a_finished_output_needs_overwrite(
