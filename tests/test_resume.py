@@ -147,6 +147,37 @@ def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
     assert sum(third_computed.values()) == ROWS - resumed and set(third_computed.values()) <= {1}
 
 
+@pytest.mark.ray
+def test_a_publish_killed_between_its_rename_and_its_cleanup_is_finished_by_the_same_command(
+        inferkit, tiny_models, tmp_path):
+    """The renaming publish moves the run into place, then removes its bookkeeping and the output it replaced:
+    a kill in between left a complete output that the same command refused for ever ("already exists").
+    Now the same job finishes the clean-up without computing anything; another job is still refused."""
+    source = _parquet_input(tmp_path / "in", 40)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("the output --overwrite replaces")
+    command = _command(tiny_models["classifier"], source, str(out), "--overwrite")
+    killed = subprocess.run(command, env=_env(kill_after_rename=""), capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    replaced = Path(str(out) + ".inferkit-old")
+    assert (out / "_SUCCESS").exists() and (out / "_inferkit").is_dir() and (replaced / "old.txt").exists()
+
+    args = ["--input", str(source), "--output", str(out), "--batch-size", "8", "--precision", "fp32"]
+    other = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier_other_vocabulary"],
+                     *args)
+    assert other.code == 2 and f"--output {out}: already exists; pass --overwrite" in other.stderr
+    assert (out / "_inferkit").is_dir() and replaced.exists()  # refusing touched nothing
+
+    finished = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], *args,
+                        "--overwrite")
+    assert finished.code == 0, finished.stderr
+    assert "stopped before its clean-up: done now" in finished.stderr and "plan:" not in finished.stderr
+    assert not replaced.exists()
+    frame, report = _published(out)
+    assert Counter(frame.id) == Counter(range(40)) and report["attempts"] == 1
+
+
 def test_another_job_is_refused_restart_starts_over_and_a_finished_output_needs_overwrite(
         inferkit, ray_local, tiny_models, tmp_path):
     source = _parquet_input(tmp_path / "in")

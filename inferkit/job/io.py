@@ -381,12 +381,22 @@ class Output:
     # The output folder is a mount point (a volume mounted at --output): it cannot be renamed, and beside it
     # is another filesystem (the container's own disk), so the run is staged inside it and linked in file by file.
     staged_inside: bool = False
+    # A published output that still holds its run's bookkeeping: a renaming publish was stopped after its
+    # rename, before its clean-up. The same job finishes the clean-up (`finish_cleanup`); another job is refused
+    # without --overwrite, as at any existing output.
+    cleanup_cut_off: bool = False
 
 
 UNFINISHED = ".inferkit-unfinished"  # beside the output (inside a mount point): the run being written
 BOOKKEEPING = "_inferkit"  # inside it: what lets a later attempt resume (see inferkit.job.ledger)
 PUBLISHING = "publishing"  # in BOOKKEEPING: a copying publish began (one cut off is finished by the same command)
 LOST_FOUND = "lost+found"  # a volume's own folder at its root: never the output's, never touched
+REPLACED = ".inferkit-old"  # beside the output: the output an --overwrite replaces, until the new one is in place
+
+
+def faults(spec: str) -> dict[str, str]:
+    """INFERKIT_INJECT_FAULT's items (test hooks, listed in inferkit.job.tasks) by name."""
+    return dict(item.partition(":")[::2] for item in spec.split(",") if item)
 
 
 def prepare_output(uri: str, overwrite: bool, outage_seconds: float = STORE_OUTAGE_SECONDS) -> Output:
@@ -407,19 +417,26 @@ def prepare_output(uri: str, overwrite: bool, outage_seconds: float = STORE_OUTA
         # A copying publish cut off midway (an object store's copies, a pod killed while linking files into a
         # mount) left files and no _SUCCESS, and the whole staged run marked as publishing: the same command
         # takes the run up again and finishes it. Nothing else there is ever replaced without --overwrite.
-        unfinished_publish = exists and not _exists(filesystem, posixpath.join(path, SUCCESS)) and _exists(
+        finished = exists and _exists(filesystem, posixpath.join(path, SUCCESS))
+        unfinished_publish = exists and not finished and _exists(
             filesystem, posixpath.join(staging, BOOKKEEPING, PUBLISHING))
+        cleanup_cut_off = finished and local and not inside and _exists(filesystem, posixpath.join(path, BOOKKEEPING))
     except OSError as e:
         raise ConfigError([f"--output {uri}: cannot check it ({e})"]) from e
-    if exists and not overwrite and not unfinished_publish:
-        raise ConfigError([f"--output {uri}: already exists; pass --overwrite to replace it"])
+    if exists and not overwrite and not unfinished_publish and not cleanup_cut_off:
+        raise already_exists(uri)
     if isinstance(filesystem, OBJECT_STORES):
         try:
             _check_bucket(filesystem, path, f"--output {uri}")
         except OSError as e:
             raise ConfigError([f"--output {uri}: cannot check it ({one_line(e, 300)})"]) from e
         _check_writable(filesystem, staging, f"--output {uri}")
-    return Output(uri=uri, filesystem=filesystem, path=path, staging=staging, local=local, staged_inside=inside)
+    return Output(uri=uri, filesystem=filesystem, path=path, staging=staging, local=local, staged_inside=inside,
+                  cleanup_cut_off=cleanup_cut_off)
+
+
+def already_exists(uri: str) -> ConfigError:
+    return ConfigError([f"--output {uri}: already exists; pass --overwrite to replace it"])
 
 
 def _check_bucket(filesystem: pafs.FileSystem, path: str, what: str) -> None:
@@ -464,41 +481,60 @@ def publish(output: Output, report: dict[str, Any]) -> None:
     renames = output.local and not output.staged_inside
     try:
         _write_text(fs, posixpath.join(output.staging, REPORT), json.dumps(report, indent=2, default=str) + "\n")
-        leftover = _swap_folder(fs, output) if renames else _copy_over(fs, output)
+        if renames:
+            _swap_folder(fs, output)
+        else:
+            _copy_over(fs, output)
     except OSError as e:
         state = "is as it was" if renames else f"has no {SUCCESS} (the same command finishes publishing it)"
         raise PublishInterrupted(f"publishing the output to {output.uri} failed ({one_line(e)}); "
                                  f"the complete run is kept at {output.staging} and the output {state}") from e
-    for folder in (leftover, posixpath.join(output.path, BOOKKEEPING) if renames else None):
-        try:
-            if folder:
-                fs.delete_dir(folder)
-        except OSError as e:
-            say(f"warning: the output is published, but {folder} could not be removed ({e})")
+    if not renames:
+        _remove(fs, output.staging)
+        return
+    if "kill-after-rename" in faults(os.environ.get("INFERKIT_INJECT_FAULT", "")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    finish_cleanup(output)
 
 
-def _swap_folder(fs: pafs.FileSystem, output: Output) -> str | None:
-    """Rename the staged run into place, the old output aside first; returns what is left to remove."""
+def finish_cleanup(output: Output) -> None:
+    """After a renaming publish: remove the run's bookkeeping from the output and the output it replaced.
+    Also what the same command does when a publish was stopped between its rename and here."""
+    for folder in (posixpath.join(output.path, BOOKKEEPING), output.path + REPLACED):
+        if _exists(output.filesystem, folder):
+            _remove(output.filesystem, folder)
+
+
+def _remove(fs: pafs.FileSystem, folder: str) -> None:
+    try:
+        fs.delete_dir(folder)
+    except OSError as e:
+        say(f"warning: the output is published, but {folder} could not be removed ({e})")
+
+
+def _swap_folder(fs: pafs.FileSystem, output: Output) -> None:
+    """Rename the staged run into place, the old output aside first (see `finish_cleanup`)."""
     _write_text(fs, posixpath.join(output.staging, SUCCESS), "")
     if not _exists(fs, output.path):
         fs.move(output.staging, output.path)
-        return None
-    old = f"{output.path}.inferkit-old-{uuid.uuid4().hex[:8]}"
+        return
+    old = output.path + REPLACED
+    if _exists(fs, old):  # left by a publish stopped before its clean-up: --overwrite replaced it then
+        fs.delete_dir(old)
     fs.move(output.path, old)
     try:
         fs.move(output.staging, output.path)
     except BaseException:
         fs.move(old, output.path)
         raise
-    return old
 
 
-def _copy_over(fs: pafs.FileSystem, output: Output) -> str:
+def _copy_over(fs: pafs.FileSystem, output: Output) -> None:
     """Object stores cannot rename a folder, nor can a mount point be renamed. Readers wait for `_SUCCESS`:
     take it away first, copy the new files over (within a mount point: hard-link them, the same filesystem),
     remove what the old output had beyond them, and put `_SUCCESS` back last. A failure midway leaves no
     `_SUCCESS` and the whole staged run in place, marked as publishing, never a half-deleted output that
-    looks complete. Returns the staged run, to remove."""
+    looks complete. The staged run is removed afterwards."""
     fs.create_dir(posixpath.join(output.staging, BOOKKEEPING), recursive=True)
     _write_text(fs, posixpath.join(output.staging, BOOKKEEPING, PUBLISHING), "")
     marker = posixpath.join(output.path, SUCCESS)
@@ -521,7 +557,6 @@ def _copy_over(fs: pafs.FileSystem, output: Output) -> str:
         if path not in written:
             fs.delete_file(path)
     _write_text(fs, marker, "")
-    return output.staging
 
 
 def _link_or_copy(fs: pafs.FileSystem, source: str, target: str) -> None:

@@ -256,6 +256,11 @@ class Ledger:
         self.note_attempt(job, attempts)
         return attempts
 
+    def holds(self, job: dict) -> bool:
+        """Whether the run kept here is `job`'s (read only: a published output's leftover bookkeeping)."""
+        previous = self._read_json(posixpath.join(self.folder, JOB))
+        return previous is not None and _as_today(previous.get("job")) == job
+
     def note_attempt(self, job: dict, attempts: list[dict]) -> None:
         """Rewrite job.json whole or not at all (a new file renamed over it): a torn job.json would leave
         the rows written so far without a job."""

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import logging
 import os
+import posixpath
 import re
 import time
 import uuid
@@ -448,6 +450,10 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
     job = identity(_absolute(source.uri).rstrip("/"), source, options.task, _payload_column(options, source),
                    [f"{f.model} ({f.version})" for f in facts], options.ensemble,
                    _output_schema(options, schema, passthrough))
+    if output.cleanup_cut_off and Ledger(output.filesystem, output.path).holds(job):
+        return _finish_cut_off_cleanup(output, options.max_error_fraction)
+    if output.cleanup_cut_off and not options.overwrite:
+        raise io.already_exists(output.uri)
     lease = Lease(output.filesystem, output.staging, run_id)
     lease.wait_for_others()
     attempts = ledger.open(job, options.restart, run_id)
@@ -606,15 +612,31 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
     if error_counts:
         say(f"errors by kind: {terminal.error_kinds(error_counts)}")
     print(f"output: {output.uri if '://' in output.uri else output.path}")
-    if unreadable:
-        raise JobFailed(f"{unreadable} input file(s) or row group(s) could not be read, so their rows are missing "
-                        f"from the output (written, with one error row for each; see its `{io.ERROR}` column)")
-    if fraction > options.max_error_fraction:
+    return _outcome(report, options.max_error_fraction)
+
+
+def _outcome(report: dict[str, Any], max_error_fraction: float) -> int:
+    """A published run's exit: unreadable input, or more failed rows than allowed, fail it (output written)."""
+    if report["unreadable_units"]:
+        raise JobFailed(f"{report['unreadable_units']} input file(s) or row group(s) could not be read, so their rows "
+                        f"are missing from the output (written, with one error row for each; see its `{io.ERROR}` "
+                        "column)")
+    errors, rows, fraction = report["errors"], report["rows"], report["error_fraction"]
+    if fraction > max_error_fraction:
         examples = "; ".join(f"{n}x {e}" for e, n in list(report["error_examples"].items())[:3])
         raise JobFailed(f"{errors} of {rows} rows failed ({fraction:.2%} > --max-error-fraction "
-                        f"{options.max_error_fraction:g}); the output is written. E.g.: {examples}")
+                        f"{max_error_fraction:g}); the output is written. E.g.: {examples}")
     return EXIT_OK
 
+
+def _finish_cut_off_cleanup(output: io.Output, max_error_fraction: float) -> int:
+    """A publish stopped between its rename and its clean-up (a killed pod) left this job's output complete
+    with its bookkeeping in it: remove what is left and exit as that run would have, computing nothing."""
+    io.finish_cleanup(output)
+    say(f"{output.path} was published by an earlier attempt of this job, stopped before its clean-up: done now")
+    print(f"output: {output.path}")
+    with output.filesystem.open_input_stream(posixpath.join(output.path, io.REPORT)) as stream:
+        return _outcome(json.loads(stream.read()), max_error_fraction)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import pyarrow as pa
 from inferkit.errors import one_line
 from inferkit.job.compile import FAULT as COMPILE_FAULT
 from inferkit.job.compile import ActorCompiler
-from inferkit.job.io import KEYS, PART, ROW
+from inferkit.job.io import KEYS, PART, ROW, faults
 from inferkit.job.plan import AGREEMENT_THRESHOLD, ModelProfile, top1_agreement
 
 ERROR = "error"
@@ -516,10 +516,8 @@ def output_table(spec: ModelSpec, batch: pa.Table, good: list[int], results: lis
 #                            (by Ray's memory monitor; at most HOG_LIMIT_BYTES, then it waits), every time
 #   slow:<seconds>           each inference batch takes this much longer (to stop a run midway)
 #   trace:<folder>           each inference batch appends the ids it computes to a file there
-
-
-def faults(spec: str) -> dict[str, str]:
-    return dict(item.partition(":")[::2] for item in spec.split(",") if item)
+#   kill-after-rename        the driver kills itself once a renaming publish has moved the run into place
+#                            (io.publish), before its clean-up
 
 
 def _holds_target(spec: str, kind: str, batch: pa.Table, id_column: str) -> bool:
