@@ -375,6 +375,36 @@ def test_the_ledger_keeps_committed_blocks_and_forgets_torn_writes(tmp_path):
         ledger.check_complete(ledger.load(), parts=3)
 
 
+def test_a_file_that_fails_to_be_written_is_tried_again_and_a_huge_block_is_cut_into_files(tmp_path, monkeypatch):
+    """A store's 503 on a write is tried again in the write task (a task that raised sent its rows one chunk
+    at a time through the rescue), up to WRITE_ATTEMPTS; a block of 1,000 rows, where files hold 100, becomes
+    ten files, each with its entry, not one file that a kill loses whole."""
+    from inferkit.job import ledger as ledger_module
+
+    ledger = _ledger(tmp_path)
+    monkeypatch.setattr(ledger_module, "WRITE_RETRY_SECONDS", 0.01)
+    write_table, tries = pq.write_table, []
+
+    def store_answers_503(table, path, fail_first=2, **kwargs):
+        tries.append(path)
+        if len(tries) <= fail_first:
+            raise OSError("When uploading part for key 'x': AWS Error SLOW_DOWN during UploadPart (HTTP status 503)")
+        return write_table(table, path, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", store_answers_503)
+    ledger_module.write_blocks(ledger, [_block(0, list(range(1000)), 1000), _block(1, [0, 1, 2], 3)], 100)
+    files = list(Path(ledger.staging).glob("*.parquet"))
+    rows = [pq.read_metadata(f).num_rows for f in files]
+    assert len(files) == 10 and sum(rows) == 1003 and max(rows) < 200
+    assert ledger.load().rows == 1003 and len(tries) == 12  # two failed, then one write per file
+
+    tries.clear()
+    monkeypatch.setattr(pq, "write_table", lambda table, path, **kwargs: store_answers_503(table, path, 99))
+    with pytest.raises(OSError, match="HTTP status 503"):
+        ledger_module.write_blocks(ledger, [_block(2, [0], 1)], 100)
+    assert len(tries) == ledger_module.WRITE_ATTEMPTS
+
+
 def test_another_job_is_refused_by_name_and_restart_empties_the_run(tmp_path):
     from inferkit.errors import ConfigError
 

@@ -46,12 +46,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from inferkit.console import say
-from inferkit.errors import ConfigError, JobFailed
+from inferkit.errors import ConfigError, JobFailed, one_line
 from inferkit.job import io
 
 JOB = "job.json"
 ENTRIES = "ledger"
 LEASE = "lease.json"
+# A file that fails to be written is tried this many times in all, waiting 1, 2, 4 s (doubling) between.
+WRITE_ATTEMPTS, WRITE_RETRY_SECONDS = 4, 1.0
 # A run renews its lease every LEASE_RENEW_SECONDS; another run waits up to LEASE_STALE_SECONDS for a
 # renewal before it takes over a lease whose run it cannot see (one on another node, or in another container).
 LEASE_RENEW_SECONDS, LEASE_STALE_SECONDS = 10.0, 30.0
@@ -353,11 +355,32 @@ def write_through(dataset: Any, ledger: Ledger, rows_per_file: int, ray_remote_a
             return rows_per_file
 
         def write(self, blocks: Any, ctx: Any) -> None:
-            tables = [block for block in blocks if block.num_rows]
-            if tables:
-                ledger.commit(pa.concat_tables(tables))
+            write_blocks(ledger, list(blocks), rows_per_file)
 
     dataset.write_datasink(LedgerDatasink(), ray_remote_args=ray_remote_args)
+
+
+def write_blocks(ledger: Ledger, blocks: list[pa.Table], rows_per_file: int) -> None:
+    """One write task's blocks as files of `rows_per_file` to twice that: a block larger than that (a whole
+    1M-row row group) is cut, so no file, and no kill, holds more. A file that fails to be written (a store's
+    503) is tried again: a write task that raises would send its rows one chunk at a time through the rescue."""
+    tables = [block for block in blocks if block.num_rows]
+    if not tables:
+        return
+    table = pa.concat_tables(tables)
+    size = -(-table.num_rows // max(1, table.num_rows // rows_per_file))
+    for start in range(0, table.num_rows, size):
+        piece = table.slice(start, size)
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                ledger.commit(piece)
+                break
+            except OSError as e:
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                say(f"warning: writing {piece.num_rows} rows failed ({one_line(e)}); trying again in "
+                    f"{WRITE_RETRY_SECONDS * 2**attempt:g} s")
+                time.sleep(WRITE_RETRY_SECONDS * 2**attempt)
 
 
 class Lease:
