@@ -25,6 +25,8 @@ CASES = [
      "env[0] (WORKERS): value must be a string, not 4 (quote it)"),
     ("list-item-blamed-on-its-file", ["--cpu-nodes", "1", "-f", "{bad_toleration}"],
      "head.tolerations[0]: must be a map, not 5 [values file"),
+    ("store-uri-options", ["--cpu-nodes", "1", "--set", "run.output=s3://b/out?region=eu-west-1"],
+     "run.output: 's3://b/out?region=eu-west-1': options in a store's URI are not taken"),
     ("name-not-dns", ["--cpu-nodes", "1", "--name", "Bad_Name"], "is not a DNS-1035 label"),
     ("name-starts-with-digit", ["--cpu-nodes", "1", "--name", "1job"], "is not a DNS-1035 label"),
     ("rayjob-name-too-long", ["--cpu-nodes", "1", "--name", LONG_47 + "b"], "a RayJob name may have at most 47"),

@@ -106,6 +106,12 @@ def check_run(run: RunOptions) -> list[str]:
         problem = free_text_problem(getattr(run, name))
         if problem:
             problems.append(f"run.{camel(name)}: {problem}")
+    for name in ("input", "output"):
+        uri = getattr(run, name)
+        if is_remote_uri(uri) and ("?" in uri or "#" in uri):
+            problems.append(f"run.{name}: {uri!r}: options in a store's URI are not taken (and would be read as part "
+                            "of the path); set them in the environment, as the SDKs read them: AWS_ENDPOINT_URL, "
+                            "AWS_REGION, AWS_PROFILE; STORAGE_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT")
     for i, model in enumerate(run.model):
         problem = "is empty" if not model.strip() else free_text_problem(model)
         if problem:
