@@ -122,7 +122,7 @@ def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
         assert refused.stderr.strip().splitlines()[-1].endswith("is writing this output now (" + str(
             staging / "_inferkit" / "lease.json") + " is being renewed): wait for it to end, or stop it first")
 
-    _kill_midway(command, _env(slow="1.0", trace=str(traces[0])), staging, ROWS // 4, tmp_path / "first.log",
+    _kill_midway(command, _env(slow="0.4", trace=str(traces[0])), staging, ROWS // 4, tmp_path / "first.log",
                  meanwhile=second_run_is_refused)
     first_kept = _ledger_rows(staging)
     second_target = first_kept + (ROWS - first_kept) // 2
