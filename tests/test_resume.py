@@ -148,6 +148,7 @@ def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_publish_killed_between_its_rename_and_its_cleanup_is_finished_by_the_same_command(
         inferkit, tiny_models, tmp_path):
     """The renaming publish moves the run into place, then removes its bookkeeping and the output it replaced:
