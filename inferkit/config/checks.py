@@ -108,7 +108,7 @@ def check_run(run: RunOptions) -> list[str]:
             problems.append(f"run.{camel(name)}: {problem}")
     for name in ("input", "output"):
         uri = getattr(run, name)
-        if is_remote_uri(uri) and ("?" in uri or "#" in uri):
+        if uri.lower().startswith(("s3://", "gs://", "gcs://")) and ("?" in uri or "#" in uri):
             problems.append(f"run.{name}: {uri!r}: options in a store's URI are not taken (and would be read as part "
                             "of the path); set them in the environment, as the SDKs read them: AWS_ENDPOINT_URL, "
                             "AWS_REGION, AWS_PROFILE; STORAGE_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT")
