@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,7 +263,6 @@ class RayCluster:
 
     def _start(self, args: list[str]) -> str:
         """Starts one node; returns what `ray start` printed once the node is up."""
-        import subprocess
         import time
 
         log = self.tmp / f"ray-{len(self.logs)}.log"
@@ -304,7 +304,6 @@ class RayCluster:
         return self
 
     def wait_for_nodes(self, count: int, timeout: float = 90) -> None:
-        import subprocess
         import time
 
         # One Python that connects once and polls (a new one per poll spent ~2 s importing Ray each time).
@@ -334,7 +333,6 @@ class RayCluster:
         """Each node's whole process group: SIGTERM, up to 10 s for `ray start` to stop its processes,
         then SIGKILL for any that linger (nothing of a test cluster is kept)."""
         import signal
-        import subprocess
 
         for process in reversed(self.processes):
             try:
@@ -379,7 +377,6 @@ def busy_cluster(tmp_path_factory):
     """Module: a 1-CPU Ray cluster with a dashboard whose CPU another driver holds: an `inferkit run` submitted
     to it starts, then waits for a CPU until stopped. A job that cannot end makes --timeout, Ctrl-C and
     --detach deterministic: no race with a job that ends first, no sleeps."""
-    import subprocess
 
     cluster = RayCluster(tmp_path_factory.mktemp("busy")).start(head_cpus=1, dashboard=True)
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_CPUS, cluster.address, "1"], env=cluster.env,
@@ -391,3 +388,17 @@ def busy_cluster(tmp_path_factory):
         holder.stdin.close()
         holder.wait(timeout=60)
         cluster.stop()
+
+
+@pytest.fixture
+def mounted_output(tmp_path):
+    """Function: a real tmpfs mounted at tmp_path/out, as a pod's volume is mounted at --output (needs root:
+    skips, saying so, where mounting is not allowed)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(out)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or mounted.returncode}): needs root")
+    yield out
+    subprocess.run(["umount", "-l", str(out)], check=True)

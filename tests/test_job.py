@@ -550,20 +550,6 @@ def test_object_store_publish_never_leaves_a_complete_looking_mix(tmp_path):
     assert not (out / "_SUCCESS").exists() and Path(output.staging).exists()
 
 
-@pytest.fixture
-def mounted_output(tmp_path):
-    """Function: a real tmpfs mounted at tmp_path/out, as a pod's volume is mounted at --output (needs root:
-    skips, saying so, where mounting is not allowed)."""
-    out = tmp_path / "out"
-    out.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(out)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or mounted.returncode}): needs root")
-    yield out
-    subprocess.run(["umount", "-l", str(out)], check=True)
-
-
 def test_an_output_that_is_a_mount_point_is_staged_and_published_inside_it(mounted_output):
     """A mount point cannot be renamed, and beside it is another filesystem (the container's own disk, lost
     with the pod): the run is staged inside the mount and moved in file by file, `_SUCCESS` last; the

@@ -32,7 +32,7 @@ CACHE_ENV = "INFERKIT_COMPILE_CACHE"
 # Text lengths are padded up to the first of these that fits (never beyond the model's limit).
 TEXT_BUCKETS = (32, 64, 128, 256, 512)
 TALLY_NAME = "inferkit-compile-tally"
-FAULT = "compile-fail"  # INFERKIT_INJECT_FAULT item (see tasks.faults): every compile raises
+FAULT = "compile-fail"  # INFERKIT_INJECT_FAULT item (see io.faults): every compile raises
 _PRIVATE_FOLDER: str | None = None  # this process's compile cache when the node's may not be used
 
 

@@ -381,17 +381,24 @@ class Output:
     # The output folder is a mount point (a volume mounted at --output): it cannot be renamed, and beside it
     # is another filesystem (the container's own disk), so the run is staged inside it and linked in file by file.
     staged_inside: bool = False
-    # A published output that still holds its run's bookkeeping: a renaming publish was stopped after its
-    # rename, before its clean-up. The same job finishes the clean-up (`finish_cleanup`); another job is refused
-    # without --overwrite, as at any existing output.
-    cleanup_cut_off: bool = False
+    # A published output whose clean-up was cut off (a kill after the rename or the last copy): the folder
+    # whose bookkeeping (job.json) still names the run, the output itself after a rename, else the staged run.
+    # The same job finishes the clean-up (`finish_cleanup`); another is refused without --overwrite.
+    leftover_run: str | None = None
+
+    @property
+    def renames(self) -> bool:
+        """Published by renaming the staged run into place (a local folder that is not a mount point)."""
+        return self.local and not self.staged_inside
 
 
 UNFINISHED = ".inferkit-unfinished"  # beside the output (inside a mount point): the run being written
 BOOKKEEPING = "_inferkit"  # inside it: what lets a later attempt resume (see inferkit.job.ledger)
+JOB = "job.json"  # in BOOKKEEPING: which job the run is, and its attempts
 PUBLISHING = "publishing"  # in BOOKKEEPING: a copying publish began (one cut off is finished by the same command)
 LOST_FOUND = "lost+found"  # a volume's own folder at its root: never the output's, never touched
 REPLACED = ".inferkit-old"  # beside the output: the output an --overwrite replaces, until the new one is in place
+TAKEN_OUT = ".inferkit-cleanup"  # beside the output: its bookkeeping, taken out in one rename, being removed
 
 
 def faults(spec: str) -> dict[str, str]:
@@ -400,9 +407,10 @@ def faults(spec: str) -> dict[str, str]:
 
 
 def prepare_output(uri: str, overwrite: bool, outage_seconds: float = STORE_OUTAGE_SECONDS) -> Output:
-    """Refuse an existing output unless --overwrite (checked before any work). The run is written to a
-    folder beside the output, on the same filesystem, so that a run that dies can be resumed from there;
-    into the output itself where it is a mount point (a pod's volume), whose parent is another filesystem."""
+    """Refuse an existing output unless --overwrite (checked before any work; one whose clean-up was cut off
+    is left to the caller, who knows the job). The run is written to a folder beside the output, on the same
+    filesystem, so that a run that dies can be resumed from there; into the output itself where it is a mount
+    point (a pod's volume), whose parent is another filesystem."""
     filesystem, path = open_filesystem(uri, outage_seconds)
     path = path.rstrip("/") or "/"
     local = isinstance(filesystem, pafs.LocalFileSystem)
@@ -420,10 +428,13 @@ def prepare_output(uri: str, overwrite: bool, outage_seconds: float = STORE_OUTA
         finished = exists and _exists(filesystem, posixpath.join(path, SUCCESS))
         unfinished_publish = exists and not finished and _exists(
             filesystem, posixpath.join(staging, BOOKKEEPING, PUBLISHING))
-        cleanup_cut_off = finished and local and not inside and _exists(filesystem, posixpath.join(path, BOOKKEEPING))
+        # After a rename the run's bookkeeping is inside the output; after copies, the staged run marked as
+        # publishing is left (a run staged but never published, beside an older output, is not marked).
+        leftover, mark = (path, JOB) if local and not inside else (staging, PUBLISHING)
+        leftover_run = leftover if finished and _exists(filesystem, posixpath.join(leftover, BOOKKEEPING, mark)) else None
     except OSError as e:
         raise ConfigError([f"--output {uri}: cannot check it ({e})"]) from e
-    if exists and not overwrite and not unfinished_publish and not cleanup_cut_off:
+    if exists and not overwrite and not unfinished_publish and not leftover_run:
         raise already_exists(uri)
     if isinstance(filesystem, OBJECT_STORES):
         try:
@@ -432,7 +443,7 @@ def prepare_output(uri: str, overwrite: bool, outage_seconds: float = STORE_OUTA
             raise ConfigError([f"--output {uri}: cannot check it ({one_line(e, 300)})"]) from e
         _check_writable(filesystem, staging, f"--output {uri}")
     return Output(uri=uri, filesystem=filesystem, path=path, staging=staging, local=local, staged_inside=inside,
-                  cleanup_cut_off=cleanup_cut_off)
+                  leftover_run=leftover_run)
 
 
 def already_exists(uri: str) -> ConfigError:
@@ -478,38 +489,47 @@ def publish(output: Output, report: dict[str, Any]) -> None:
     """Make the staged run the output: all files, then the report, then `_SUCCESS`, at once where the
     filesystem can rename a folder. A failure keeps the staged run and says where it is."""
     fs = output.filesystem
-    renames = output.local and not output.staged_inside
     try:
         _write_text(fs, posixpath.join(output.staging, REPORT), json.dumps(report, indent=2, default=str) + "\n")
-        if renames:
+        if output.renames:
             _swap_folder(fs, output)
         else:
             _copy_over(fs, output)
     except OSError as e:
-        state = "is as it was" if renames else f"has no {SUCCESS} (the same command finishes publishing it)"
+        state = "is as it was" if output.renames else f"has no {SUCCESS} (the same command finishes publishing it)"
         raise PublishInterrupted(f"publishing the output to {output.uri} failed ({one_line(e)}); "
                                  f"the complete run is kept at {output.staging} and the output {state}") from e
-    if not renames:
-        _remove(fs, output.staging)
-        return
-    if "kill-after-rename" in faults(os.environ.get("INFERKIT_INJECT_FAULT", "")):
+    if "kill-before-cleanup" in faults(os.environ.get("INFERKIT_INJECT_FAULT", "")):
         os.kill(os.getpid(), signal.SIGKILL)
     finish_cleanup(output)
 
 
 def finish_cleanup(output: Output) -> None:
-    """After a renaming publish: remove the run's bookkeeping from the output and the output it replaced.
-    Also what the same command does when a publish was stopped between its rename and here."""
-    for folder in (posixpath.join(output.path, BOOKKEEPING), output.path + REPLACED):
-        if _exists(output.filesystem, folder):
-            _remove(output.filesystem, folder)
+    """After a publish, remove what is left of the run: after a copying one the staged run; after a renaming
+    one the output it replaced, then the bookkeeping, taken out of the output in one rename first (a kill
+    while it is deleted would leave an output whose bookkeeping names no job: refused for ever). Also what
+    the same command does when a publish was stopped before this."""
+    fs = output.filesystem
+    if not output.renames:
+        _remove(fs, output.staging)
+        return
+    taken_out = output.path + TAKEN_OUT
+    _remove(fs, output.path + REPLACED)
+    _remove(fs, taken_out)
+    try:
+        if _exists(fs, posixpath.join(output.path, BOOKKEEPING)):
+            fs.move(posixpath.join(output.path, BOOKKEEPING), taken_out)
+    except OSError as e:
+        say(f"warning: the output is published, but its {BOOKKEEPING} folder could not be moved out ({one_line(e)})")
+    _remove(fs, taken_out)
 
 
 def _remove(fs: pafs.FileSystem, folder: str) -> None:
     try:
-        fs.delete_dir(folder)
+        if _exists(fs, folder):
+            fs.delete_dir(folder)
     except OSError as e:
-        say(f"warning: the output is published, but {folder} could not be removed ({e})")
+        say(f"warning: the output is published, but {folder} could not be removed ({one_line(e)})")
 
 
 def _swap_folder(fs: pafs.FileSystem, output: Output) -> None:
@@ -535,11 +555,11 @@ def _copy_over(fs: pafs.FileSystem, output: Output) -> None:
     remove what the old output had beyond them, and put `_SUCCESS` back last. A failure midway leaves no
     `_SUCCESS` and the whole staged run in place, marked as publishing, never a half-deleted output that
     looks complete. The staged run is removed afterwards."""
+    marker = posixpath.join(output.path, SUCCESS)
+    if _exists(fs, marker):  # first: a publishing mark beside an old output's _SUCCESS would read as published
+        fs.delete_file(marker)
     fs.create_dir(posixpath.join(output.staging, BOOKKEEPING), recursive=True)
     _write_text(fs, posixpath.join(output.staging, BOOKKEEPING, PUBLISHING), "")
-    marker = posixpath.join(output.path, SUCCESS)
-    if _exists(fs, marker):
-        fs.delete_file(marker)
     bookkeeping = posixpath.join(output.staging, BOOKKEEPING) + "/"
     copies = {posixpath.join(output.path, posixpath.relpath(info.path, output.staging)): info.path
               for info in fs.get_file_info(pafs.FileSelector(output.staging, recursive=True))

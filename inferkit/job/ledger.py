@@ -49,7 +49,6 @@ from inferkit.console import say
 from inferkit.errors import ConfigError, JobFailed, one_line
 from inferkit.job import io
 
-JOB = "job.json"
 ENTRIES = "ledger"
 LEASE = "lease.json"
 # A file that fails to be written is tried this many times in all, waiting 1, 2, 4 s (doubling) between.
@@ -238,10 +237,10 @@ class Ledger:
         """Start an attempt: take over an unfinished run of the same job, or refuse a different one
         (unless `restart`, which throws it away). Returns the attempts so far, this one last."""
         fs = self.filesystem
-        previous = self._read_json(posixpath.join(self.folder, JOB))
+        previous = self._read_json(posixpath.join(self.folder, io.JOB))
         if previous is None and not restart and self._entry_paths():
             raise ConfigError([f"the unfinished run at {self.staging} has written rows, but its "
-                               f"{io.BOOKKEEPING}/{JOB} cannot be read, so it is not known which job they belong "
+                               f"{io.BOOKKEEPING}/{io.JOB} cannot be read, so it is not known which job they belong "
                                "to; they are kept. Pass --restart to throw them away and start over"])
         before = _as_today(previous.get("job")) if previous is not None else None
         if previous is not None and not restart and before != job:
@@ -260,13 +259,13 @@ class Ledger:
 
     def holds(self, job: dict) -> bool:
         """Whether the run kept here is `job`'s (read only: a published output's leftover bookkeeping)."""
-        previous = self._read_json(posixpath.join(self.folder, JOB))
+        previous = self._read_json(posixpath.join(self.folder, io.JOB))
         return previous is not None and _as_today(previous.get("job")) == job
 
     def note_attempt(self, job: dict, attempts: list[dict]) -> None:
         """Rewrite job.json whole or not at all (a new file renamed over it): a torn job.json would leave
         the rows written so far without a job."""
-        _write_whole(self.filesystem, posixpath.join(self.folder, JOB), {"job": job, "attempts": attempts})
+        _write_whole(self.filesystem, posixpath.join(self.folder, io.JOB), {"job": job, "attempts": attempts})
 
     def _entry_paths(self) -> list[str]:
         selector = pafs.FileSelector(posixpath.join(self.folder, ENTRIES), allow_not_found=True)
@@ -368,9 +367,10 @@ def write_blocks(ledger: Ledger, blocks: list[pa.Table], rows_per_file: int) -> 
     if not tables:
         return
     table = pa.concat_tables(tables)
-    size = -(-table.num_rows // max(1, table.num_rows // rows_per_file))
-    for start in range(0, table.num_rows, size):
-        piece = table.slice(start, size)
+    pieces = max(1, table.num_rows // rows_per_file)
+    bounds = [i * table.num_rows // pieces for i in range(pieces + 1)]
+    for start, end in zip(bounds, bounds[1:]):
+        piece = table.slice(start, end - start)
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 ledger.commit(piece)

@@ -25,7 +25,7 @@ import pyarrow as pa
 from inferkit import __version__
 from inferkit.config import RunOptions, is_remote_uri, nesting_problem
 from inferkit.console import say
-from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed, stop_on_sigterm
+from inferkit.errors import EXIT_OK, ConfigError, InferkitError, JobFailed, one_line, stop_on_sigterm
 from inferkit.job import io, terminal
 from inferkit.job.compile import check_compiled, read_tally, start_tally
 from inferkit.job.compile import settle as settle_compile
@@ -450,9 +450,9 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
     job = identity(_absolute(source.uri).rstrip("/"), source, options.task, _payload_column(options, source),
                    [f"{f.model} ({f.version})" for f in facts], options.ensemble,
                    _output_schema(options, schema, passthrough))
-    if output.cleanup_cut_off and Ledger(output.filesystem, output.path).holds(job):
+    if output.leftover_run and Ledger(output.filesystem, output.leftover_run).holds(job):
         return _finish_cut_off_cleanup(output, options.max_error_fraction)
-    if output.cleanup_cut_off and not options.overwrite:
+    if output.leftover_run and not options.overwrite:
         raise io.already_exists(output.uri)
     lease = Lease(output.filesystem, output.staging, run_id)
     lease.wait_for_others()
@@ -630,13 +630,19 @@ def _outcome(report: dict[str, Any], max_error_fraction: float) -> int:
 
 
 def _finish_cut_off_cleanup(output: io.Output, max_error_fraction: float) -> int:
-    """A publish stopped between its rename and its clean-up (a killed pod) left this job's output complete
-    with its bookkeeping in it: remove what is left and exit as that run would have, computing nothing."""
+    """A publish stopped before its clean-up (a killed pod) left this job's output complete, with what is left
+    of its run beside or in it: remove that and exit as that run would have, computing nothing."""
+    shown = output.uri if "://" in output.uri else output.path
+    try:
+        with output.filesystem.open_input_stream(posixpath.join(output.path, io.REPORT)) as stream:
+            report = json.loads(stream.read())
+    except (OSError, ValueError) as e:
+        raise JobFailed(f"{shown} was published by an earlier attempt of this job, but its {io.REPORT} cannot be "
+                        f"read ({one_line(e)}); pass --overwrite to run the job again") from e
     io.finish_cleanup(output)
-    say(f"{output.path} was published by an earlier attempt of this job, stopped before its clean-up: done now")
-    print(f"output: {output.path}")
-    with output.filesystem.open_input_stream(posixpath.join(output.path, io.REPORT)) as stream:
-        return _outcome(json.loads(stream.read()), max_error_fraction)
+    say(f"{shown} was published by an earlier attempt of this job, stopped before its clean-up: done now")
+    print(f"output: {shown}")
+    return _outcome(report, max_error_fraction)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -516,8 +516,8 @@ def output_table(spec: ModelSpec, batch: pa.Table, good: list[int], results: lis
 #                            (by Ray's memory monitor; at most HOG_LIMIT_BYTES, then it waits), every time
 #   slow:<seconds>           each inference batch takes this much longer (to stop a run midway)
 #   trace:<folder>           each inference batch appends the ids it computes to a file there
-#   kill-after-rename        the driver kills itself once a renaming publish has moved the run into place
-#                            (io.publish), before its clean-up
+#   kill-before-cleanup      the driver kills itself once a publish has put the run in place (renamed or
+#                            copied, io.publish), before its clean-up
 
 
 def _holds_target(spec: str, kind: str, batch: pa.Table, id_column: str) -> bool:
