@@ -169,6 +169,12 @@ def test_a_publish_killed_between_its_rename_and_its_cleanup_is_finished_by_the_
                      *args)
     assert other.code == 2 and f"--output {out}: already exists; pass --overwrite" in other.stderr
     assert (out / "_inferkit").is_dir() and replaced.exists()  # refusing touched nothing
+    report = out / "_inferkit_report.json"
+    kept = report.read_text()
+    report.write_text("{")  # a report that cannot be read: the exit code could not tell the truth
+    unreadable = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], *args)
+    assert unreadable.code == 1 and f"remove {out / '_inferkit'} and pass --overwrite" in unreadable.stderr
+    report.write_text(kept)
 
     finished = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], *args,
                         "--overwrite")

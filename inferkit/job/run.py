@@ -637,8 +637,9 @@ def _finish_cut_off_cleanup(output: io.Output, max_error_fraction: float) -> int
         with output.filesystem.open_input_stream(posixpath.join(output.path, io.REPORT)) as stream:
             report = json.loads(stream.read())
     except (OSError, ValueError) as e:
+        left = posixpath.join(output.path, io.BOOKKEEPING) if output.renames else output.staging
         raise JobFailed(f"{shown} was published by an earlier attempt of this job, but its {io.REPORT} cannot be "
-                        f"read ({one_line(e)}); pass --overwrite to run the job again") from e
+                        f"read ({one_line(e)}); to run the job again, remove {left} and pass --overwrite") from e
     io.finish_cleanup(output)
     say(f"{shown} was published by an earlier attempt of this job, stopped before its clean-up: done now")
     print(f"output: {shown}")
