@@ -122,7 +122,7 @@ def test_a_run_killed_twice_resumes_with_every_row_once(tiny_models, tmp_path):
         assert refused.stderr.strip().splitlines()[-1].endswith("is writing this output now (" + str(
             staging / "_inferkit" / "lease.json") + " is being renewed): wait for it to end, or stop it first")
 
-    _kill_midway(command, _env(slow="0.4", trace=str(traces[0])), staging, ROWS // 4, tmp_path / "first.log",
+    _kill_midway(command, _env(slow="1.0", trace=str(traces[0])), staging, ROWS // 4, tmp_path / "first.log",
                  meanwhile=second_run_is_refused)
     first_kept = _ledger_rows(staging)
     second_target = first_kept + (ROWS - first_kept) // 2
@@ -493,8 +493,14 @@ def test_entries_that_number_a_part_otherwise_do_not_count_and_are_not_published
 HOLD_LEASE = """
 import sys, time, pyarrow.fs as pafs
 from inferkit.job.ledger import Lease
-Lease(pafs.LocalFileSystem(), sys.argv[1], "holder", renew_seconds=0.2).take()
+lease = Lease(pafs.LocalFileSystem(), sys.argv[1], "holder", renew_seconds=float(sys.argv[2]))
+lease.take()
 print("held", flush=True)
+time.sleep(float(sys.argv[3]))
+if len(sys.argv) > 4:  # the holder's run publishes its output as it ends
+    pafs.LocalFileSystem().create_dir(sys.argv[4])
+    open(sys.argv[4] + "/_SUCCESS", "w").close()
+lease.release()
 time.sleep(120)
 """
 
@@ -506,7 +512,8 @@ def test_a_live_runs_lease_keeps_others_off_the_output_and_a_dead_ones_is_taken_
     from inferkit.job.ledger import Lease
 
     fs, staging = pafs.LocalFileSystem(), str(tmp_path / f"out{UNFINISHED}")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, staging], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, staging, "0.2", "120"], stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         started = time.monotonic()
@@ -518,7 +525,7 @@ def test_a_live_runs_lease_keeps_others_off_the_output_and_a_dead_ones_is_taken_
         holder.wait()
     second = Lease(fs, staging, "second", renew_seconds=0.2, stale_seconds=30)
     started = time.monotonic()
-    second.wait_for_others()  # its holder is a dead process of this host: taken over at once
+    assert not second.wait_for_others()  # its holder is a dead process of this host: taken over at once
     assert time.monotonic() - started < 5
     second.take()
     lease = Path(staging) / "_inferkit" / "lease.json"
@@ -529,7 +536,7 @@ def test_a_live_runs_lease_keeps_others_off_the_output_and_a_dead_ones_is_taken_
         time.sleep(0.3)
     assert second.lost_to["run_id"] == "elsewhere"  # and `second` stopped renewing: it never writes it back
     third = Lease(fs, staging, "third", stale_seconds=1.0)
-    third.wait_for_others()  # another node's lease, not renewed for stale_seconds: taken over
+    assert third.wait_for_others()  # another node's lease, not renewed for stale_seconds: taken over, after a wait
     third.take()
     time.sleep(1)
     assert json.loads(lease.read_text())["run_id"] == "third"
@@ -540,6 +547,35 @@ def test_a_live_runs_lease_keeps_others_off_the_output_and_a_dead_ones_is_taken_
     third.check_held()
     third.release()
     assert not lease.exists()
+    # A holder that ends (publishes) while another run waits for a renewal: the waiter is told it waited,
+    # and looks at the output again (it may be published now) instead of computing the job a second time.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, staging, "60", "2"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert Lease(fs, staging, "fourth", stale_seconds=30).wait_for_others()
+        assert not lease.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_that_waited_for_the_lease_looks_at_the_output_again(inferkit, tiny_models, tmp_path):
+    """Seen in CI: a second run waited for the first's lease, the first published and ended, and the second
+    took the output over and computed the whole job again. Now it finds the output published."""
+    source = _parquet_input(tmp_path / "in", 8)
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, str(out) + UNFINISHED, "60", "2", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        second = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], "--input",
+                          str(source), "--output", str(out))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.code == 2 and "waiting up to 30 s" in second.stderr, second.stderr
+    assert f"--output {out}: already exists; pass --overwrite" in second.stderr
 
 
 def test_an_entry_whose_file_is_gone_or_another_size_does_not_count_and_is_not_published(tmp_path):

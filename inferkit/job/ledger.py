@@ -404,11 +404,12 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def wait_for_others(self) -> None:
-        """Returns once no other live run holds the lease; raises ConfigError while one does."""
+    def wait_for_others(self) -> bool:
+        """Returns once no other live run holds the lease; raises ConfigError while one does. True where it
+        waited: the run that held it may have published the output meanwhile (the caller looks again)."""
         first = self._read()
         if first is None or first.get("run_id") == self.run_id or self._gone(first):
-            return
+            return False
         say(f"the output's lease is held by run {first.get('run_id')} on {first.get('host')}: waiting up to "
             f"{self.stale_seconds:.0f} s for it to be renewed before taking it over")
         deadline = time.monotonic() + self.stale_seconds
@@ -416,12 +417,13 @@ class Lease:
             time.sleep(min(1.0, self.renew_seconds / 4))
             now = self._read()
             if now is None:
-                return
+                return True
             if now.get("renewals") != first.get("renewals") or now.get("run_id") != first.get("run_id"):
                 raise ConfigError([f"run {now.get('run_id')} (pid {now.get('pid')} on {now.get('host')}) is "
                                    f"writing this output now ({self.path} is being renewed): wait for it to end, or "
                                    "stop it first"])
         say(f"the lease of run {first.get('run_id')} was not renewed in {self.stale_seconds:.0f} s: taking it over")
+        return True
 
     def take(self) -> None:
         """Write the lease and renew it in a thread until `stop`."""

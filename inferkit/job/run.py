@@ -446,6 +446,9 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
     if dry_run:
         return _dry_run(options, run_id, source, schema, facts, verbose)
     output = io.prepare_output(_output_uri(options, run_id), options.overwrite, options.store_outage_seconds)
+    lease = Lease(output.filesystem, output.staging, run_id)
+    if lease.wait_for_others():  # the run that held the output ended meanwhile, perhaps publishing it: look again
+        output = io.prepare_output(output.uri, options.overwrite, options.store_outage_seconds)
     ledger = Ledger(output.filesystem, output.staging)
     job = identity(_absolute(source.uri).rstrip("/"), source, options.task, _payload_column(options, source),
                    [f"{f.model} ({f.version})" for f in facts], options.ensemble,
@@ -454,8 +457,6 @@ def run_job(options: RunOptions, verbose: bool = False, dry_run: bool = False) -
         return _finish_cut_off_cleanup(output, options.max_error_fraction)
     if output.leftover_run and not options.overwrite:
         raise io.already_exists(output.uri)
-    lease = Lease(output.filesystem, output.staging, run_id)
-    lease.wait_for_others()
     attempts = ledger.open(job, options.restart, run_id)
     lease.take()
     try:
