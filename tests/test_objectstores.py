@@ -233,7 +233,12 @@ def test_a_killed_run_resumes_on_the_store_and_rides_out_a_frozen_store(store, t
     kept = _ledger_rows(store, bucket)
     log = tmp_path / "second.log"
     second = _start(store, tiny_models["classifier"], args, log, INFERKIT_INJECT_FAULT="slow:0.1")
-    _wait_for_rows(store, bucket, second, log, kept + 1)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while "output files" not in log.read_text():  # the plan's last line: the pipeline starts next
+        assert second.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+    # Frozen while it reads and writes; waiting for a row beyond `kept` (a listing of every entry on each
+    # poll) missed the short rest of the run on a loaded machine: it had ended first.
     store.freeze(10)
     assert second.poll() is None, "the run ended before the store came back: the freeze proved nothing"
     assert second.wait(timeout=RUN_TIMEOUT) == 0, log.read_text()[-3000:]
