@@ -10,6 +10,11 @@
 #   scripts/controlplane.sh restart-operator DIR [GATES]   the operator again with --feature-gates=GATES
 #                                          (e.g. RayJobDeletionPolicy=true; INFERKIT_KUBERAY_FEATURE_GATES for `up`)
 #
+# INFERKIT_NODE=real (for `build` and `up`): one real node instead of the kwok nodes (scripts/node.sh):
+# pods run in containers, from the Docker images named in INFERKIT_NODE_IMAGES (space-separated), loaded into
+# the node's containerd. Head Services are then real, and the operator resolves them through the node's
+# cluster DNS.
+#
 # Versions: Kubernetes, etcd and kwok are pinned by the wrapper module scripts/controlplane/go.mod (read
 # from there); the KubeRay operator here. Binaries go to $INFERKIT_CONTROLPLANE_CACHE (default
 # ~/.cache/inferkit-tests/controlplane)/<component>-<version>/ and are reused when present. Builds run under
@@ -25,6 +30,8 @@
 # ends in "@$POD_HOST": the operator's http://<name>@$POD_HOST:8265 sends the name as a user name and dials
 # the loopback head.
 set -euo pipefail
+NODE_MODE=${INFERKIT_NODE:-kwok}
+case "$NODE_MODE" in kwok|real) ;; *) echo "controlplane: INFERKIT_NODE must be kwok or real, not '$NODE_MODE'" >&2; exit 2 ;; esac
 
 # The newest operator the Go module proxy serves (v1.5.0 today; take v1.7.0 the day it is served). Its CRDs
 # come from the same module (config/crd/bases), so the API server holds the schema that operator knows.
@@ -40,6 +47,8 @@ fi
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MODULE=$HERE/controlplane
+# shellcheck source=node.sh
+source "$HERE/node.sh"
 REPO=$(dirname "$HERE")
 # The tests' one cache root (INFERKIT_TEST_CACHE, README "Running the tests"), keyed by component and version.
 CACHE=${INFERKIT_CONTROLPLANE_CACHE:-${INFERKIT_TEST_CACHE:-$HOME/.cache/inferkit-tests}/controlplane}
@@ -119,6 +128,8 @@ build() {
     local wanted=(etcd-$ETCD/etcd kube-apiserver-$K8S/kube-apiserver kube-controller-manager-$K8S/kube-controller-manager
                   kube-scheduler-$K8S/kube-scheduler kubectl-$K8S/kubectl kwok-$KWOK/kwok kwok-$KWOK/stages.yaml
                   kuberay-operator-$KUBERAY_VERSION/kuberay-operator kuberay-operator-$KUBERAY_VERSION/crds/ray.io_rayservices.yaml)
+    [ "$NODE_MODE" = kwok ] || wanted+=(kubelet-$K8S/kubelet kube-proxy-$K8S/kube-proxy
+                                        coredns-$COREDNS_VERSION/coredns pause-$K8S/pause)
     local have=0 path
     for path in "${wanted[@]}"; do [ -e "$CACHE/$path" ] && have=$((have + 1)); done
     [ "$have" -eq "${#wanted[@]}" ] && return 0  # all cached: no module proxy needed
@@ -132,6 +143,7 @@ build() {
     build_tool kwok "$KWOK" sigs.k8s.io/kwok/cmd/kwok
     kwok_stages
     build_operator
+    if [ "$NODE_MODE" = real ]; then node_build; fi
 }
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -222,12 +234,15 @@ up() {
     local began=$SECONDS
     # What a failed `up` left (an etcd folder holding a half-made cluster, old certificates) starts over.
     rm -rf "$STATE/etcd" "$STATE/pki" && mkdir -p "$STATE"
-    trap 'stop_processes' EXIT  # a failed `up` leaves nothing running; cleared once everything is up
+    # A failed `up` leaves nothing running; cleared once everything is up.
+    trap 'stop_processes; if [ "$NODE_MODE" = real ]; then node_down; fi' EXIT
     echo "$POD_HOST" > "$STATE/pod-host"
+    echo "$NODE_MODE" > "$STATE/node-mode"
     local etcd_port etcd_peer
     etcd_port=$(free_port) etcd_peer=$(free_port) API_PORT=$(free_port)
     write_files
-    start pod-network python3 "$MODULE/pod_network.py" "$STATE/pod-network.sock" "$POD_HOST"
+    local pods=""; [ "$NODE_MODE" = kwok ] || pods=$NODE_POD_CIDR
+    start pod-network python3 "$MODULE/pod_network.py" "$STATE/pod-network.sock" "$POD_HOST" $pods
     start etcd "$(cached etcd "$ETCD" etcd)" --data-dir "$STATE/etcd" --unsafe-no-fsync \
         --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
         --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
@@ -237,7 +252,7 @@ up() {
         --secure-port "$API_PORT" --cert-dir "$STATE/pki" --token-auth-file "$STATE/pki/tokens.csv" \
         --authorization-mode RBAC --service-account-issuer https://kubernetes.default.svc \
         --service-account-key-file "$STATE/pki/sa.pub" --service-account-signing-key-file "$STATE/pki/sa.key" \
-        --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
+        --service-cluster-ip-range "$NODE_SERVICE_CIDR" --endpoint-reconciler-type none \
         --egress-selector-config-file "$STATE/egress.yaml" --profiling=false \
         --disable-admission-plugins TaintNodesByCondition
     wait_for kube-apiserver 180 kubectl_ get --raw /readyz
@@ -247,23 +262,34 @@ up() {
         --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-persistentvolume-binder'
     start kube-scheduler "$(cached kube-scheduler "$K8S" kube-scheduler)" \
         --kubeconfig "$STATE/kubeconfig" --leader-elect=false --bind-address 127.0.0.1 --secure-port 0
-    start kwok "$(cached kwok "$KWOK" kwok)" --kubeconfig "$STATE/kubeconfig" --config "$(cached kwok "$KWOK" stages.yaml)" \
-        --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake --server-address "127.0.0.1:$(free_port)"
+    if [ "$NODE_MODE" = kwok ]; then
+        start kwok "$(cached kwok "$KWOK" kwok)" --kubeconfig "$STATE/kubeconfig" \
+            --config "$(cached kwok "$KWOK" stages.yaml)" \
+            --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake --server-address "127.0.0.1:$(free_port)"
+    fi
     kubectl_ apply --server-side -f "$(cached kuberay-operator "$KUBERAY_VERSION" crds)" >/dev/null
     wait_for "the KubeRay CRDs" 180 kubectl_ wait --for condition=Established --timeout 10s \
         crd/rayjobs.ray.io crd/rayclusters.ray.io crd/rayservices.ray.io
-    nodes | kubectl_ apply -f - >/dev/null
+    if [ "$NODE_MODE" = kwok ]; then nodes | kubectl_ apply -f - >/dev/null; else node_up; fi
     start_operator "${INFERKIT_KUBERAY_FEATURE_GATES:-}"
     wait_for "the default service account" 180 kubectl_ get serviceaccount default
-    wait_for "the kwok nodes" 180 kubectl_ wait --for condition=Ready --timeout 10s node --all
+    wait_for "the nodes" 180 kubectl_ wait --for condition=Ready --timeout 10s node --all
     wait_for_operator
     trap - EXIT
     note "up in $((SECONDS - began)) s: $STATE/kubeconfig"
 }
 
 start_operator() {  # feature gates (e.g. RayJobDeletionPolicy=true; "" = the version's defaults)
-    CLUSTER_DOMAIN="cluster.local@$POD_HOST" KUBECONFIG="$STATE/kubeconfig" \
-        start kuberay-operator "$(cached kuberay-operator "$KUBERAY_VERSION" kuberay-operator)" \
+    local domain="cluster.local@$POD_HOST" resolver=()
+    if [ "$NODE_MODE" = real ]; then  # real head Services, named through the node's DNS: the operator runs in a
+        # mount namespace of its own whose /etc/resolv.conf names CoreDNS (Go's resolver reads only that file)
+        domain=cluster.local
+        resolver=(unshare --mount --propagation private sh -c \
+                  'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$STATE/node/operator-resolv.conf")
+        printf 'nameserver %s\nsearch svc.cluster.local cluster.local\n' "$NODE_GATEWAY" > "$STATE/node/operator-resolv.conf"
+    fi
+    CLUSTER_DOMAIN=$domain KUBECONFIG="$STATE/kubeconfig" \
+        start kuberay-operator "${resolver[@]}" "$(cached kuberay-operator "$KUBERAY_VERSION" kuberay-operator)" \
         --metrics-addr "127.0.0.1:$(free_port)" --health-probe-bind-address "127.0.0.1:$(free_port)" \
         --enable-leader-election=false ${1:+--feature-gates="$1"}
 }
@@ -272,7 +298,7 @@ wait_for_operator() { wait_for "the KubeRay operator" 180 grep -q "Starting work
 
 restart_operator() {  # the operator again, with other feature gates, in a running control plane
     [ -f "$STATE/pids" ] && [ -f "$STATE/pod-host" ] || die "no control plane in $STATE (run: $0 up $STATE)"
-    POD_HOST=$(cat "$STATE/pod-host")
+    POD_HOST=$(cat "$STATE/pod-host") NODE_MODE=$(cat "$STATE/node-mode")
     local pid name
     read -r pid name < <(grep ' kuberay-operator$' "$STATE/pids") || die "no operator in $STATE/pids"
     kill -TERM -- "-$pid" 2>/dev/null || true
@@ -304,6 +330,13 @@ stop_processes() {
 }
 
 down() {
+    if [ "$(cat "$STATE/node-mode" 2>/dev/null)" = real ]; then
+        # The kubelet stops its pods (their network namespaces and iptables rules go with them) while it runs.
+        K8S=$(module_version k8s.io/kubernetes)
+        kubectl_ delete pods --all --all-namespaces --grace-period 1 --timeout 60s >/dev/null 2>&1 || true
+        stop_processes
+        node_down
+    fi
     stop_processes
     rm -rf "$STATE"
 }

@@ -46,7 +46,7 @@ def compile_cache() -> Path:
 # plane) and is marked so here; a test that starts Ray in a subprocess says so with its own marks.
 # `pytest -m "not slow"` is then every pure test and every refusal that stops before Ray.
 RAY_FIXTURES = {"ray_local", "ray_cluster", "busy_cluster", "dashboard_cluster", "ray_head"}
-CONTROLPLANE_FIXTURES = {"controlplane"}
+CONTROLPLANE_FIXTURES = {"controlplane", "real_node"}
 DOCKER_FIXTURES = {"job_image"}
 OBJECTSTORE_FIXTURES = {"s3_server", "gcs_server", "store"}
 
@@ -64,6 +64,8 @@ def pytest_collection_modifyitems(items: list) -> None:
         if uses & DOCKER_FIXTURES:
             item.add_marker(pytest.mark.docker)
             item.add_marker(pytest.mark.slow)
+        if "real_node" in uses:
+            item.add_marker(pytest.mark.node)
         if uses & OBJECTSTORE_FIXTURES:  # a server to start (and on a new machine, to build)
             item.add_marker(pytest.mark.objectstore)
             item.add_marker(pytest.mark.slow)
@@ -156,6 +158,23 @@ def controlplane(tmp_path_factory):
         stop_control_plane(state)
         raise
     print(f"\ncontrol plane up in {plane.started_in:.1f} s", file=sys.stderr)
+    yield plane
+    stop_control_plane(state)
+
+
+@pytest.fixture(scope="session")
+def real_node(tmp_path_factory, job_image):
+    """Session: a second control plane whose one node is real (scripts/node.sh): pods run in containers
+    from the job image. Skips, saying why, where a real node cannot be had (not root, no containerd)."""
+    from controlplane import start_control_plane, stop_control_plane
+
+    state = tmp_path_factory.mktemp("realnode")
+    try:
+        plane = start_control_plane(state, real_node_images=(job_image,))
+    except BaseException:
+        stop_control_plane(state)
+        raise
+    print(f"\ncontrol plane with a real node up in {plane.started_in:.1f} s", file=sys.stderr)
     yield plane
     stop_control_plane(state)
 

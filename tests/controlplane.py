@@ -88,9 +88,10 @@ def wait_until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.5)
 
 
-def start_control_plane(state: Path) -> ControlPlane:
+def start_control_plane(state: Path, real_node_images: tuple[str, ...] = ()) -> ControlPlane:
     """`controlplane.sh up`; skips (one line, the script's reason) where Go, the module proxy or the
-    operator's source cannot be had."""
+    operator's source cannot be had. With real_node_images: one real node (scripts/node.sh) in place of the
+    kwok nodes, those Docker images loaded into its containerd."""
     if shutil.which("go") is None:
         pytest.skip("controlplane: no Go toolchain on PATH; the real control plane is built from Go modules "
                     "(scripts/controlplane.sh)")
@@ -99,8 +100,9 @@ def start_control_plane(state: Path) -> ControlPlane:
     # developer's) never share a head's port 8265.
     pod_host = os.environ.get("INFERKIT_POD_HOST") or f"127.{random.randint(1, 254)}.{random.randint(1, 254)}." \
                                                       f"{random.randint(1, 254)}"
+    node = {"INFERKIT_NODE": "real", "INFERKIT_NODE_IMAGES": " ".join(real_node_images)} if real_node_images else {}
     up = subprocess.run(["bash", str(SCRIPT), "up", str(state)], capture_output=True, text=True, timeout=UP_TIMEOUT,
-                        env={**os.environ, "INFERKIT_POD_HOST": pod_host})
+                        env={**os.environ, "INFERKIT_POD_HOST": pod_host, **node})
     if up.returncode == UNAVAILABLE:
         pytest.skip(up.stderr.strip().splitlines()[-1])
     if up.returncode != 0:

@@ -1,0 +1,116 @@
+"""RayJobs in real pods (marked `node`): the control plane with one real node (scripts/node.sh: the kubelet,
+containerd, CNI bridge, CoreDNS and kube-proxy), every pod from the job image built on the stand-in base,
+`inferkit submit` and the real KubeRay operator in K8sJobMode: its submitter pod runs `ray job submit`
+against the head Service, and the follower streams that pod's log from the kubelet."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import tiny
+from controlplane import wait_until
+
+SUBMIT_TIMEOUT = 900  # seconds, beyond submit's own --timeout (12m)
+
+
+@pytest.fixture
+def namespace(real_node, request):
+    """Function: a namespace of the real-node control plane, deleted (with its pods) after the test."""
+    name = real_node.new_namespace(request.node.name.removeprefix("test_")[:20].replace("_", "-").rstrip("-"))
+    yield name
+    real_node.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def host_folder(tmp_path):
+    """Function: a folder of this machine that the pods mount at /data (a hostPath volume on the real node),
+    writable by the image's user (uid 1000)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    folder.chmod(0o777)
+    return folder
+
+
+def _values(tmp_path: Path, host_folder: Path) -> Path:
+    """A values file that mounts host_folder at /data in every Ray container."""
+    path = tmp_path / "node-values.yaml"
+    path.write_text(yaml.safe_dump({
+        "volumes": [{"name": "data", "hostPath": {"path": str(host_folder), "type": "Directory"}}],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}))
+    return path
+
+
+def _inferkit(real_node, *args: str, timeout: float = SUBMIT_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inferkit", *args, "--kubeconfig", str(real_node.kubeconfig)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _submit(real_node, namespace: str, image: str, *args: str) -> subprocess.CompletedProcess:
+    return _inferkit(real_node, "submit", "-n", namespace, "--kuberay-version", real_node.kuberay_version,
+                     "--preset", "kind", "--image", image, "--timeout", "12m", *args)
+
+
+def test_the_bundled_demo_runs_in_real_pods(real_node, job_image, namespace):
+    """The default path of every user: head, worker and the submitter, all from the built image, on a real
+    node; the real submitter's log streamed; status, list, logs after the job, and delete."""
+    result = _submit(real_node, namespace, job_image, "--name", "demo", "--cpu-nodes", "1")
+    assert result.returncode == 0, result.stderr[-5000:] + result.stdout[-3000:]
+    assert "job SUCCEEDED" in result.stderr and "the job succeeded" in result.stderr
+    # The driver's log came from the submitter pod (kubelet), the run's own lines and `ray job submit`'s.
+    assert "done: 100 rows, 0 with errors" in result.stdout
+    assert "Job 'demo-" in result.stdout and "' succeeded" in result.stdout  # `ray job submit`'s last words
+    pods = real_node.items("pods", namespace)
+    submitters = [p for p in pods if p["metadata"].get("labels", {}).get("job-name") == "demo"]
+    assert submitters and submitters[0]["status"]["phase"] == "Succeeded", [p["metadata"]["name"] for p in pods]
+    ran = {s["image"] for p in submitters for s in p["status"]["containerStatuses"]}
+    assert ran == {f"docker.io/{job_image}"}, ran
+
+    status = _inferkit(real_node, "status", "demo", "-n", namespace, timeout=60)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+    listed = _inferkit(real_node, "list", "-n", namespace, timeout=60)
+    assert listed.returncode == 0 and "demo" in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout
+    logs = _inferkit(real_node, "logs", "demo", "-n", namespace, timeout=60)  # after the job: the pod's log
+    assert logs.returncode == 0 and "done: 100 rows" in logs.stdout, logs.stdout[-2000:] + logs.stderr
+
+    deleted = _inferkit(real_node, "delete", "demo", "-n", namespace, timeout=120)
+    assert deleted.returncode == 0, deleted.stderr
+    wait_until(lambda: not real_node.items("pods", namespace), 120, "the demo's pods to go")
+    assert real_node.get("rayjob", "demo", namespace) is None
+
+
+def test_a_2000_image_job_on_a_head_and_two_workers(real_node, job_image, namespace, tiny_models, host_folder,
+                                                    tmp_path):
+    """A ResNet-style image job (a tiny model made here) on head + 2 workers in real pods: SUCCEEDED, every
+    image exactly once on the hostPath volume, the run report beside the rows."""
+    shutil.copytree(tiny_models["resnet"], host_folder / "model")
+    images = host_folder / "images"
+    images.mkdir()
+    names = []
+    for i in range(2000):
+        name = f"img{i:04d}.png"
+        (images / name).write_bytes(tiny.image_bytes("RGB", "PNG", size=(32, 32), seed=i))
+        names.append(f"/data/images/{name}")
+    for path in host_folder.rglob("*"):
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    result = _submit(real_node, namespace, job_image, "--name", "images", "-f", str(_values(tmp_path, host_folder)),
+                     "--cpu-nodes", "2", "--cpus-per-node", "500m", "--task", "image-classification",
+                     "--model", "/data/model", "--input", "/data/images", "--output", "/data/out")
+    assert result.returncode == 0, result.stderr[-5000:] + result.stdout[-3000:]
+    assert "done: 2000 rows, 0 with errors" in result.stdout, result.stdout[-3000:]
+    out = host_folder / "out"
+    assert (out / "_SUCCESS").exists() and not (out / "_inferkit").exists()
+    frame = pd.read_parquet(out)
+    counts = Counter(frame["path"])
+    assert set(counts) == set(names) and max(counts.values()) == 1
+    assert frame["error"].isna().all() and set(frame["label"]) <= set(tiny.LABELS.values())
+    report = json.loads((out / "_inferkit_report.json").read_text())
+    assert report["rows_resumed"] == 0 and report["plan"]["actors_max"] >= 2, report["plan"]
