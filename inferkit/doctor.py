@@ -3,6 +3,7 @@ still needs. Every probe is allowed to fail; a failed probe is a finding, not a 
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import shutil
@@ -11,6 +12,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 
 from inferkit import RAY_VERSION, __version__
+from inferkit.config.encoding import parse_quantity
 from inferkit.errors import EXIT_OK, ApiError
 from inferkit.kuberay import version_of_crd
 from inferkit.submit import PERMISSIONS, Connection
@@ -22,6 +24,7 @@ INSTALL_JOB = f"pip install 'inferkit[job]' torch==2.13.0 (on GPU machines with 
 # The oldest NVIDIA driver (Linux) each CUDA major version runs on, through CUDA's minor-version
 # compatibility (CUDA's release notes, "CUDA Toolkit and Corresponding Driver Versions").
 MIN_DRIVER_FOR_CUDA = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+NODES_SHOWN = 4  # nodes described one by one; beyond, a count
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,25 @@ def _describe_crd(installed: tuple[list[str], dict | None] | None) -> tuple[bool
     return "v1" in versions, shown + (f"; its schema is KubeRay {version}'s" if version else "")
 
 
+def _describe_nodes(nodes: list[dict]) -> tuple[bool, str]:
+    """How many nodes are Ready, and each one's allocatable CPU and memory and container runtime (the
+    first few; a big cluster's count alone)."""
+    ready = [n for n in nodes if n["ready"]]
+    if not nodes:
+        return False, "none (a node autoscaler may still add some)"
+    shown = "; ".join(f"{n['name']}: {n['cpu']} CPU, {_gib(n['memory'])} allocatable, {n['runtime'] or '?'}"
+                      + ("" if n["ready"] else " (not ready)") for n in nodes[:NODES_SHOWN])
+    more = f"; {len(nodes) - NODES_SHOWN} more" if len(nodes) > NODES_SHOWN else ""
+    return bool(ready), f"{len(ready)} of {len(nodes)} ready: {shown}{more}"
+
+
+def _gib(memory: str) -> str:
+    try:
+        return f"{parse_quantity(memory) / 2**30:.1f} GiB"
+    except ValueError:
+        return memory
+
+
 def cluster_findings(connection: Connection) -> list[Finding]:
     try:
         kube = connection.open()
@@ -131,13 +153,15 @@ def cluster_findings(connection: Connection) -> list[Finding]:
     except ApiError as e:
         return found + [Finding("cluster", "api server", False, str(e))]
     found.append(Finding("cluster", "namespace", exists, kube.namespace if exists else f"{kube.namespace} is missing"))
+    nodes = functools.cache(kube.nodes)  # one listing for both node lines
     probes = [
         ("kuberay crds", kube.rayjob_crd, _describe_crd),
         ("kuberay operator", kube.operator_images,
          lambda images: (bool(images), ", ".join(images) or "no deployment labelled kuberay-operator")),
-        ("gpu nodes", kube.gpu_nodes,
-         lambda nodes: (bool(nodes), "; ".join(f"{n['name']}: {n['gpus']} GPU {n['labels']} taints {n['taints']}"
-                                               for n in nodes) or "none (a node autoscaler may still add some)")),
+        ("nodes", nodes, _describe_nodes),
+        ("gpu nodes", lambda: [n for n in nodes() if n["gpus"]],
+         lambda gpu: (bool(gpu), "; ".join(f"{n['name']}: {n['gpus']} GPU {n['labels']} taints {n['taints']}"
+                                           for n in gpu) or "none (a node autoscaler may still add some)")),
         ("permissions", lambda: kube.missing_permissions(PERMISSIONS),
          lambda missing: (not missing, "may submit and follow RayJobs" if not missing else
                           "may not " + ", ".join(missing))),

@@ -257,17 +257,22 @@ class Kube:
             return None
         return [c.image for d in found.items for c in d.spec.template.spec.containers]
 
-    def gpu_nodes(self) -> list[dict]:
-        """Nodes with allocatable nvidia.com/gpu: name, count, GPU labels, taints."""
+    def nodes(self) -> list[dict]:
+        """Every node: name, Ready, allocatable CPU, memory and nvidia.com/gpu (as the API gives them), its
+        container runtime, GPU labels and taints."""
         nodes = self._call("listing nodes", self.core.list_node)
         out = []
         for node in nodes.items:
-            gpus = int((node.status.allocatable or {}).get("nvidia.com/gpu", "0") or 0)
-            if gpus:
-                labels = node.metadata.labels or {}
-                out.append({"name": node.metadata.name, "gpus": gpus,
-                            "labels": {k: v for k, v in labels.items() if k in GPU_LABELS},
-                            "taints": [f"{t.key}:{t.effect}" for t in node.spec.taints or []]})
+            allocatable = node.status.allocatable or {}
+            labels = node.metadata.labels or {}
+            info = node.status.node_info
+            out.append({"name": node.metadata.name,
+                        "ready": any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or []),
+                        "cpu": allocatable.get("cpu", "0"), "memory": allocatable.get("memory", "0"),
+                        "gpus": int(allocatable.get("nvidia.com/gpu", "0") or 0),
+                        "runtime": info.container_runtime_version if info else "",
+                        "labels": {k: v for k, v in labels.items() if k in GPU_LABELS},
+                        "taints": [f"{t.key}:{t.effect}" for t in node.spec.taints or []] if node.spec else []})
         return out
 
     # -- RayJobs ---------------------------------------------------------------------------------------

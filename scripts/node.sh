@@ -69,8 +69,16 @@ node_images() {  # docker image...: into containerd's k8s.io namespace, unless a
             continue
         fi
         note "loading $image into the node's containerd"
-        local start=$SECONDS
+        local start=$SECONDS old manifest
+        # The version loaded before goes (the CRI keeps a reference by ID beside the name).
+        old=$(cat "$mark" 2>/dev/null || true)
+        [ -z "$old" ] || ctr_ images rm "$old" >/dev/null 2>&1 || true
         docker save "$image" | ctr_ images import --all-platforms - >/dev/null
+        # Containers start from the unpacked snapshots: the layers' blobs would hold the image's size again.
+        manifest=$(ctr_ images ls "name==docker.io/$image" | awk 'NR == 2 {print $3}')
+        ctr_ content rm $(ctr_ content get "$manifest" \
+                          | python3 -c 'import json, sys; print(*(l["digest"] for l in json.load(sys.stdin)["layers"]))') \
+            >/dev/null 2>&1 || true
         mkdir -p "$(dirname "$mark")" && echo "$id" > "$mark"
         note "loaded $image in $((SECONDS - start)) s"
     done

@@ -21,6 +21,11 @@ def test_doctor_without_a_cluster_says_what_is_missing(inferkit, tmp_path, monke
     assert isinstance(findings["cpu bf16"]["ok"], bool)
 
 
+# V1NodeSystemInfo's required fields (the client refuses a node without them).
+NODE_INFO = ("architecture", "bootID", "containerRuntimeVersion", "kernelVersion", "kubeProxyVersion",
+             "kubeletVersion", "machineID", "operatingSystem", "osImage", "systemUUID")
+
+
 def test_doctor_reads_the_cluster(inferkit, tmp_path):
     fake = FakeKube(tmp_path)
     try:
@@ -29,15 +34,24 @@ def test_doctor_reads_the_cluster(inferkit, tmp_path):
                                  {"name": "op", "image": "quay.io/kuberay/operator:v1.7.0"}]}}}}]
         fake.nodes = [{"metadata": {"name": "gpu-a", "labels": {"cloud.google.com/gke-accelerator": "nvidia-l4"}},
                        "spec": {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]},
-                       "status": {"allocatable": {"nvidia.com/gpu": "2"}}}]
+                       "status": {"allocatable": {"nvidia.com/gpu": "2", "cpu": "8", "memory": "32Gi"},
+                                  "conditions": [{"type": "Ready", "status": "True"}],
+                                  "nodeInfo": {**dict.fromkeys(NODE_INFO, ""),
+                                               "containerRuntimeVersion": "containerd://2.1.4"}}},
+                      {"metadata": {"name": "cpu-a"}, "spec": {},
+                       "status": {"allocatable": {"cpu": "3500m", "memory": "16279124Ki"},
+                                  "conditions": [{"type": "Ready", "status": "False"}]}}]
         result = inferkit("doctor", "--kubeconfig", str(fake.kubeconfig))
     finally:
         fake.close()
     assert result.code == 0, result.stderr
     lines = {" ".join(line.split()[:3]) for line in result.stdout.splitlines()}
-    for expected in ("[ok] kuberay crds", "[ok] kuberay operator", "[ok] gpu nodes", "[ok] inferkit submit"):
+    for expected in ("[ok] kuberay crds", "[ok] kuberay operator", "[ok] nodes", "[ok] gpu nodes",
+                     "[ok] inferkit submit"):
         assert expected in lines, result.stdout
     assert "quay.io/kuberay/operator:v1.7.0" in result.stdout
+    assert ("1 of 2 ready: gpu-a: 8 CPU, 32.0 GiB allocatable, containerd://2.1.4; "
+            "cpu-a: 3500m CPU, 15.5 GiB allocatable, ? (not ready)") in result.stdout
     assert ("gpu-a: 2 GPU {'cloud.google.com/gke-accelerator': 'nvidia-l4'} taints ['nvidia.com/gpu:NoSchedule']"
             in result.stdout)
 

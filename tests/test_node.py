@@ -81,7 +81,7 @@ def test_the_bundled_demo_runs_in_real_pods(real_node, job_image, namespace):
     logs = _inferkit(real_node, "logs", "demo", "-n", namespace, timeout=60)  # after the job: the pod's log
     assert logs.returncode == 0 and "done: 100 rows" in logs.stdout, logs.stdout[-2000:] + logs.stderr
 
-    deleted = _inferkit(real_node, "delete", "demo", "-n", namespace, timeout=120)
+    deleted = _inferkit(real_node, "delete", "demo", "-n", namespace, "-y", timeout=120)
     assert deleted.returncode == 0, deleted.stderr
     wait_until(lambda: not real_node.items("pods", namespace), 120, "the demo's pods to go")
     assert real_node.get("rayjob", "demo", namespace) is None
