@@ -162,10 +162,11 @@ def controlplane(tmp_path_factory):
     stop_control_plane(state)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_node(tmp_path_factory, job_image):
-    """Session: a second control plane whose one node is real (scripts/node.sh): pods run in containers
-    from the job image. Skips, saying why, where a real node cannot be had (not root, no containerd)."""
+    """Module (the node tests are one module; its kubelet, containerd and pods go when they end): a second
+    control plane whose one node is real (scripts/node.sh), pods running in containers from the job image.
+    Skips, saying why, where a real node cannot be had (not root, no containerd or CNI plugins)."""
     from controlplane import start_control_plane, stop_control_plane
 
     state = tmp_path_factory.mktemp("realnode")

@@ -19,6 +19,7 @@ import yaml
 import tiny
 from controlplane import wait_until
 
+IMAGES = 2000
 SUBMIT_TIMEOUT = 900  # seconds, beyond submit's own --timeout (12m)
 
 
@@ -87,25 +88,42 @@ def test_the_bundled_demo_runs_in_real_pods(real_node, job_image, namespace):
     assert real_node.get("rayjob", "demo", namespace) is None
 
 
-def test_a_2000_image_job_on_a_head_and_two_workers(real_node, job_image, namespace, tiny_models, host_folder,
-                                                    tmp_path):
-    """A ResNet-style image job (a tiny model made here) on head + 2 workers in real pods: SUCCEEDED, every
-    image exactly once on the hostPath volume, the run report beside the rows."""
+def test_a_2000_image_job_on_a_head_and_two_workers_survives_a_worker_pod_deleted(
+        real_node, job_image, namespace, tiny_models, host_folder, tmp_path):
+    """A ResNet-style image job (a tiny model made here) on head + 2 workers in real pods, one worker pod
+    deleted once the first output file is written: SUCCEEDED, every image exactly once on the hostPath
+    volume, the run report beside the rows, and KubeRay's new worker pod in the deleted one's place."""
     shutil.copytree(tiny_models["resnet"], host_folder / "model")
     images = host_folder / "images"
     images.mkdir()
     names = []
-    for i in range(2000):
+    for i in range(IMAGES):
         name = f"img{i:04d}.png"
         (images / name).write_bytes(tiny.image_bytes("RGB", "PNG", size=(32, 32), seed=i))
         names.append(f"/data/images/{name}")
     for path in host_folder.rglob("*"):
         path.chmod(0o777 if path.is_dir() else 0o666)
-    result = _submit(real_node, namespace, job_image, "--name", "images", "-f", str(_values(tmp_path, host_folder)),
-                     "--cpu-nodes", "2", "--cpus-per-node", "500m", "--task", "image-classification",
-                     "--model", "/data/model", "--input", "/data/images", "--output", "/data/out")
-    assert result.returncode == 0, result.stderr[-5000:] + result.stdout[-3000:]
-    assert "done: 2000 rows, 0 with errors" in result.stdout, result.stdout[-3000:]
+    submit = subprocess.Popen(
+        [sys.executable, "-m", "inferkit", "submit", "--kubeconfig", str(real_node.kubeconfig), "-n", namespace,
+         "--kuberay-version", real_node.kuberay_version, "--preset", "kind", "--image", job_image,
+         "--timeout", "12m", "--name", "images", "-f", str(_values(tmp_path, host_folder)), "--cpu-nodes", "2",
+         "--cpus-per-node", "500m", "--task", "image-classification", "--model", "/data/model",
+         "--input", "/data/images", "--output", "/data/out"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        staged = host_folder / "out.inferkit-unfinished"
+        wait_until(lambda: any(staged.glob("**/part-*.parquet")) or submit.poll() is not None, 600,
+                   "the job's first output file")
+        assert submit.poll() is None, "the job ended before a worker could be deleted"
+        workers = [p["metadata"]["name"] for p in real_node.items("pods", namespace, "-l", "ray.io/node-type=worker")]
+        assert len(workers) == 2, workers
+        real_node.kubectl("delete", "pod", workers[0], "-n", namespace, "--wait=false")
+        stdout, stderr = submit.communicate(timeout=SUBMIT_TIMEOUT)
+    finally:
+        if submit.poll() is None:
+            submit.kill()
+    assert submit.returncode == 0, stderr[-5000:] + stdout[-3000:]
+    assert f"done: {IMAGES} rows, 0 with errors" in stdout, stdout[-3000:]
     out = host_folder / "out"
     assert (out / "_SUCCESS").exists() and not (out / "_inferkit").exists()
     frame = pd.read_parquet(out)
