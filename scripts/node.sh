@@ -60,28 +60,36 @@ node_build() {  # the kubelet and kube-proxy from the wrapper module, CoreDNS as
 
 ctr_() { ctr --address "$STATE/node/containerd.sock" --namespace k8s.io "$@"; }
 
-node_images() {  # docker image...: into containerd's k8s.io namespace, unless already there at the same ID
-    local image id mark
-    for image in "$@"; do
+node_images() {  # docker image[=alias]...: into containerd's k8s.io namespace, unless already there at the
+    # same ID; an alias is another name for it there (the name a ready manifest gives, e.g.)
+    local entry image alias id mark
+    for entry in "$@"; do
+        image=${entry%%=*} alias=${entry#*=}
+        [ "$alias" != "$entry" ] || alias=""
         id=$(docker image inspect -f '{{.Id}}' "$image") || die "no image $image in the Docker engine"
         mark="$NODE_CACHE/loaded/$(tr '/:' '__' <<< "$image")"
-        if [ "$(cat "$mark" 2>/dev/null)" = "$id" ] && ctr_ images ls -q | grep -qx "docker.io/${image}\|${image}"; then
-            continue
+        if [ "$(cat "$mark" 2>/dev/null)" != "$id" ] || ! ctr_ images ls -q | grep -qx "docker.io/${image}\|${image}"; then
+            node_load "$image" "$id" "$mark"
         fi
-        note "loading $image into the node's containerd"
-        local start=$SECONDS old manifest
-        # The version loaded before goes (the CRI keeps a reference by ID beside the name).
-        old=$(cat "$mark" 2>/dev/null || true)
-        [ -z "$old" ] || ctr_ images rm "$old" >/dev/null 2>&1 || true
-        docker save "$image" | ctr_ images import --all-platforms - >/dev/null
-        # Containers start from the unpacked snapshots: the layers' blobs would hold the image's size again.
-        manifest=$(ctr_ images ls "name==docker.io/$image" | awk 'NR == 2 {print $3}')
-        ctr_ content rm $(ctr_ content get "$manifest" \
-                          | python3 -c 'import json, sys; print(*(l["digest"] for l in json.load(sys.stdin)["layers"]))') \
-            >/dev/null 2>&1 || true
-        mkdir -p "$(dirname "$mark")" && echo "$id" > "$mark"
-        note "loaded $image in $((SECONDS - start)) s"
+        [ -z "$alias" ] || ctr_ images tag --force "docker.io/$image" "$alias" >/dev/null
     done
+}
+
+node_load() {  # image, its ID, the file that records the ID loaded
+    local image=$1 id=$2 mark=$3
+    note "loading $image into the node's containerd"
+    local start=$SECONDS old manifest
+    # The version loaded before goes (the CRI keeps a reference by ID beside the name).
+    old=$(cat "$mark" 2>/dev/null || true)
+    [ -z "$old" ] || ctr_ images rm "$old" >/dev/null 2>&1 || true
+    docker save "$image" | ctr_ images import --all-platforms - >/dev/null
+    # Containers start from the unpacked snapshots: the layers' blobs would hold the image's size again.
+    manifest=$(ctr_ images ls "name==docker.io/$image" | awk 'NR == 2 {print $3}')
+    ctr_ content rm $(ctr_ content get "$manifest" \
+                      | python3 -c 'import json, sys; print(*(l["digest"] for l in json.load(sys.stdin)["layers"]))') \
+        >/dev/null 2>&1 || true
+    mkdir -p "$(dirname "$mark")" && echo "$id" > "$mark"
+    note "loaded $image in $((SECONDS - start)) s"
 }
 
 node_pause_image() {  # the pause binary as an image of its own (docker import of a one-file tar)
@@ -186,9 +194,25 @@ node_network() {  # the bridge with its gateway address (CoreDNS binds to it bef
     iptables -C FORWARD -j INFERKIT-NODE 2>/dev/null || iptables -I FORWARD -j INFERKIT-NODE
 }
 
+node_claim() {  # one node per machine: refuse while another control plane's node runs, take over a dead one's
+    mkdir -p "$NODE_CACHE"
+    exec {lock}>"$NODE_CACHE/owner.lock"
+    flock "$lock"
+    local owner pid
+    owner=$(cat "$NODE_CACHE/owner" 2>/dev/null || true)
+    if [ -n "$owner" ] && [ "$owner" != "$STATE" ] && [ -f "$owner/pids" ]; then
+        pid=$(awk 'NR == 1 {print $1}' "$owner/pids")
+        [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null \
+            || die "a real node of $owner runs on this machine (one at a time): $0 down $owner"
+    fi
+    echo "$STATE" > "$NODE_CACHE/owner"
+    flock -u "$lock"
+}
+
 node_up() {
     local missing; missing=$(node_missing)
     [ -z "$missing" ] || unavailable "$missing"
+    node_claim
     node_files
     node_network
     node_pause_image
@@ -216,7 +240,8 @@ node_leftovers() {  # sandboxes and containers a killed run left in the cached c
 }
 
 node_down() {  # after the processes have stopped: containers, mounts, network namespaces, iptables, bridge
-    [ -d "$STATE/node" ] || return 0
+    # Only the node this control plane started (a refused `up` must not tear down another's).
+    [ -d "$STATE/node" ] && [ "$(cat "$NODE_CACHE/owner" 2>/dev/null)" = "$STATE" ] || return 0
     # containerd is gone by now; its shims (and the containers of pods not deleted before) are not.
     local pid
     for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $STATE/node/containerd.sock" || true); do
@@ -238,7 +263,18 @@ node_down() {  # after the processes have stopped: containers, mounts, network n
             iptables -t "$table" -F "$chain" 2>/dev/null && iptables -t "$table" -X "$chain" 2>/dev/null || true
         done
     done
+    # The CNI firewall plugin's chains, once they hold no pod's rules (another CNI user's stay).
+    if [ "$(iptables -S CNI-FORWARD 2>/dev/null | grep -c -- '^-A')" = 1 ]; then
+        iptables -D FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD 2>/dev/null || true
+        iptables -F CNI-FORWARD && iptables -X CNI-FORWARD && iptables -X CNI-ADMIN 2>/dev/null || true
+    fi
+    # Network namespaces of pods the kubelet did not stop in time: made by this node's containerd.
+    local netns
+    for netns in $(find /var/run/netns -maxdepth 1 -name 'cni-*' -newer "$STATE/node/containerd.toml" 2>/dev/null); do
+        ip netns delete "$(basename "$netns")" 2>/dev/null || true
+    done
     iptables -D FORWARD -j INFERKIT-NODE 2>/dev/null || true
     iptables -F INFERKIT-NODE 2>/dev/null && iptables -X INFERKIT-NODE 2>/dev/null || true
     ip link del "$NODE_BRIDGE" 2>/dev/null || true
+    rm -f "$NODE_CACHE/owner"
 }

@@ -171,7 +171,12 @@ def real_node(tmp_path_factory, job_image):
 
     state = tmp_path_factory.mktemp("realnode")
     try:
-        plane = start_control_plane(state, real_node_images=(job_image,))
+        # Also under the name the ready manifests give (manifests/, values.yaml's image.cpu), as a user who
+        # built the image would tag it.
+        from inferkit import __version__
+
+        named = f"ghcr.io/inferkit/inferkit:{__version__}-cpu"
+        plane = start_control_plane(state, real_node_images=(f"{job_image}={named}",))
     except BaseException:
         stop_control_plane(state)
         raise

@@ -91,7 +91,7 @@ def wait_until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
 def start_control_plane(state: Path, real_node_images: tuple[str, ...] = ()) -> ControlPlane:
     """`controlplane.sh up`; skips (one line, the script's reason) where Go, the module proxy or the
     operator's source cannot be had. With real_node_images: one real node (scripts/node.sh) in place of the
-    kwok nodes, those Docker images loaded into its containerd."""
+    kwok nodes, those Docker images loaded into its containerd (IMAGE=ALIAS: also named ALIAS there)."""
     if shutil.which("go") is None:
         pytest.skip("controlplane: no Go toolchain on PATH; the real control plane is built from Go modules "
                     "(scripts/controlplane.sh)")

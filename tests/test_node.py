@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import tiny
-from controlplane import wait_until
+from controlplane import REPO, wait_until
 
 IMAGES = 2000
 SUBMIT_TIMEOUT = 900  # seconds, beyond submit's own --timeout (12m)
@@ -132,3 +132,24 @@ def test_a_2000_image_job_on_a_head_and_two_workers_survives_a_worker_pod_delete
     assert frame["error"].isna().all() and set(frame["label"]) <= set(tiny.LABELS.values())
     report = json.loads((out / "_inferkit_report.json").read_text())
     assert report["rows_resumed"] == 0 and report["plan"]["actors_max"] >= 2, report["plan"]
+
+
+def test_the_ready_kind_manifest_applied_with_kubectl_and_followed_with_logs(real_node, namespace):
+    """README's way in without inferkit on the cluster side: `kubectl apply -f` of the ready manifest as it
+    is (its image the built one under the name it gives; its /inferkit-data hostPath made here, as kind's
+    config mounts it), then `inferkit logs -f` to SUCCEEDED."""
+    data = Path("/inferkit-data")
+    made = not data.exists()
+    data.mkdir(exist_ok=True)
+    data.chmod(0o777)
+    try:
+        real_node.kubectl("apply", "-n", namespace, "-f", str(REPO / "manifests" / "kind" / "inferkit-rayjob.yaml"))
+        logs = _inferkit(real_node, "logs", "inferkit", "-n", namespace, "-f", "--timeout", "10m")
+        assert logs.returncode == 0, logs.stderr[-4000:] + logs.stdout[-2000:]
+        assert "done: 100 rows, 0 with errors" in logs.stdout and "job SUCCEEDED" in logs.stderr, logs.stderr[-3000:]
+        assert (data / "inferkit-output" / "_SUCCESS").exists()
+        assert len(pd.read_parquet(data / "inferkit-output")) == 100
+    finally:
+        shutil.rmtree(data / "inferkit-output", ignore_errors=True)
+        if made:
+            shutil.rmtree(data, ignore_errors=True)
