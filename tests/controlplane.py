@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -75,6 +76,37 @@ class ControlPlane:
         """The operator version the script builds (KUBERAY_VERSION=v1.5.0 -> "1.5")."""
         line = next(l for l in SCRIPT.read_text().splitlines() if l.startswith("KUBERAY_VERSION="))
         return ".".join(line.split("=v", 1)[1].split(".")[:2])
+
+
+def kube_args(controlplane, namespace) -> list[str]:
+    return ["--kubeconfig", str(controlplane.kubeconfig), "-n", namespace]
+
+
+def submit_args(controlplane, namespace) -> list[str]:
+    """submit's connection, rendering for the operator the tests run."""
+    return [*kube_args(controlplane, namespace), "--kuberay-version", controlplane.kuberay_version]
+
+
+def submit_until(controlplane, namespace: str, args: list[str], seen: Callable[[str], bool],
+                 limit: float = 180) -> tuple[int, str]:
+    """`inferkit submit` in a process of its own, followed until `seen(stderr so far)`, then Ctrl-C (exit 130,
+    the RayJob left running): waits on the event itself, not on a fixed --timeout (the 124 path is in
+    test_submit.py)."""
+    process = subprocess.Popen([sys.executable, "-m", "inferkit", "submit", *submit_args(controlplane, namespace),
+                                *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: seen("".join(lines)) or process.poll() is not None, limit, f"submit {' '.join(args)}")
+        assert process.poll() is None, f"submit ended ({process.returncode}) first:\n{''.join(lines)}"
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        reader.join(timeout=10)
+    return process.returncode, "".join(lines)
 
 
 def wait_until(probe: Callable[[], Any], timeout: float, what: str) -> Any:

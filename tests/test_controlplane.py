@@ -8,17 +8,14 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from controlplane import RayHead, wait_until
+from controlplane import RayHead, kube_args, submit_args, submit_until, wait_until
 from inferkit import chart
 from inferkit.kuberay import VERSIONS, version_of_crd, version_problems
 from shapes import GOLDEN, SHAPES
@@ -42,37 +39,6 @@ def namespace(controlplane, request):
     name = controlplane.new_namespace(request.node.name.removeprefix("test_")[:20].replace("_", "-").rstrip("-"))
     yield name
     controlplane.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def kube_args(controlplane, namespace) -> list[str]:
-    return ["--kubeconfig", str(controlplane.kubeconfig), "-n", namespace]
-
-
-def submit_args(controlplane, namespace) -> list[str]:
-    """submit's connection, rendering for the operator the tests run."""
-    return [*kube_args(controlplane, namespace), "--kuberay-version", controlplane.kuberay_version]
-
-
-def submit_until(controlplane, namespace: str, args: list[str], seen: Callable[[str], bool],
-                 limit: float = 180) -> tuple[int, str]:
-    """`inferkit submit` in a process of its own, followed until `seen(stderr so far)`, then Ctrl-C (exit 130,
-    the RayJob left running): waits on the event itself, not on a fixed --timeout (the 124 path is in
-    test_submit.py)."""
-    process = subprocess.Popen([sys.executable, "-m", "inferkit", "submit", *submit_args(controlplane, namespace),
-                                *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
-    reader.start()
-    try:
-        wait_until(lambda: seen("".join(lines)) or process.poll() is not None, limit, f"submit {' '.join(args)}")
-        assert process.poll() is None, f"submit ended ({process.returncode}) first:\n{''.join(lines)}"
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        reader.join(timeout=10)
-    return process.returncode, "".join(lines)
 
 
 def render(*args: str) -> str:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import tiny
-from controlplane import REPO, wait_until
+from controlplane import REPO, submit_until, wait_until
 
 IMAGES = 2000
 SUBMIT_TIMEOUT = 900  # seconds, beyond submit's own --timeout (12m)
@@ -153,3 +153,20 @@ def test_the_ready_kind_manifest_applied_with_kubectl_and_followed_with_logs(rea
         shutil.rmtree(data / "inferkit-output", ignore_errors=True)
         if made:
             shutil.rmtree(data, ignore_errors=True)
+
+
+def test_an_image_that_does_not_exist_is_explained_and_ctrl_c_leaves_nothing(real_node, namespace):
+    """A typo'd image on a real kubelet: the follower names ErrImagePull or ImagePullBackOff and the image;
+    Ctrl-C with --cancel-on-interrupt exits 130 and takes the RayJob and its pods with it. The registry is a
+    closed port on loopback, so the pull fails here and sends nothing elsewhere."""
+    image = "127.0.0.1:9/inferkit/no-such-image:1"
+    code, stderr = submit_until(real_node, namespace, ["--name", "typo", "--preset", "kind", "--cpu-nodes", "1",
+                                                       "--image", image, "--cancel-on-interrupt"],
+                                lambda said: "ErrImagePull" in said or "ImagePullBackOff" in said)
+    assert code == 130, stderr
+    problem = next(line for line in stderr.splitlines() if "ErrImagePull" in line or "ImagePullBackOff" in line)
+    # The first container to fail may be KubeRay's wait-gcs-ready init container: the same image.
+    assert image in problem and ", container " in problem, stderr
+    # Deleted (the operator's finalizer goes first), and the pods with it.
+    wait_until(lambda: real_node.get("rayjob", "typo", namespace) is None, 120, "the typo RayJob to go")
+    wait_until(lambda: not real_node.items("pods", namespace), 120, "the typo job's pods to go")
