@@ -170,3 +170,18 @@ def test_an_image_that_does_not_exist_is_explained_and_ctrl_c_leaves_nothing(rea
     # Deleted (the operator's finalizer goes first), and the pods with it.
     wait_until(lambda: real_node.get("rayjob", "typo", namespace) is None, 120, "the typo RayJob to go")
     wait_until(lambda: not real_node.items("pods", namespace), 120, "the typo job's pods to go")
+
+
+def test_a_worker_whose_memory_limit_is_too_small_ends_the_job_saying_so(real_node, job_image, namespace):
+    """A worker pod whose memory limit (320Mi: Ray itself refuses less than about 250Mi) its Ray processes and
+    the demo's model outgrow. Ray's memory monitor kills the actor before the kernel does: the run fails with
+    Ray's out-of-memory error in the driver's log and submit exits 1. Where the kernel is first (a
+    burst between the monitor's looks), the follower names OOMKilled; either way nothing hangs."""
+    result = _submit(real_node, namespace, job_image, "--name", "small", "--cpu-nodes", "1",
+                     "--memory-per-node", "320Mi", "--timeout", "6m")
+    if result.returncode == 124:  # the kernel's kill: the pod restarts, and the follower said why
+        assert "OOMKilled (give it more memory)" in result.stderr, result.stderr[-4000:]
+        return
+    assert result.returncode == 1, result.stderr[-4000:] + result.stdout[-3000:]
+    assert "the job failed" in result.stderr, result.stderr[-3000:]
+    assert "OutOfMemoryError" in result.stdout and "the run failed" in result.stdout, result.stdout[-4000:]
