@@ -6,6 +6,8 @@ against the head Service, and the follower streams that pod's log from the kubel
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -185,3 +187,16 @@ def test_a_worker_whose_memory_limit_is_too_small_ends_the_job_saying_so(real_no
     assert result.returncode == 1, result.stderr[-4000:] + result.stdout[-3000:]
     assert "the job failed" in result.stderr, result.stderr[-3000:]
     assert "OutOfMemoryError" in result.stdout and "the run failed" in result.stdout, result.stdout[-4000:]
+
+
+def test_doctor_tells_what_the_cluster_has(real_node):
+    """`doctor` against the real node: one Ready node with its allocatable CPU and memory and its runtime, no
+    GPU; the operator here is a process on this machine, not a Deployment, so doctor says it finds none."""
+    result = _inferkit(real_node, "doctor", timeout=120)
+    assert result.returncode == 0, result.stderr
+    nodes = next(line for line in result.stdout.splitlines() if line.strip().startswith("[ok] nodes "))
+    cpus = len(os.sched_getaffinity(0))
+    assert re.search(rf"1 of 1 ready: inferkit-node: {cpus} CPU, [0-9.]+ GiB allocatable, containerd://1\.6\.",
+                     nodes), result.stdout
+    assert re.search(r"\[--\] gpu nodes +none", result.stdout), result.stdout
+    assert re.search(r"\[--\] kuberay operator +no deployment", result.stdout), result.stdout
