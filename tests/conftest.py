@@ -146,43 +146,38 @@ def ray_local() -> Path:
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def controlplane(tmp_path_factory):
-    """Session: the real control plane (tests/controlplane.py), up once, torn down also when set-up fails."""
+def _control_plane(tmp_path_factory, name: str, real_node_images: tuple[str, ...] = ()):
+    """A control plane (tests/controlplane.py) up until the generator closes, torn down also when set-up
+    fails."""
     from controlplane import start_control_plane, stop_control_plane
 
-    state = tmp_path_factory.mktemp("controlplane")
+    state = tmp_path_factory.mktemp(name)
     try:
-        plane = start_control_plane(state)
+        plane = start_control_plane(state, real_node_images)
     except BaseException:
         stop_control_plane(state)
         raise
-    print(f"\ncontrol plane up in {plane.started_in:.1f} s", file=sys.stderr)
+    print(f"\n{name} up in {plane.started_in:.1f} s", file=sys.stderr)
     yield plane
     stop_control_plane(state)
+
+
+@pytest.fixture(scope="session")
+def controlplane(tmp_path_factory):
+    """Session: the real control plane with kwok nodes, up once."""
+    yield from _control_plane(tmp_path_factory, "controlplane")
 
 
 @pytest.fixture(scope="module")
 def real_node(tmp_path_factory, job_image):
     """Module (the node tests are one module; its kubelet, containerd and pods go when they end): a second
-    control plane whose one node is real (scripts/node.sh), pods running in containers from the job image.
-    Skips, saying why, where a real node cannot be had (not root, no containerd or CNI plugins)."""
-    from controlplane import start_control_plane, stop_control_plane
+    control plane whose one node is real (scripts/node.sh), pods running in containers from the job image,
+    also named as the ready manifests name it (manifests/, values.yaml's image.cpu), as a user who built it
+    would tag it. Skips, saying why, where a real node cannot be had (not root, no containerd or CNI plugins)."""
+    from inferkit import __version__
 
-    state = tmp_path_factory.mktemp("realnode")
-    try:
-        # Also under the name the ready manifests give (manifests/, values.yaml's image.cpu), as a user who
-        # built the image would tag it.
-        from inferkit import __version__
-
-        named = f"ghcr.io/inferkit/inferkit:{__version__}-cpu"
-        plane = start_control_plane(state, real_node_images=(f"{job_image}={named}",))
-    except BaseException:
-        stop_control_plane(state)
-        raise
-    print(f"\ncontrol plane with a real node up in {plane.started_in:.1f} s", file=sys.stderr)
-    yield plane
-    stop_control_plane(state)
+    named = f"ghcr.io/inferkit/inferkit:{__version__}-cpu"
+    yield from _control_plane(tmp_path_factory, "realnode", (f"{job_image}={named}",))
 
 
 @pytest.fixture(scope="session")
