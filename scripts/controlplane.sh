@@ -238,6 +238,7 @@ up() {
     trap 'stop_processes; if [ "$NODE_MODE" = real ]; then node_down; fi' EXIT
     echo "$POD_HOST" > "$STATE/pod-host"
     echo "$NODE_MODE" > "$STATE/node-mode"
+    echo "$K8S" > "$STATE/k8s-version"  # for `down`, which then needs no Go
     local etcd_port etcd_peer
     etcd_port=$(free_port) etcd_peer=$(free_port) API_PORT=$(free_port)
     write_files
@@ -298,13 +299,9 @@ wait_for_operator() { wait_for "the KubeRay operator" 180 grep -q "Starting work
 
 restart_operator() {  # the operator again, with other feature gates, in a running control plane
     [ -f "$STATE/pids" ] && [ -f "$STATE/pod-host" ] || die "no control plane in $STATE (run: $0 up $STATE)"
-    POD_HOST=$(cat "$STATE/pod-host") NODE_MODE=$(cat "$STATE/node-mode")
-    local pid name
-    read -r pid name < <(grep ' kuberay-operator$' "$STATE/pids") || die "no operator in $STATE/pids"
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    grep -v ' kuberay-operator$' "$STATE/pids" > "$STATE/pids.tmp"; mv "$STATE/pids.tmp" "$STATE/pids"
+    POD_HOST=$(cat "$STATE/pod-host") NODE_MODE=$(cat "$STATE/node-mode" 2>/dev/null || echo kwok)
+    grep -q ' kuberay-operator$' "$STATE/pids" || die "no operator in $STATE/pids"
+    stop_named kuberay-operator
     # The old log aside, so that its "Starting workers" is not taken for the new operator's.
     mv "$STATE/kuberay-operator.log" "$STATE/kuberay-operator.log.$(date +%s%N)"
     start_operator "$1"
@@ -315,6 +312,16 @@ restart_operator() {  # the operator again, with other feature gates, in a runni
         sleep 0.5
     done
     note "operator restarted${1:+ with --feature-gates=$1}"
+}
+
+stop_named() {  # name: stop that one process group of $STATE/pids and forget it
+    local pid name
+    read -r pid name < <(grep " $1\$" "$STATE/pids") || return 0
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    grep -v " $1\$" "$STATE/pids" > "$STATE/pids.tmp" || true
+    mv "$STATE/pids.tmp" "$STATE/pids"
 }
 
 stop_processes() {
@@ -330,10 +337,15 @@ stop_processes() {
 }
 
 down() {
-    if [ "$(cat "$STATE/node-mode" 2>/dev/null)" = real ]; then
-        # The kubelet stops its pods (their network namespaces and iptables rules go with them) while it runs.
-        K8S=$(module_version k8s.io/kubernetes)
+    if [ "$(cat "$STATE/node-mode" 2>/dev/null)" = real ] && [ -f "$STATE/pids" ]; then
+        K8S=$(cat "$STATE/k8s-version")
+        # Nothing may make pods again (the operator, the Job controller), then the kubelet stops its pods while
+        # it runs (their network namespaces and iptables rules go with them); what it has not stopped in time,
+        # containerd kills.
+        stop_named kuberay-operator
+        stop_named kube-controller-manager
         kubectl_ delete pods --all --all-namespaces --grace-period 1 --timeout 60s >/dev/null 2>&1 || true
+        node_leftovers
         stop_processes
         node_down
     fi

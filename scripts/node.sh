@@ -8,7 +8,9 @@
 # rule drops whatever they send elsewhere. Cluster DNS is CoreDNS on the bridge's address, answering
 # cluster.local only (no forwarding). Services are kube-proxy's iptables rules.
 #
-# One node per machine: the bridge, its subnet and the kubelet's port are fixed.
+# One node per machine: the bridge, its subnet and the kubelet's port are fixed. It assumes no other
+# Kubernetes node on this machine: kube-proxy's --cleanup and the KUBE-* chains `down` removes are
+# machine-wide. The kernel settings the kubelet and kube-proxy change are put back by `down`.
 
 NODE_NAME=inferkit-node
 NODE_BRIDGE=inferkit0
@@ -33,7 +35,15 @@ node_missing() {  # what this machine lacks for a real node, one line; nothing w
     [ ${#need[@]} -gt 0 ] || docker info >/dev/null 2>&1 || echo "a real node needs a running Docker engine (its images)"
 }
 
+# What the kubelet (kernel.panic, panic_on_oops, vm.overcommit_memory) and kube-proxy (conntrack limits)
+# set on the machine: saved by `up`, put back by `down`.
+NODE_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory net.ipv4.conf.all.route_localnet
+              net.netfilter.nf_conntrack_max net.netfilter.nf_conntrack_tcp_timeout_established
+              net.netfilter.nf_conntrack_tcp_timeout_close_wait)
+
 node_build() {  # the kubelet and kube-proxy from the wrapper module, CoreDNS as its own module, the pause binary
+    local missing; missing=$(node_missing)
+    [ -z "$missing" ] || unavailable "$missing"
     build_tool kubelet "$K8S" k8s.io/kubernetes/cmd/kubelet
     build_tool kube-proxy "$K8S" k8s.io/kubernetes/cmd/kube-proxy
     local out; out=$(cached coredns "$COREDNS_VERSION" coredns)
@@ -60,6 +70,13 @@ node_build() {  # the kubelet and kube-proxy from the wrapper module, CoreDNS as
 
 ctr_() { ctr --address "$STATE/node/containerd.sock" --namespace k8s.io "$@"; }
 
+ctr_ref() {  # an image name as containerd spells it: docker.io/library/x:t, docker.io/a/x:t, host.tld/a/x:t
+    local first=${1%%/*}
+    if [ "$first" = "$1" ]; then echo "docker.io/library/$1"
+    elif [[ $first == *.* || $first == *:* || $first == localhost ]]; then echo "$1"
+    else echo "docker.io/$1"; fi
+}
+
 node_images() {  # docker image[=alias]...: into containerd's k8s.io namespace, unless already there at the
     # same ID; an alias is another name for it there (the name a ready manifest gives, e.g.)
     local entry image alias id mark
@@ -68,10 +85,10 @@ node_images() {  # docker image[=alias]...: into containerd's k8s.io namespace, 
         [ "$alias" != "$entry" ] || alias=""
         id=$(docker image inspect -f '{{.Id}}' "$image") || die "no image $image in the Docker engine"
         mark="$NODE_CACHE/loaded/$(tr '/:' '__' <<< "$image")"
-        if [ "$(cat "$mark" 2>/dev/null)" != "$id" ] || ! ctr_ images ls -q | grep -qx "docker.io/${image}\|${image}"; then
+        if [ "$(cat "$mark" 2>/dev/null)" != "$id" ] || ! ctr_ images ls -q | grep -qxF "$(ctr_ref "$image")"; then
             node_load "$image" "$id" "$mark"
         fi
-        [ -z "$alias" ] || ctr_ images tag --force "docker.io/$image" "$alias" >/dev/null
+        [ -z "$alias" ] || ctr_ images tag --force "$(ctr_ref "$image")" "$(ctr_ref "$alias")" >/dev/null
     done
 }
 
@@ -84,7 +101,7 @@ node_load() {  # image, its ID, the file that records the ID loaded
     [ -z "$old" ] || ctr_ images rm "$old" >/dev/null 2>&1 || true
     docker save "$image" | ctr_ images import --all-platforms - >/dev/null
     # Containers start from the unpacked snapshots: the layers' blobs would hold the image's size again.
-    manifest=$(ctr_ images ls "name==docker.io/$image" | awk 'NR == 2 {print $3}')
+    manifest=$(ctr_ images ls "name==$(ctr_ref "$image")" | awk 'NR == 2 {print $3}')
     ctr_ content rm $(ctr_ content get "$manifest" \
                       | python3 -c 'import json, sys; print(*(l["digest"] for l in json.load(sys.stdin)["layers"]))') \
         >/dev/null 2>&1 || true
@@ -182,16 +199,17 @@ EOF
 }
 
 node_network() {  # the bridge with its gateway address (CoreDNS binds to it before any pod exists), and the
-    # rule that keeps pod traffic on this machine
+    # rule that drops what pods send outside their subnet (besides their routes, which lead nowhere else). In
+    # mangle: the CNI firewall plugin puts its per-pod ACCEPTs first in filter's FORWARD.
     if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
         ip link add "$NODE_BRIDGE" type bridge
     fi
     ip addr replace "$NODE_GATEWAY/${NODE_POD_CIDR#*/}" dev "$NODE_BRIDGE"
     ip link set "$NODE_BRIDGE" up
-    iptables -N INFERKIT-NODE 2>/dev/null || iptables -F INFERKIT-NODE
-    iptables -A INFERKIT-NODE -s "$NODE_POD_CIDR" -d "$NODE_POD_CIDR" -j RETURN
-    iptables -A INFERKIT-NODE -s "$NODE_POD_CIDR" -j DROP
-    iptables -C FORWARD -j INFERKIT-NODE 2>/dev/null || iptables -I FORWARD -j INFERKIT-NODE
+    iptables -t mangle -N INFERKIT-NODE 2>/dev/null || iptables -t mangle -F INFERKIT-NODE
+    iptables -t mangle -A INFERKIT-NODE -s "$NODE_POD_CIDR" -d "$NODE_POD_CIDR" -j RETURN
+    iptables -t mangle -A INFERKIT-NODE -s "$NODE_POD_CIDR" -j DROP
+    iptables -t mangle -C FORWARD -j INFERKIT-NODE 2>/dev/null || iptables -t mangle -I FORWARD -j INFERKIT-NODE
 }
 
 node_claim() {  # one node per machine: refuse while another control plane's node runs, take over a dead one's
@@ -214,6 +232,7 @@ node_up() {
     [ -z "$missing" ] || unavailable "$missing"
     node_claim
     node_files
+    [ -f "$STATE/node/sysctls" ] || sysctl -e "${NODE_SYSCTLS[@]}" 2>/dev/null | tr -d ' ' > "$STATE/node/sysctls"
     node_network
     node_pause_image
     start containerd containerd --config "$STATE/node/containerd.toml"
@@ -223,7 +242,8 @@ node_up() {
     start coredns "$(cached coredns "$COREDNS_VERSION" coredns)" -conf "$STATE/node/Corefile"
     start kube-proxy "$(cached kube-proxy "$K8S" kube-proxy)" --kubeconfig "$STATE/kubeconfig" \
         --hostname-override "$NODE_NAME" --cluster-cidr "$NODE_POD_CIDR" --proxy-mode iptables \
-        --conntrack-max-per-core 0 --metrics-bind-address "127.0.0.1:$(free_port)" \
+        --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 --conntrack-tcp-timeout-close-wait 0 \
+        --iptables-localhost-nodeports=false --metrics-bind-address "127.0.0.1:$(free_port)" \
         --healthz-bind-address "127.0.0.1:$(free_port)"
     start kubelet "$(cached kubelet "$K8S" kubelet)" --config "$STATE/node/kubelet.yaml" \
         --kubeconfig "$STATE/kubeconfig" --root-dir "$STATE/node/kubelet" --cert-dir "$STATE/node/kubelet-pki" \
@@ -263,7 +283,10 @@ node_down() {  # after the processes have stopped: containers, mounts, network n
             iptables -t "$table" -F "$chain" 2>/dev/null && iptables -t "$table" -X "$chain" 2>/dev/null || true
         done
     done
-    # The CNI firewall plugin's chains, once they hold no pod's rules (another CNI user's stay).
+    # The CNI firewall plugin's rules for this node's pods, then its chains once they hold no other's.
+    local rule
+    iptables -S CNI-FORWARD 2>/dev/null | grep -F -- " ${NODE_POD_CIDR%.*}." | sed 's/^-A /-D /' \
+        | while read -r rule; do eval "iptables $rule" 2>/dev/null || true; done
     if [ "$(iptables -S CNI-FORWARD 2>/dev/null | grep -c -- '^-A')" = 1 ]; then
         iptables -D FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD 2>/dev/null || true
         iptables -F CNI-FORWARD && iptables -X CNI-FORWARD && iptables -X CNI-ADMIN 2>/dev/null || true
@@ -273,8 +296,11 @@ node_down() {  # after the processes have stopped: containers, mounts, network n
     for netns in $(find /var/run/netns -maxdepth 1 -name 'cni-*' -newer "$STATE/node/containerd.toml" 2>/dev/null); do
         ip netns delete "$(basename "$netns")" 2>/dev/null || true
     done
-    iptables -D FORWARD -j INFERKIT-NODE 2>/dev/null || true
-    iptables -F INFERKIT-NODE 2>/dev/null && iptables -X INFERKIT-NODE 2>/dev/null || true
+    iptables -t mangle -D FORWARD -j INFERKIT-NODE 2>/dev/null || true
+    iptables -t mangle -F INFERKIT-NODE 2>/dev/null && iptables -t mangle -X INFERKIT-NODE 2>/dev/null || true
     ip link del "$NODE_BRIDGE" 2>/dev/null || true
+    # The kernel settings as they were before `up`.
+    local setting
+    while read -r setting; do sysctl -q -w "$setting" 2>/dev/null || true; done < "$STATE/node/sysctls"
     rm -f "$NODE_CACHE/owner"
 }

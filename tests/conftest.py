@@ -46,7 +46,7 @@ def compile_cache() -> Path:
 # plane) and is marked so here; a test that starts Ray in a subprocess says so with its own marks.
 # `pytest -m "not slow"` is then every pure test and every refusal that stops before Ray.
 RAY_FIXTURES = {"ray_local", "ray_cluster", "busy_cluster", "dashboard_cluster", "ray_head"}
-CONTROLPLANE_FIXTURES = {"controlplane", "real_node"}
+CONTROLPLANE_FIXTURES = {"controlplane"}
 DOCKER_FIXTURES = {"job_image"}
 OBJECTSTORE_FIXTURES = {"s3_server", "gcs_server", "store"}
 
@@ -64,8 +64,9 @@ def pytest_collection_modifyitems(items: list) -> None:
         if uses & DOCKER_FIXTURES:
             item.add_marker(pytest.mark.docker)
             item.add_marker(pytest.mark.slow)
-        if "real_node" in uses:
+        if "real_node" in uses:  # not `controlplane`: `-m controlplane` stays the kwok plane's tests
             item.add_marker(pytest.mark.node)
+            item.add_marker(pytest.mark.slow)
         if uses & OBJECTSTORE_FIXTURES:  # a server to start (and on a new machine, to build)
             item.add_marker(pytest.mark.objectstore)
             item.add_marker(pytest.mark.slow)

@@ -146,7 +146,8 @@ def start_control_plane(state: Path, real_node_images: tuple[str, ...] = ()) -> 
 
 
 def stop_control_plane(state: Path) -> None:
-    subprocess.run(["bash", str(SCRIPT), "down", str(state)], capture_output=True, text=True, timeout=120)
+    # A real node's `down` waits up to 60 s for its pods to stop, then stops each process (up to 5 s each).
+    subprocess.run(["bash", str(SCRIPT), "down", str(state)], capture_output=True, text=True, timeout=300)
 
 
 class RayHead:

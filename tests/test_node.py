@@ -141,8 +141,11 @@ def test_the_ready_kind_manifest_applied_with_kubectl_and_followed_with_logs(rea
     is (its image the built one under the name it gives; its /inferkit-data hostPath made here, as kind's
     config mounts it), then `inferkit logs -f` to SUCCEEDED."""
     data = Path("/inferkit-data")
-    made = not data.exists()
+    mark = data / ".made-by-inferkit-tests"  # so that a folder a killed run left is known as the tests' own
+    if data.exists() and not mark.exists():
+        pytest.skip("/inferkit-data exists on this machine and is not the tests' (someone's kind data): left alone")
     data.mkdir(exist_ok=True)
+    mark.touch()
     data.chmod(0o777)
     try:
         real_node.kubectl("apply", "-n", namespace, "-f", str(REPO / "manifests" / "kind" / "inferkit-rayjob.yaml"))
@@ -152,9 +155,7 @@ def test_the_ready_kind_manifest_applied_with_kubectl_and_followed_with_logs(rea
         assert (data / "inferkit-output" / "_SUCCESS").exists()
         assert len(pd.read_parquet(data / "inferkit-output")) == 100
     finally:
-        shutil.rmtree(data / "inferkit-output", ignore_errors=True)
-        if made:
-            shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_an_image_that_does_not_exist_is_explained_and_ctrl_c_leaves_nothing(real_node, namespace):
@@ -195,8 +196,7 @@ def test_doctor_tells_what_the_cluster_has(real_node):
     result = _inferkit(real_node, "doctor", timeout=120)
     assert result.returncode == 0, result.stderr
     nodes = next(line for line in result.stdout.splitlines() if line.strip().startswith("[ok] nodes "))
-    cpus = len(os.sched_getaffinity(0))
-    assert re.search(rf"1 of 1 ready: inferkit-node: {cpus} CPU, [0-9.]+ GiB allocatable, containerd://1\.6\.",
+    assert re.search(rf"1 of 1 ready: inferkit-node: {os.cpu_count()} CPU, [0-9.]+ GiB allocatable, containerd://\d",
                      nodes), result.stdout
     assert re.search(r"\[--\] gpu nodes +none", result.stdout), result.stdout
     assert re.search(r"\[--\] kuberay operator +no deployment", result.stdout), result.stdout
