@@ -285,10 +285,13 @@ node_down() {  # after the processes have stopped: containers, mounts, network n
     done
     # The CNI firewall plugin's rules for this node's pods, then its chains once they hold no other's.
     local rule
-    iptables -S CNI-FORWARD 2>/dev/null | grep -F -- " ${NODE_POD_CIDR%.*}." | sed 's/^-A /-D /' \
-        | while read -r rule; do eval "iptables $rule" 2>/dev/null || true; done
-    if [ "$(iptables -S CNI-FORWARD 2>/dev/null | grep -c -- '^-A')" = 1 ]; then
-        iptables -D FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD 2>/dev/null || true
+    local rules
+    rules=$( (iptables -S CNI-FORWARD 2>/dev/null || true) | grep -F -- " ${NODE_POD_CIDR%.*}." || true)
+    while read -r rule; do
+        [ -z "$rule" ] || eval "iptables ${rule/#-A /-D }" 2>/dev/null || true
+    done <<< "$rules"
+    if iptables -S CNI-FORWARD >/dev/null 2>&1 && [ "$(iptables -S CNI-FORWARD | grep -c -- '^-A' || true)" -le 1 ]; then
+        while iptables -D FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD 2>/dev/null; do :; done
         iptables -F CNI-FORWARD && iptables -X CNI-FORWARD && iptables -X CNI-ADMIN 2>/dev/null || true
     fi
     # Network namespaces of pods the kubelet did not stop in time: made by this node's containerd.
@@ -301,6 +304,8 @@ node_down() {  # after the processes have stopped: containers, mounts, network n
     ip link del "$NODE_BRIDGE" 2>/dev/null || true
     # The kernel settings as they were before `up`.
     local setting
-    while read -r setting; do sysctl -q -w "$setting" 2>/dev/null || true; done < "$STATE/node/sysctls"
+    if [ -f "$STATE/node/sysctls" ]; then
+        while read -r setting; do sysctl -q -w "$setting" 2>/dev/null || true; done < "$STATE/node/sysctls"
+    fi
     rm -f "$NODE_CACHE/owner"
 }

@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 from collections import Counter
@@ -18,11 +20,28 @@ import pandas as pd
 import pytest
 import yaml
 
+import images
 import tiny
 from controlplane import REPO, submit_until, wait_until
 
 IMAGES = 2000
 SUBMIT_TIMEOUT = 900  # seconds, beyond submit's own --timeout (12m)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kind_data_folder():
+    """Module (autouse): /inferkit-data on this machine, the hostPath the kind preset and the ready kind
+    manifest mount at /data (kind's config makes it on its node), made for these tests and removed after
+    them; a folder the tests did not make is left alone and the tests skip."""
+    data = Path("/inferkit-data")
+    mark = data / ".made-by-inferkit-tests"  # so that a folder a killed run left is known as the tests' own
+    if data.exists() and not mark.exists():
+        pytest.skip("/inferkit-data exists on this machine and is not the tests' (someone's kind data): left alone")
+    data.mkdir(exist_ok=True)
+    mark.touch()
+    data.chmod(0o777)
+    yield data
+    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture
@@ -74,8 +93,8 @@ def test_the_bundled_demo_runs_in_real_pods(real_node, job_image, namespace):
     pods = real_node.items("pods", namespace)
     submitters = [p for p in pods if p["metadata"].get("labels", {}).get("job-name") == "demo"]
     assert submitters and submitters[0]["status"]["phase"] == "Succeeded", [p["metadata"]["name"] for p in pods]
-    ran = {s["image"] for p in submitters for s in p["status"]["containerStatuses"]}
-    assert ran == {f"docker.io/{job_image}"}, ran
+    ran = {s["imageID"] for p in submitters for s in p["status"]["containerStatuses"]}
+    assert ran == {images.docker("image", "inspect", "-f", "{{.Id}}", job_image, check=True).stdout.strip()}, ran
 
     status = _inferkit(real_node, "status", "demo", "-n", namespace, timeout=60)
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout, status.stdout + status.stderr
@@ -96,12 +115,12 @@ def test_a_2000_image_job_on_a_head_and_two_workers_survives_a_worker_pod_delete
     deleted once the first output file is written: SUCCEEDED, every image exactly once on the hostPath
     volume, the run report beside the rows, and KubeRay's new worker pod in the deleted one's place."""
     shutil.copytree(tiny_models["resnet"], host_folder / "model")
-    images = host_folder / "images"
-    images.mkdir()
+    folder = host_folder / "images"
+    folder.mkdir()
     names = []
     for i in range(IMAGES):
         name = f"img{i:04d}.png"
-        (images / name).write_bytes(tiny.image_bytes("RGB", "PNG", size=(32, 32), seed=i))
+        (folder / name).write_bytes(tiny.image_bytes("RGB", "PNG", size=(32, 32), seed=i))
         names.append(f"/data/images/{name}")
     for path in host_folder.rglob("*"):
         path.chmod(0o777 if path.is_dir() else 0o666)
@@ -136,17 +155,11 @@ def test_a_2000_image_job_on_a_head_and_two_workers_survives_a_worker_pod_delete
     assert report["rows_resumed"] == 0 and report["plan"]["actors_max"] >= 2, report["plan"]
 
 
-def test_the_ready_kind_manifest_applied_with_kubectl_and_followed_with_logs(real_node, namespace):
+def test_the_ready_kind_manifest_applied_with_kubectl_and_followed_with_logs(real_node, namespace,
+                                                                            kind_data_folder):
     """README's way in without inferkit on the cluster side: `kubectl apply -f` of the ready manifest as it
-    is (its image the built one under the name it gives; its /inferkit-data hostPath made here, as kind's
-    config mounts it), then `inferkit logs -f` to SUCCEEDED."""
-    data = Path("/inferkit-data")
-    mark = data / ".made-by-inferkit-tests"  # so that a folder a killed run left is known as the tests' own
-    if data.exists() and not mark.exists():
-        pytest.skip("/inferkit-data exists on this machine and is not the tests' (someone's kind data): left alone")
-    data.mkdir(exist_ok=True)
-    mark.touch()
-    data.chmod(0o777)
+    is (its image the built one under the name it gives), then `inferkit logs -f` to SUCCEEDED."""
+    data = kind_data_folder
     try:
         real_node.kubectl("apply", "-n", namespace, "-f", str(REPO / "manifests" / "kind" / "inferkit-rayjob.yaml"))
         logs = _inferkit(real_node, "logs", "inferkit", "-n", namespace, "-f", "--timeout", "10m")
@@ -155,7 +168,7 @@ def test_the_ready_kind_manifest_applied_with_kubectl_and_followed_with_logs(rea
         assert (data / "inferkit-output" / "_SUCCESS").exists()
         assert len(pd.read_parquet(data / "inferkit-output")) == 100
     finally:
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(data / "inferkit-output", ignore_errors=True)
 
 
 def test_an_image_that_does_not_exist_is_explained_and_ctrl_c_leaves_nothing(real_node, namespace):
@@ -200,3 +213,17 @@ def test_doctor_tells_what_the_cluster_has(real_node):
                      nodes), result.stdout
     assert re.search(r"\[--\] gpu nodes +none", result.stdout), result.stdout
     assert re.search(r"\[--\] kuberay operator +no deployment", result.stdout), result.stdout
+
+
+def test_pods_have_routes_to_their_subnet_and_the_services_only(real_node, job_image, namespace):
+    """Nothing a pod sends can leave this machine: its routing table (read in a pod of the job image) holds
+    the pod subnet and the Service range, and no default route."""
+    real_node.kubectl("run", "routes", "-n", namespace, "--image", job_image, "--image-pull-policy", "IfNotPresent",
+                      "--restart", "Never", "--command", "--", "cat", "/proc/net/route")
+    wait_until(lambda: (real_node.get("pod", "routes", namespace) or {}).get("status", {}).get("phase")
+               in ("Succeeded", "Failed"), 120, "the routes pod to end")
+    table = real_node.kubectl("logs", "routes", "-n", namespace).stdout.splitlines()[1:]
+    # /proc/net/route: destination and mask as little-endian hex
+    routes = {(socket.inet_ntoa(struct.pack("<L", int(f[1], 16))), socket.inet_ntoa(struct.pack("<L", int(f[7], 16))))
+              for f in (line.split() for line in table)}
+    assert routes == {("10.244.0.0", "255.255.255.0"), ("10.96.0.0", "255.255.0.0")}, routes
