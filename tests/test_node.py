@@ -29,10 +29,11 @@ SUBMIT_TIMEOUT = 900  # seconds, beyond submit's own --timeout (12m)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def kind_data_folder():
-    """Module (autouse): /inferkit-data on this machine, the hostPath the kind preset and the ready kind
-    manifest mount at /data (kind's config makes it on its node), made for these tests and removed after
-    them; a folder the tests did not make is left alone and the tests skip."""
+def kind_data_folder(real_node):
+    """Module (autouse; after the node, so that a machine without one skips for that reason): /inferkit-data
+    on this machine, the hostPath the kind preset and the ready kind manifest mount at /data (kind's config
+    makes it on its node), made for these tests and removed after them; a folder the tests did not make is
+    left alone and the tests skip."""
     data = Path("/inferkit-data")
     mark = data / ".made-by-inferkit-tests"  # so that a folder a killed run left is known as the tests' own
     if data.exists() and not mark.exists():
