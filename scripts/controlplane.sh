@@ -346,6 +346,7 @@ down() {
         stop_named kube-controller-manager
         kubectl_ delete pods --all --all-namespaces --grace-period 1 --timeout 60s >/dev/null 2>&1 || true
         node_leftovers
+        node_forget_images
         stop_processes
         node_down
     fi

@@ -20,8 +20,8 @@ NODE_SERVICE_CIDR=10.96.0.0/16
 COREDNS_VERSION=v1.15.0
 COREDNS_MODULE=github.com/coredns/coredns
 PAUSE_IMAGE=inferkit.local/pause:3.10
-# containerd's own root (the images loaded into it) is kept in the cache between runs: loading the job image
-# (several GB) is the slow part of `up`.
+# containerd's own root; the images loaded into it are removed by `down` (loading the job image, several GB,
+# is the slow part of `up`).
 NODE_CACHE=${INFERKIT_NODE_CACHE:-${INFERKIT_TEST_CACHE:-$HOME/.cache/inferkit-tests}/node}
 
 node_missing() {  # what this machine lacks for a real node, one line; nothing when all is there
@@ -259,6 +259,15 @@ node_leftovers() {  # sandboxes and containers a killed run left in the cached c
     for id in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$id" >/dev/null 2>&1 || true; done
 }
 
+node_forget_images() {  # while containerd runs: the loaded images go (several GB; the disk is shared, and Ray
+    # warns on every line below 5% free), the pause image stays
+    local ref
+    for ref in $(ctr_ images ls -q 2>/dev/null | grep -vF "$PAUSE_IMAGE" || true); do
+        ctr_ images rm --sync "$ref" >/dev/null 2>&1 || true
+    done
+    rm -rf "$NODE_CACHE/loaded"
+}
+
 node_down() {  # after the processes have stopped: containers, mounts, network namespaces, iptables, bridge
     # Only the node this control plane started (a refused `up` must not tear down another's).
     [ -d "$STATE/node" ] && [ "$(cat "$NODE_CACHE/owner" 2>/dev/null)" = "$STATE" ] || return 0
@@ -290,7 +299,8 @@ node_down() {  # after the processes have stopped: containers, mounts, network n
     while read -r rule; do
         [ -z "$rule" ] || eval "iptables ${rule/#-A /-D }" 2>/dev/null || true
     done <<< "$rules"
-    if iptables -S CNI-FORWARD >/dev/null 2>&1 && [ "$(iptables -S CNI-FORWARD | grep -c -- '^-A' || true)" -le 1 ]; then
+    if iptables -S CNI-FORWARD >/dev/null 2>&1 \
+            && [ "$(iptables -S CNI-FORWARD | grep -- '^-A' | grep -vc 'admin overrides' || true)" = 0 ]; then
         while iptables -D FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD 2>/dev/null; do :; done
         iptables -F CNI-FORWARD && iptables -X CNI-FORWARD && iptables -X CNI-ADMIN 2>/dev/null || true
     fi
