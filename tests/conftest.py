@@ -194,7 +194,7 @@ def job_image() -> str:
     return tag
 
 
-def _object_store(kind: str, tmp_path_factory):
+def _object_store(kind: str, tmp_path_factory, host: str = "127.0.0.1"):
     import objectstores
 
     cache = TEST_CACHE / "objectstores"
@@ -203,7 +203,7 @@ def _object_store(kind: str, tmp_path_factory):
     if built is None:
         pytest.skip(why)
     log = tmp_path_factory.mktemp(f"{kind}-server") / "server.log"
-    server = objectstores.start_s3(built, log) if kind == "s3" else objectstores.start_gcs(built, log)
+    server = objectstores.start_s3(built, log, host) if kind == "s3" else objectstores.start_gcs(built, log)
     yield server
     server.stop()
 
@@ -212,6 +212,13 @@ def _object_store(kind: str, tmp_path_factory):
 def s3_server(tmp_path_factory):
     """Session: moto's S3 server on loopback (tests/objectstores.py)."""
     yield from _object_store("s3", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def s3_server_for_pods(real_node, tmp_path_factory):
+    """Module (with the real node, stopped before it): moto's S3 server on the node's pod gateway, the one
+    address of this machine its pods reach."""
+    yield from _object_store("s3", tmp_path_factory, real_node.pod_gateway)
 
 
 @pytest.fixture(scope="session")

@@ -72,6 +72,12 @@ class ControlPlane:
             raise RuntimeError(f"restarting the operator failed ({done.returncode}):\n{done.stderr[-4000:]}")
 
     @property
+    def pod_gateway(self) -> str:
+        """A real node's bridge address on this machine (scripts/node.sh), which its pods reach."""
+        line = next(l for l in (SCRIPT.parent / "node.sh").read_text().splitlines() if l.startswith("NODE_GATEWAY="))
+        return line.split("=", 1)[1]
+
+    @property
     def kuberay_version(self) -> str:
         """The operator version the script builds (KUBERAY_VERSION=v1.5.0 -> "1.5")."""
         line = next(l for l in SCRIPT.read_text().splitlines() if l.startswith("KUBERAY_VERSION="))

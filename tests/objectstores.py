@@ -1,4 +1,5 @@
-"""The object-store servers of the `objectstore` tests, real API servers on loopback, built from registries
+"""The object-store servers of the `objectstore` tests, real API servers on loopback (or, for pods, on a real
+node's pod gateway), built from registries
 into the test cache: moto's S3 server (PyPI) in a virtualenv of its own, so that its python-dateutil pin
 never meets the `kubernetes` client's, and fake-gcs-server (the Go module proxy) for GCS. Each server is
 a process the fixture starts on a free port and stops; `freeze` and `kill` make the outages the fault
@@ -6,12 +7,14 @@ tests need (SIGSTOP for ten seconds, SIGKILL for good)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,9 +45,9 @@ print(json.dumps(keys))
 GCS_PROJECT = "inferkit-test"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -115,6 +118,22 @@ class Server:
         pafs.copy_files(str(local), target, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.filesystem())
 
+    def published(self, prefix: str):
+        """The rows and the run report of a finished output at bucket/path `prefix`, checked to be published:
+        `_SUCCESS` there and none of the run's bookkeeping left."""
+        import pyarrow as pa
+        import pyarrow.fs as pafs
+        import pyarrow.parquet as pq
+
+        fs = self.filesystem()
+        files = [i for i in fs.get_file_info(pafs.FileSelector(prefix, recursive=True)) if i.type == pafs.FileType.File]
+        names = {f.path.rsplit("/", 1)[1] for f in files}
+        assert {"_SUCCESS", "_inferkit_report.json"} <= names, names
+        assert not any("_inferkit/" in f.path for f in files), names
+        table = pa.concat_tables(pq.read_table(f.path, filesystem=fs) for f in files if f.path.endswith(".parquet"))
+        with fs.open_input_stream(f"{prefix}/_inferkit_report.json") as stream:
+            return table, json.loads(stream.read())
+
     def freeze(self, seconds: float) -> None:
         """The server stops answering for `seconds` (its connections stay open), then goes on."""
         os.kill(self.process.pid, signal.SIGSTOP)
@@ -152,13 +171,14 @@ def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"{url}: no answer in 60 s:\n{log.read_text()[-2000:]}")
 
 
-def start_s3(script: Path, log: Path) -> Server:
-    port = free_port()
+def start_s3(script: Path, log: Path, host: str = "127.0.0.1") -> Server:
+    """On loopback, or on `host` (a real node's pod gateway, where its pods reach it)."""
+    port = free_port(host)
     with open(log, "w") as out:
-        process = subprocess.Popen([str(script), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
+        process = subprocess.Popen([str(script), "-H", host, "-p", str(port)], stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(NO_AUTH_REQUESTS)})
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     _wait_until_up(endpoint + "/moto-api/", process, log)
     keys = json.loads(subprocess.run([str(script.parent / "python"), "-c", IAM_SETUP, endpoint], check=True,
                                      capture_output=True, text=True, timeout=60).stdout)
@@ -180,3 +200,79 @@ def start_gcs(binary: Path, log: Path, root: Path | None = None, port: int | Non
     _wait_until_up(endpoint + "/storage/v1/b", process, log)
     return Server("gs", endpoint, {"STORAGE_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": GCS_PROJECT},
                   process, log)
+
+
+class _ReadOnlyHandler(http.server.BaseHTTPRequestHandler):
+    """Passes reads to the server behind it; answers every write as Google answers a caller without
+    storage.objects.create: 403 and GCS's JSON error."""
+
+    upstream = ""  # set on the subclass each proxy makes
+
+    def do_GET(self) -> None:
+        self._forward()
+
+    def do_HEAD(self) -> None:
+        self._forward()
+
+    def do_POST(self) -> None:
+        self._deny()
+
+    do_PUT = do_PATCH = do_DELETE = do_POST
+
+    def _deny(self) -> None:
+        self._read_body()
+        message = "anonymous caller does not have storage.objects.create access to the Google Cloud Storage " \
+                  "object. Permission 'storage.objects.create' denied on resource (or it may not exist)."
+        self._answer(403, {"Content-Type": "application/json"}, json.dumps({"error": {
+            "code": 403, "message": message, "errors": [{"message": message, "domain": "global",
+                                                          "reason": "forbidden"}]}}).encode())
+
+    def _forward(self) -> None:
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        request = urllib.request.Request(self.upstream + self.path, method=self.command, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, answer, data = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as e:
+            status, answer, data = e.code, e.headers, e.read()
+        self._answer(status, {k: v for k, v in answer.items()
+                              if k.lower() not in ("transfer-encoding", "connection", "content-length")}, data)
+
+    def _answer(self, status: int, headers: dict[str, str], data: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _read_body(self) -> None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                self.rfile.read(size + 2)
+            self.rfile.readline()
+        else:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def log_message(self, *args) -> None:  # quiet: the test says what failed
+        pass
+
+
+class ReadOnlyGcs:
+    """A read-only bucket on GCS, which fake-gcs-server cannot make (it checks no permissions): a fault
+    stand-in on loopback in front of the real server, reads passed through and writes refused as Google
+    refuses them. Point STORAGE_EMULATOR_HOST at `endpoint`."""
+
+    def __init__(self, server: Server):
+        handler = type("Handler", (_ReadOnlyHandler,), {"upstream": server.endpoint})
+        self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.endpoint = f"http://127.0.0.1:{self._http.server_address[1]}"
+
+    def __enter__(self) -> ReadOnlyGcs:
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._http.shutdown()
+        self._http.server_close()
