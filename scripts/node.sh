@@ -292,13 +292,15 @@ node_down() {  # after the processes have stopped: containers, mounts, network n
             iptables -t "$table" -F "$chain" 2>/dev/null && iptables -t "$table" -X "$chain" 2>/dev/null || true
         done
     done
-    # The CNI firewall plugin's rules for this node's pods, then its chains once they hold no other's.
-    local rule
-    local rules
-    rules=$( (iptables -S CNI-FORWARD 2>/dev/null || true) | grep -F -- " ${NODE_POD_CIDR%.*}." || true)
-    while read -r rule; do
-        [ -z "$rule" ] || eval "iptables ${rule/#-A /-D }" 2>/dev/null || true
-    done <<< "$rules"
+    # The CNI firewall plugin's rules for this node's pods (and admin rules a test put on its subnet), then
+    # its chains once they hold no other's.
+    local rule rules
+    for chain in CNI-FORWARD CNI-ADMIN; do
+        rules=$( (iptables -S "$chain" 2>/dev/null || true) | grep -F -- " ${NODE_POD_CIDR%.*}." || true)
+        while read -r rule; do
+            [ -z "$rule" ] || eval "iptables ${rule/#-A /-D }" 2>/dev/null || true
+        done <<< "$rules"
+    done
     if iptables -S CNI-FORWARD >/dev/null 2>&1 \
             && [ "$(iptables -S CNI-FORWARD | grep -- '^-A' | grep -vc 'admin overrides' || true)" = 0 ]; then
         while iptables -D FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD 2>/dev/null; do :; done

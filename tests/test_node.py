@@ -77,9 +77,15 @@ def _inferkit(real_node, *args: str, timeout: float = SUBMIT_TIMEOUT) -> subproc
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _submit_command(real_node, namespace: str, image: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "inferkit", "submit", "--kubeconfig", str(real_node.kubeconfig), "-n", namespace,
+            "--kuberay-version", real_node.kuberay_version, "--preset", "kind", "--image", image,
+            "--timeout", "12m", *args]
+
+
 def _submit(real_node, namespace: str, image: str, *args: str) -> subprocess.CompletedProcess:
-    return _inferkit(real_node, "submit", "-n", namespace, "--kuberay-version", real_node.kuberay_version,
-                     "--preset", "kind", "--image", image, "--timeout", "12m", *args)
+    return subprocess.run(_submit_command(real_node, namespace, image, *args), capture_output=True, text=True,
+                          timeout=SUBMIT_TIMEOUT)
 
 
 def test_the_bundled_demo_runs_in_real_pods(real_node, job_image, namespace):
@@ -110,11 +116,13 @@ def test_the_bundled_demo_runs_in_real_pods(real_node, job_image, namespace):
     assert real_node.get("rayjob", "demo", namespace) is None
 
 
-def test_a_2000_image_job_on_a_head_and_two_workers_survives_a_worker_pod_deleted(
+def test_a_2000_image_job_survives_a_worker_pod_deleted_and_resumes_after_its_head_is_killed(
         real_node, job_image, namespace, tiny_models, host_folder, tmp_path):
-    """A ResNet-style image job (a tiny model made here) on head + 2 workers in real pods, one worker pod
-    deleted once the first output file is written: SUCCEEDED, every image exactly once on the hostPath
-    volume, the run report beside the rows, and KubeRay's new worker pod in the deleted one's place."""
+    """A ResNet-style image job (a tiny model made here) on head + 2 workers in real pods, with
+    `backoffLimit: 1`. One worker pod is deleted once the first output file is written (KubeRay puts a new one
+    in its place); the head pod is killed (force-deleted) once more files are written, which ends that
+    attempt's driver, and the retry resumes from the rows on the volume. SUCCEEDED, every image exactly once
+    on the hostPath volume, the run report beside the rows saying how many were resumed."""
     shutil.copytree(tiny_models["resnet"], host_folder / "model")
     folder = host_folder / "images"
     folder.mkdir()
@@ -126,20 +134,31 @@ def test_a_2000_image_job_on_a_head_and_two_workers_survives_a_worker_pod_delete
     for path in host_folder.rglob("*"):
         path.chmod(0o777 if path.is_dir() else 0o666)
     submit = subprocess.Popen(
-        [sys.executable, "-m", "inferkit", "submit", "--kubeconfig", str(real_node.kubeconfig), "-n", namespace,
-         "--kuberay-version", real_node.kuberay_version, "--preset", "kind", "--image", job_image,
-         "--timeout", "12m", "--name", "images", "-f", str(_values(tmp_path, host_folder)), "--cpu-nodes", "2",
-         "--cpus-per-node", "500m", "--task", "image-classification", "--model", "/data/model",
-         "--input", "/data/images", "--output", "/data/out"],
+        _submit_command(real_node, namespace, job_image, "--name", "images", "-f", str(_values(tmp_path, host_folder)),
+                        "--cpu-nodes", "2", "--cpus-per-node", "500m", "--set", "job.backoffLimit=1",
+                        "--task", "image-classification", "--model", "/data/model", "--input", "/data/images",
+                        "--output", "/data/out"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staged = host_folder / "out.inferkit-unfinished"
+
+    def written(at_least: int) -> bool:
+        return len(list(staged.glob("**/part-*.parquet"))) >= at_least or submit.poll() is not None
+
+    def pods(kind: str) -> list[str]:
+        return [p["metadata"]["name"] for p in real_node.items("pods", namespace, "-l", f"ray.io/node-type={kind}")]
+
     try:
-        staged = host_folder / "out.inferkit-unfinished"
-        wait_until(lambda: any(staged.glob("**/part-*.parquet")) or submit.poll() is not None, 600,
-                   "the job's first output file")
+        wait_until(lambda: written(1), 600, "the job's first output file")
         assert submit.poll() is None, "the job ended before a worker could be deleted"
-        workers = [p["metadata"]["name"] for p in real_node.items("pods", namespace, "-l", "ray.io/node-type=worker")]
+        workers = pods("worker")
         assert len(workers) == 2, workers
         real_node.kubectl("delete", "pod", workers[0], "-n", namespace, "--wait=false")
+        files = len(list(staged.glob("**/part-*.parquet")))
+        wait_until(lambda: written(files + 3), 600, "more output files after the worker's deletion")
+        assert submit.poll() is None, "the job ended before its head could be killed"
+        heads = pods("head")
+        assert len(heads) == 1, heads
+        real_node.kubectl("delete", "pod", heads[0], "-n", namespace, "--grace-period=0", "--force")
         stdout, stderr = submit.communicate(timeout=SUBMIT_TIMEOUT)
     finally:
         if submit.poll() is None:
@@ -153,7 +172,32 @@ def test_a_2000_image_job_on_a_head_and_two_workers_survives_a_worker_pod_delete
     assert set(counts) == set(names) and max(counts.values()) == 1
     assert frame["error"].isna().all() and set(frame["label"]) <= set(tiny.LABELS.values())
     report = json.loads((out / "_inferkit_report.json").read_text())
-    assert report["rows_resumed"] == 0 and report["plan"]["actors_max"] >= 2, report["plan"]
+    assert 0 < report["rows_resumed"] < IMAGES, report
+    assert report["plan"]["actors_max"] >= 2, report["plan"]
+
+
+def test_a_job_reads_and_writes_s3_with_its_keys_from_a_secret(real_node, job_image, namespace, s3_server_for_pods,
+                                                               tmp_path):
+    """The way a cluster user reaches a bucket: the endpoint and keys in a Secret that every Ray container gets
+    through `envFrom` (values file), the input read from moto's S3 and the output published there. moto
+    enforces IAM, so no key but the Secret's would do; every row once, nothing staged left behind."""
+    server, rows = s3_server_for_pods, 200
+    bucket = server.new_bucket()
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "text": f"{tiny.TEXTS[i % 5]} {i}"}) + "\n"
+                                               for i in range(rows)))
+    server.upload(tmp_path / "in.jsonl", f"{bucket}/input/in.jsonl")
+    real_node.kubectl("create", "secret", "generic", "s3-access", "-n", namespace,
+                      *(f"--from-literal={name}={value}" for name, value in server.env.items()))
+    values = tmp_path / "s3-values.yaml"
+    values.write_text(yaml.safe_dump({"envFrom": [{"secretRef": {"name": "s3-access"}}]}))
+    result = _submit(real_node, namespace, job_image, "--name", "s3", "--cpu-nodes", "1", "-f", str(values),
+                     "--input", f"s3://{bucket}/input", "--output", f"s3://{bucket}/output")
+    assert result.returncode == 0, result.stderr[-5000:] + result.stdout[-3000:]
+    assert f"done: {rows} rows, 0 with errors" in result.stdout, result.stdout[-3000:]
+    table, report = server.published(f"{bucket}/output")
+    counts = Counter(table.column("id").to_pylist())
+    assert set(counts) == {f"r{i}" for i in range(rows)} and max(counts.values()) == 1
+    assert report["rows_resumed"] == 0, report
 
 
 def test_the_ready_kind_manifest_applied_with_kubectl_and_followed_with_logs(real_node, namespace,
@@ -208,6 +252,26 @@ def test_a_worker_whose_memory_limit_is_too_small_ends_the_job_saying_so(real_no
     assert result.returncode == 1, result.stderr[-4000:] + result.stdout[-3000:]
     assert "the job failed" in result.stderr, result.stderr[-3000:]
     assert "OutOfMemoryError" in result.stdout and "the run failed" in result.stdout, result.stdout[-4000:]
+
+
+def test_a_submitter_that_cannot_reach_the_head_fails_the_job_saying_why(real_node, job_image, namespace):
+    """The node's firewall refuses pods' connections to port 8265, the head's dashboard, which the submitter's
+    `ray job submit` must reach (a rule in the CNI firewall plugin's admin chain; the operator, a process on this
+    machine, and the workers, on the GCS port, still reach the head). KubeRay's submitter Job fails its three
+    pods; submit exits 1 and says the submission failed, with the submitter's own error."""
+    cidr = real_node.pod_cidr
+    rule = ["CNI-ADMIN", "-s", cidr, "-d", cidr, "-p", "tcp", "--dport", "8265", "-j", "REJECT",
+            "--reject-with", "tcp-reset"]
+    subprocess.run(["iptables", "-N", "CNI-ADMIN"], capture_output=True)  # made by the plugin's first pod
+    subprocess.run(["iptables", "-I", *rule], check=True)
+    try:
+        result = _submit(real_node, namespace, job_image, "--name", "cut", "--cpu-nodes", "1", "--timeout", "6m")
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True)
+    assert result.returncode == 1, result.stderr[-4000:] + result.stdout[-3000:]
+    assert "the job failed" in result.stderr, result.stderr[-3000:]
+    said = result.stdout + result.stderr
+    assert "Failed to connect to Ray" in said or "Connection refused" in said, said[-4000:]
 
 
 def test_doctor_tells_what_the_cluster_has(real_node):
