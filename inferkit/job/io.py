@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -36,6 +36,8 @@ import pyarrow.parquet as pq
 
 from inferkit.console import say
 from inferkit.errors import ConfigError, JobFailed, Terminated, one_line
+
+T = TypeVar("T")
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TABLE_EXTENSIONS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -250,16 +252,33 @@ def _footer(filesystem: pafs.FileSystem, file: str) -> pq.FileMetaData | None:
     """The file's parquet footer, read again after FOOTER_RETRY_SECONDS while it fails; None if it never
     could be. (Taking an unreadable file for one row group lost every other row group, with no error, when
     the footer could be read again by the time the read task ran.)"""
-    for wait in (*FOOTER_RETRY_SECONDS, None):
+    def read() -> pq.FileMetaData:
+        with filesystem.open_input_file(file) as handle:
+            return pq.ParquetFile(handle).metadata
+
+    try:
+        return with_retries(read, FOOTER_RETRY_SECONDS, (OSError, pa.ArrowInvalid))
+    except (OSError, pa.ArrowInvalid):
+        return None
+
+
+def with_retries(action: Callable[[], T], waits: Sequence[float], retried: tuple[type[Exception], ...] = (OSError,),
+                 before_retry: Callable[[Exception, float], None] | None = None) -> T:
+    """action(), tried again after each of `waits` seconds while it raises one of `retried` (a store's 503, a
+    file still being written); the last error is raised. Never retried: a missing file or a refused permission,
+    which no wait changes."""
+    for wait in (*waits, None):
         try:
-            with filesystem.open_input_file(file) as handle:
-                return pq.ParquetFile(handle).metadata
-        except (FileNotFoundError, PermissionError):  # no wait changes these
-            return None
-        except (OSError, pa.ArrowInvalid):
+            return action()
+        except (FileNotFoundError, PermissionError):
+            raise
+        except retried as e:
             if wait is None:
-                return None
+                raise
+            if before_retry is not None:
+                before_retry(e, wait)
             time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def _listing_digest(input_format: str, units: list[tuple[str, int]], unit_rows: list[int | None],
@@ -385,6 +404,11 @@ class Output:
     # whose bookkeeping (job.json) still names the run, the output itself after a rename, else the staged run.
     # The same job finishes the clean-up (`finish_cleanup`); another is refused without --overwrite.
     leftover_run: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """How the output is named to the user: the URI on a store, the resolved folder on disk."""
+        return self.uri if "://" in self.uri else self.path
 
     @property
     def renames(self) -> bool:

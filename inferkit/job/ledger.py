@@ -51,8 +51,8 @@ from inferkit.job import io
 
 ENTRIES = "ledger"
 LEASE = "lease.json"
-# A file that fails to be written is tried this many times in all, waiting 1, 2, 4 s (doubling) between.
-WRITE_ATTEMPTS, WRITE_RETRY_SECONDS = 4, 1.0
+# A commit that fails (a store's 503) is tried again after each of these waits: four tries in all.
+WRITE_RETRY_SECONDS = (1.0, 2.0, 4.0)
 # A run renews its lease every LEASE_RENEW_SECONDS; another run waits up to LEASE_STALE_SECONDS for a
 # renewal before it takes over a lease whose run it cannot see (one on another node, or in another container).
 LEASE_RENEW_SECONDS, LEASE_STALE_SECONDS = 10.0, 30.0
@@ -206,7 +206,16 @@ class Ledger:
         return posixpath.join(self.staging, io.BOOKKEEPING)
 
     def commit(self, table: pa.Table) -> dict:
-        """Write rows as one output file, then its entry. Returns the entry (counts, no ranges)."""
+        """Write rows as one output file, then its entry, tried again when the store fails (a 503): the
+        commit is safe to repeat, its name coming from its row ranges and the entry written last. A write
+        task or a rescue that raised instead would send its rows one chunk at a time through the rescue.
+        Returns the entry (counts, no ranges)."""
+        def warn(e: Exception, wait: float) -> None:
+            say(f"warning: writing {table.num_rows} rows failed ({one_line(e)}); trying again in {wait:g} s")
+
+        return io.with_retries(lambda: self._commit(table), WRITE_RETRY_SECONDS, before_retry=warn)
+
+    def _commit(self, table: pa.Table) -> dict:
         ranges, sizes = row_ranges(table)
         name = "part-" + hashlib.sha256(json.dumps(ranges, sort_keys=True).encode()).hexdigest()[:24]
         data = table.drop_columns([k for k in io.KEYS if k in table.column_names])
@@ -361,8 +370,7 @@ def write_through(dataset: Any, ledger: Ledger, rows_per_file: int, ray_remote_a
 
 def write_blocks(ledger: Ledger, blocks: list[pa.Table], rows_per_file: int) -> None:
     """One write task's blocks as files of `rows_per_file` to twice that: a block larger than that (a whole
-    1M-row row group) is cut, so no file, and no kill, holds more. A file that fails to be written (a store's
-    503) is tried again: a write task that raises would send its rows one chunk at a time through the rescue."""
+    1M-row row group) is cut, so no file, and no kill, holds more."""
     tables = [block for block in blocks if block.num_rows]
     if not tables:
         return
@@ -370,17 +378,7 @@ def write_blocks(ledger: Ledger, blocks: list[pa.Table], rows_per_file: int) -> 
     pieces = max(1, table.num_rows // rows_per_file)
     bounds = [i * table.num_rows // pieces for i in range(pieces + 1)]
     for start, end in zip(bounds, bounds[1:]):
-        piece = table.slice(start, end - start)
-        for attempt in range(WRITE_ATTEMPTS):
-            try:
-                ledger.commit(piece)
-                break
-            except OSError as e:
-                if attempt == WRITE_ATTEMPTS - 1:
-                    raise
-                say(f"warning: writing {piece.num_rows} rows failed ({one_line(e)}); trying again in "
-                    f"{WRITE_RETRY_SECONDS * 2**attempt:g} s")
-                time.sleep(WRITE_RETRY_SECONDS * 2**attempt)
+        ledger.commit(table.slice(start, end - start))
 
 
 class Lease:

@@ -612,7 +612,7 @@ def _run(options: RunOptions, verbose: bool, run_id: str, started: float, source
          f"{wall:.1f} s in all")
     if error_counts:
         say(f"errors by kind: {terminal.error_kinds(error_counts)}")
-    print(f"output: {output.uri if '://' in output.uri else output.path}")
+    print(f"output: {output.shown}")
     return _outcome(report, options.max_error_fraction)
 
 
@@ -633,17 +633,16 @@ def _outcome(report: dict[str, Any], max_error_fraction: float) -> int:
 def _finish_cut_off_cleanup(output: io.Output, max_error_fraction: float) -> int:
     """A publish stopped before its clean-up (a killed pod) left this job's output complete, with what is left
     of its run beside or in it: remove that and exit as that run would have, computing nothing."""
-    shown = output.uri if "://" in output.uri else output.path
     try:
         with output.filesystem.open_input_stream(posixpath.join(output.path, io.REPORT)) as stream:
             report = json.loads(stream.read())
     except (OSError, ValueError) as e:
         left = posixpath.join(output.path, io.BOOKKEEPING) if output.renames else output.staging
-        raise JobFailed(f"{shown} was published by an earlier attempt of this job, but its {io.REPORT} cannot be "
+        raise JobFailed(f"{output.shown} was published by an earlier attempt of this job, but its {io.REPORT} cannot be "
                         f"read ({one_line(e)}); to run the job again, remove {left} and pass --overwrite") from e
     io.finish_cleanup(output)
-    say(f"{shown} was published by an earlier attempt of this job, stopped before its clean-up: done now")
-    print(f"output: {shown}")
+    say(f"{output.shown} was published by an earlier attempt of this job, stopped before its clean-up: done now")
+    print(f"output: {output.shown}")
     return _outcome(report, max_error_fraction)
 
 
