@@ -265,22 +265,35 @@ def test_a_row_that_kills_its_worker_every_time_becomes_an_error_row(inferkit, r
     assert report["rows_that_killed_their_worker"] == 1 and report["errors"] == 1
 
 
-def test_a_node_that_kills_every_process_fails_the_run_instead_of_blaming_every_row(inferkit, ray_local, tiny_models,
-                                                                                    tmp_path, monkeypatch):
+def test_a_node_that_kills_every_process_fails_the_run_and_bad_rows_side_by_side_are_blamed(
+        inferkit, ray_local, tiny_models, tmp_path, monkeypatch):
     """Every inference process dies, whatever rows it gets (crash-on:*, as on a broken node): the rescue holds
     rows that killed two processes as suspects while nothing has been computed, and after three fails the run,
     instead of splitting every chunk down and writing every row as "died on this row". On the way, the rescue's
-    actor must find room: the pipeline's last actor, restarted as the pipeline ended, held the CPUs (a hang)."""
-    source = _parquet_input(tmp_path / "in", 12)
+    actor must find room: the pipeline's last actor, restarted as the pipeline ended, held the CPUs (a hang).
+    Then the same command on a healthy node whose input has three bad rows side by side, first in their part:
+    three suspects again, but a row of the other part computes in the rescue's process, so the three are the
+    rows at fault: three error rows, every other row computed, exit 0."""
+    source = _parquet_input(tmp_path / "in", ROWS_PER_GROUP + 8)  # two parts: 40 rows and 8
     monkeypatch.setenv("INFERKIT_INJECT_FAULT", "crash-on:*")
     out = tmp_path / "out"
-    result = inferkit("run", "--task", "text-classification", "--model", tiny_models["classifier"], "--input",
-                      str(source), "--output", str(out), "--precision", "fp32", "--batch-size", "4")
+    command = ("run", "--task", "text-classification", "--model", tiny_models["classifier"], "--input", str(source),
+               "--output", str(out), "--precision", "fp32", "--batch-size", "4", "--max-error-fraction", "0.1")
+    result = inferkit(*command)
     assert result.code == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         "Error: the processes that finish crashed rows died on 3 different row(s), 2 times each, and none "
-        "computed a row (last: exit code 86)")
+        "computed a row, not even one of another part (last: exit code 86)")
     assert "written as an error row" not in result.stderr and not out.exists()
+
+    monkeypatch.setenv("INFERKIT_INJECT_FAULT", "crash-on:0|1|2")
+    result = inferkit(*command)
+    assert result.code == 0, result.stderr
+    frame, report = _published(out)
+    assert Counter(frame.id) == Counter(range(ROWS_PER_GROUP + 8))
+    errors = frame.set_index("id").error.dropna()
+    assert sorted(errors.index) == [0, 1, 2] and set(errors) == {"the worker process died on this row: exit code 86"}
+    assert report["rows_that_killed_their_worker"] == 3
 
 
 @pytest.mark.ray

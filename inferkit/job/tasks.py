@@ -510,7 +510,7 @@ def output_table(spec: ModelSpec, batch: pa.Table, good: list[int], results: lis
 #   crash-once:<marker>      the second inference batch kills its actor, once (the marker file says it did)
 #   oom-above:<rows>         a model call on more rows raises an out-of-memory error
 #   crash-on:<id>            the process exits whenever it predicts the row whose id is <id>, every time
-#                            (<id> `*`: whatever it predicts, as on a broken node)
+#                            (<id> `*`: whatever it predicts, as on a broken node; <id>|<id>|...: any of them)
 #   crash-decode-on:<id>     the same in the image decoding stage
 #   hog-memory-decode-on:<id>  decoding the image whose id is <id> takes memory until the process is killed
 #                            (by Ray's memory monitor; at most HOG_LIMIT_BYTES, then it waits), every time
@@ -524,8 +524,8 @@ def _holds_target(spec: str, kind: str, batch: pa.Table, id_column: str) -> bool
     target = faults(spec).get(kind)
     if target == "*":  # every row: a node or device that kills whatever runs there
         return batch.num_rows > 0
-    return bool(target) and id_column in batch.column_names and target in {
-        str(v) for v in batch.column(id_column).to_pylist()}
+    return bool(target) and id_column in batch.column_names and not set(target.split("|")).isdisjoint(
+        str(v) for v in batch.column(id_column).to_pylist())
 
 
 def crash_on(spec: str, kind: str, batch: pa.Table, id_column: str) -> None:
