@@ -3,7 +3,8 @@ node's pod gateway), built from registries
 into the test cache: moto's S3 server (PyPI) in a virtualenv of its own, so that its python-dateutil pin
 never meets the `kubernetes` client's, and fake-gcs-server (the Go module proxy) for GCS. Each server is
 a process the fixture starts on a free port and stops; `freeze` and `kill` make the outages the fault
-tests need (SIGSTOP for ten seconds, SIGKILL for good)."""
+tests need (SIGSTOP for ten seconds, SIGKILL for good), and `ReadOnlyGcs` a read-only GCS bucket (a fault
+stand-in in front of fake-gcs-server, which checks no permissions)."""
 
 from __future__ import annotations
 

@@ -121,7 +121,8 @@ def test_a_2000_image_job_survives_a_worker_pod_deleted_and_resumes_after_its_he
     """A ResNet-style image job (a tiny model made here) on head + 2 workers in real pods, with
     `backoffLimit: 1`. One worker pod is deleted once the first output file is written (KubeRay puts a new one
     in its place); the head pod is killed (force-deleted) once more files are written, which ends that
-    attempt's driver, and the retry resumes from the rows on the volume. SUCCEEDED, every image exactly once
+    attempt's driver, and the retry (the RayJob's on a new RayCluster, or the submitter Job's on the restarted
+    head: either resumes) resumes from the rows on the volume. SUCCEEDED, every image exactly once
     on the hostPath volume, the run report beside the rows saying how many were resumed."""
     shutil.copytree(tiny_models["resnet"], host_folder / "model")
     folder = host_folder / "images"
@@ -267,7 +268,8 @@ def test_a_submitter_that_cannot_reach_the_head_fails_the_job_saying_why(real_no
     try:
         result = _submit(real_node, namespace, job_image, "--name", "cut", "--cpu-nodes", "1", "--timeout", "6m")
     finally:
-        subprocess.run(["iptables", "-D", *rule], check=True)
+        removed = subprocess.run(["iptables", "-D", *rule], capture_output=True, text=True)
+    assert removed.returncode == 0, removed.stderr
     assert result.returncode == 1, result.stderr[-4000:] + result.stdout[-3000:]
     assert "the job failed" in result.stderr, result.stderr[-3000:]
     said = result.stdout + result.stderr

@@ -140,21 +140,24 @@ def test_bad_buckets_endpoints_and_keys_are_refused_in_one_line_before_ray(store
         (["--input", good, "--output", str(tmp_path / "o")], {endpoint: f"http://127.0.0.1:{_closed_port()}"},
          "does not answer"),
     ]
+    # a bucket the caller may read but not write: moto's IAM on S3, a fault stand-in on GCS (tests/objectstores.py)
+    read_only = objectstores.ReadOnlyGcs(store) if s == "gs" else contextlib.nullcontext()
     if s == "s3":
         cases += [
             (["--input", good, "--output", f"s3://{bucket}/out"], store.reader_env, "cannot write there"),
             (["--input", good, "--output", str(tmp_path / "o")],
              {"AWS_ACCESS_KEY_ID": "AKIANOSUCHKEY0000000", "AWS_SECRET_ACCESS_KEY": "x"}, "cannot list it"),
         ]
-    else:  # Google's default credentials where none can be had: no emulator, no key file, no metadata server
-        cases.append((["--input", good, "--output", str(tmp_path / "o")],
-                       {"STORAGE_EMULATOR_HOST": "", "HOME": str(tmp_path), "GCE_METADATA_ROOT": f"127.0.0.1:{_closed_port()}"},
-                       "no Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS"))
-    with contextlib.ExitStack() as stack:
-        if s == "gs":  # a bucket the caller may read but not write (a fault stand-in: tests/objectstores.py)
-            read_only = stack.enter_context(objectstores.ReadOnlyGcs(store))
-            cases.append((["--input", good, "--output", f"gs://{bucket}/out"],
-                          {"STORAGE_EMULATOR_HOST": read_only.endpoint}, "cannot write there"))
+    else:
+        cases += [
+            (["--input", good, "--output", f"gs://{bucket}/out"], {"STORAGE_EMULATOR_HOST": read_only.endpoint},
+             "cannot write there"),
+            # Google's default credentials where none can be had: no emulator, no key file, no metadata server
+            (["--input", good, "--output", str(tmp_path / "o")],
+             {"STORAGE_EMULATOR_HOST": "", "HOME": str(tmp_path), "GCE_METADATA_ROOT": f"127.0.0.1:{_closed_port()}"},
+             "no Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS"),
+        ]
+    with read_only:
         for args, env, said in cases:
             started = time.monotonic()
             result = _run(store, *args, **env)

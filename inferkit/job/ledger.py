@@ -109,6 +109,8 @@ class Progress:
     """What the attempts so far have written: per part, the row ranges done and the part's size."""
 
     done: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    # per part, the first row of a file that holds no error row: one a model computed (the rescue's check)
+    computed: dict[int, int] = field(default_factory=dict)
     sizes: dict[int, int] = field(default_factory=dict)
     rows: int = 0
     errors: int = 0
@@ -125,6 +127,8 @@ class Progress:
         for part, size in entry["sizes"].items():
             self.sizes[int(part)] = size
         for part, ranges in entry["ranges"].items():
+            if not entry["errors"] and ranges:
+                self.computed.setdefault(int(part), ranges[0][0])
             merged, overlap = _merge(self.done.get(int(part), []), [tuple(r) for r in ranges])
             self.done[int(part)] = merged
             self.overlaps += overlap
@@ -208,8 +212,8 @@ class Ledger:
     def commit(self, table: pa.Table) -> dict:
         """Write rows as one output file, then its entry, tried again when the store fails (a 503): the
         commit is safe to repeat, its name coming from its row ranges and the entry written last. A write
-        task or a rescue that raised instead would send its rows one chunk at a time through the rescue.
-        Returns the entry (counts, no ranges)."""
+        task that raised would send its rows one chunk at a time through the rescue, and a rescue that raised
+        would end the run. Returns the entry (counts, no ranges)."""
         def warn(e: Exception, wait: float) -> None:
             say(f"warning: writing {table.num_rows} rows failed ({one_line(e)}); trying again in {wait:g} s")
 

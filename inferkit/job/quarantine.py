@@ -7,8 +7,9 @@ the ledger then shows which input rows are missing, and this module finishes the
 again, and their rows go through a child process in chunks. A chunk whose process dies is split in two,
 down to single rows; a row that kills a fresh process twice becomes an error row naming how it died
 (the child's exit code or signal, which Ray does not report), once some process here has computed a row
-(before that it is a suspect: a broken node kills whatever it runs; with three suspects, a row of another
-part is tried, and the rows are blamed only if it computes). The rest are written as usual.
+(before that it is a suspect: a broken node kills whatever it runs; with three suspects, another row is
+tried, one computed before where there is one, and the rows are blamed only if it computes). The rest are
+written as usual.
 
 The child is a plain subprocess of a Ray actor that holds an inference actor's CPUs and GPUs, so it runs
 where inference runs, and its death is seen exactly (a Ray actor's death only says "connection error").
@@ -21,7 +22,7 @@ import pickle
 import signal
 import subprocess
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 
@@ -35,8 +36,8 @@ DIED = "the worker process died on this row: "
 DEATHS_PER_ROW = 2  # a row that kills this many fresh processes is an error row, not a victim of chance
 # Rows that killed their processes before any process of the rescue computed a row are only suspects: a
 # node or device that kills every process would have every row split down and blamed. At this many
-# suspects a row of another part is tried here: if it computes, the suspects are the rows at fault (a run of
-# bad rows side by side); if it dies too, or there is none, the run fails, its rows kept.
+# suspects another row is tried here: if it computes, the suspects are the rows at fault (a run of bad rows
+# side by side); if it dies too, or there is none, the run fails, its rows kept.
 SUSPECTS_BEFORE_BLAMING_THE_NODE = 3
 SUPERVISOR_RESTARTS = 3  # the actor itself (not its child) lost, as with a lost node
 MEMORY_MONITOR = "killed by Ray's memory monitor, the node running low on memory"
@@ -221,27 +222,34 @@ class Rescue:
             else:
                 self.suspects.append((part, chunk, out))
                 if len(self.suspects) >= SUSPECTS_BEFORE_BLAMING_THE_NODE:
-                    computes = self._computes_another_row(part, progress)
+                    computes = self._computes_another_row(progress)
                     if not computes:
                         self._blame_the_node(tried=computes is not None)
                     self.computed = True
                     written += self._blame_suspects()
         return written
 
-    def _computes_another_row(self, part: int, progress: Progress) -> bool | None:
-        """Whether this rescue's process computes one row of another part (not written): the first of a part
-        the pipeline completed, a row that computed before, else the first still to do of another part.
-        If it computes, deaths on this part's rows are theirs, not the node's. None where no other part has
-        a row."""
-        others = [p for p in range(self.source.parts) if p != part and progress.sizes.get(p, 1)]
-        for other in sorted(others, key=lambda p: not progress.complete(p)):
-            state, rows = self._call("read", self.source.part_table(other, [] if progress.complete(other)
-                                                                     else progress.done.get(other, [])))
-            if state == "ok" and rows.num_rows == 0:
-                continue
-            if state == "ok":
-                state, _ = self._call("run", rows.slice(0, 1))
-            return state == "ok"
+    def _computes_another_row(self, progress: Progress) -> bool | None:
+        """Whether this rescue's process computes a row other than the suspects (not written): first one a
+        model computed before (the ledger's), else the first still to do of a part that holds no suspect.
+        If it computes, the suspects are the rows at fault; a death on it is the node's. None where no such
+        row can be read and computed."""
+        held = {part for part, _, _ in self.suspects}
+        candidates = [(part, row) for part, row in progress.computed.items()]
+        candidates += [(part, None) for part in range(self.source.parts)
+                       if part not in held and not progress.complete(part) and progress.sizes.get(part, 1)]
+        for part, row in candidates:
+            skip = progress.done.get(part, []) if row is None else [(0, row), (row + 1, progress.sizes[part])]
+            state, rows = self._call("read", self.source.part_table(part, [(a, b) for a, b in skip if a < b]))
+            if state != "ok" or rows.num_rows == 0:
+                continue  # a part that cannot be read says nothing of the node
+            state, out = self._call("run", rows.slice(0, 1))
+            if state == "error":
+                raise TaskFailed.of(out)
+            if state == "died":
+                return False
+            if out.column(io.ERROR)[0].as_py() is None:  # the model ran (an empty text, say, is not computed)
+                return True
         return None
 
     def _blame(self, part: int, row: pa.Table, how: str) -> int:
@@ -258,8 +266,8 @@ class Rescue:
         self.suspects.clear()
         return written
 
-    def _blame_the_node(self, tried: bool) -> None:
-        also = ", not even one of another part" if tried else ""
+    def _blame_the_node(self, tried: bool) -> NoReturn:
+        also = ", not even another row" if tried else ""
         raise JobFailed(f"the processes that finish crashed rows died on {len(self.suspects)} different row(s), "
                         f"{DEATHS_PER_ROW} times each, and none computed a row{also} (last: {self.suspects[-1][2]}): the "
                         "node or its device is more likely at fault than the rows. The rows written so far are "

@@ -510,7 +510,8 @@ def output_table(spec: ModelSpec, batch: pa.Table, good: list[int], results: lis
 #   crash-once:<marker>      the second inference batch kills its actor, once (the marker file says it did)
 #   oom-above:<rows>         a model call on more rows raises an out-of-memory error
 #   crash-on:<id>            the process exits whenever it predicts the row whose id is <id>, every time
-#                            (<id> `*`: whatever it predicts, as on a broken node; <id>|<id>|...: any of them)
+#                            (<id> `*`: whatever it predicts, as on a broken node; <id>|<id>|...: any of
+#                            them, here and in the two below)
 #   crash-decode-on:<id>     the same in the image decoding stage
 #   hog-memory-decode-on:<id>  decoding the image whose id is <id> takes memory until the process is killed
 #                            (by Ray's memory monitor; at most HOG_LIMIT_BYTES, then it waits), every time
