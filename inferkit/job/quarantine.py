@@ -142,7 +142,6 @@ class Rescue:
         self.setup, self.actor_options = setup, actor_options
         self.actor: Any = None
         self.crashed_rows = 0
-        self.deaths = 0
         self.computed = False  # a process of this rescue computed rows: the node can run the model
         self.suspects: list[tuple[int, pa.Table, str]] = []  # (part, row, how it died) held until then
 
@@ -208,7 +207,6 @@ class Rescue:
                 self.computed = True
                 written += self._blame_suspects()
                 continue
-            self.deaths += 1
             if chunk.num_rows > 1:
                 half = chunk.num_rows // 2
                 pending += [chunk.slice(half), chunk.slice(0, half)]
