@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -52,6 +53,15 @@ OBJECTSTORE_FIXTURES = {"s3_server", "gcs_server", "store"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
+def pytest_configure(config) -> None:
+    """A suite started in the background of a script (`... &`, as `nohup`-style CI launchers do) inherits SIGINT
+    ignored, and so would every process it starts: the Ctrl-C tests' SIGINT would do nothing (Python gives a
+    process its KeyboardInterrupt only if SIGINT is not ignored when it starts). A handler here is reset to the
+    default in each child at exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(items: list) -> None:
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))
