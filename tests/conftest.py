@@ -52,7 +52,6 @@ DOCKER_FIXTURES = {"job_image"}
 OBJECTSTORE_FIXTURES = {"s3_server", "gcs_server", "store"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
 def pytest_configure(config) -> None:
     """A suite started in the background of a script (`... &`, as `nohup`-style CI launchers do) inherits SIGINT
     ignored, and so would every process it starts: the Ctrl-C tests' SIGINT would do nothing (Python gives a
@@ -62,6 +61,7 @@ def pytest_configure(config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
 def pytest_collection_modifyitems(items: list) -> None:
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))

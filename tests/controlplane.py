@@ -74,23 +74,22 @@ class ControlPlane:
     @property
     def pod_gateway(self) -> str:
         """A real node's bridge address on this machine, which its pods reach."""
-        return _node_setting("NODE_GATEWAY")
+        return _script_setting(SCRIPT.parent / "node.sh", "NODE_GATEWAY")
 
     @property
     def pod_cidr(self) -> str:
         """A real node's pod subnet."""
-        return _node_setting("NODE_POD_CIDR")
+        return _script_setting(SCRIPT.parent / "node.sh", "NODE_POD_CIDR")
 
     @property
     def kuberay_version(self) -> str:
         """The operator version the script builds (KUBERAY_VERSION=v1.5.0 -> "1.5")."""
-        line = next(l for l in SCRIPT.read_text().splitlines() if l.startswith("KUBERAY_VERSION="))
-        return ".".join(line.split("=v", 1)[1].split(".")[:2])
+        return ".".join(_script_setting(SCRIPT, "KUBERAY_VERSION").removeprefix("v").split(".")[:2])
 
 
-def _node_setting(name: str) -> str:
-    """A setting of the real node (scripts/node.sh's NAME=value lines)."""
-    line = next(l for l in (SCRIPT.parent / "node.sh").read_text().splitlines() if l.startswith(f"{name}="))
+def _script_setting(script: Path, name: str) -> str:
+    """The value of a script's NAME=value line (the control plane's and the node's settings)."""
+    line = next(l for l in script.read_text().splitlines() if l.startswith(f"{name}="))
     return line.split("=", 1)[1]
 
 

@@ -142,8 +142,11 @@ def test_a_2000_image_job_survives_a_worker_pod_deleted_and_resumes_after_its_he
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     staged = host_folder / "out.inferkit-unfinished"
 
-    def written(at_least: int) -> bool:
-        return len(list(staged.glob("**/part-*.parquet"))) >= at_least or submit.poll() is not None
+    def written(at_least: int) -> bool:  # output files, or the job ended first
+        return files() >= at_least or submit.poll() is not None
+
+    def files() -> int:
+        return len(list(staged.glob("**/part-*.parquet")))
 
     def pods(kind: str) -> list[str]:
         return [p["metadata"]["name"] for p in real_node.items("pods", namespace, "-l", f"ray.io/node-type={kind}")]
@@ -154,8 +157,8 @@ def test_a_2000_image_job_survives_a_worker_pod_deleted_and_resumes_after_its_he
         workers = pods("worker")
         assert len(workers) == 2, workers
         real_node.kubectl("delete", "pod", workers[0], "-n", namespace, "--wait=false")
-        files = len(list(staged.glob("**/part-*.parquet")))
-        wait_until(lambda: written(files + 3), 600, "more output files after the worker's deletion")
+        before = files()
+        wait_until(lambda: written(before + 3), 600, "more output files after the worker's deletion")
         assert submit.poll() is None, "the job ended before its head could be killed"
         heads = pods("head")
         assert len(heads) == 1, heads

@@ -391,9 +391,9 @@ def test_the_ledger_keeps_committed_blocks_and_forgets_torn_writes(tmp_path):
 
 
 def test_a_file_that_fails_to_be_written_is_tried_again_and_a_huge_block_is_cut_into_files(tmp_path, monkeypatch):
-    """A store's 503 on a write is tried again by the commit (a write task or rescue that raised sent its rows
-    one chunk at a time through the rescue), once after each of WRITE_RETRY_SECONDS; a missing folder or a
-    refused permission is not (no wait changes it). A block of 1,000 rows, where files hold 100, becomes ten
+    """A store's 503 on a write is tried again by the commit (a write task that raised sent its rows one chunk
+    at a time through the rescue), once after each of WRITE_RETRY_SECONDS; a refused permission is not (no
+    wait changes it). A block of 1,000 rows, where files hold 100, becomes ten
     files, each with its entry, not one file that a kill loses whole."""
     from inferkit.job import ledger as ledger_module
 
